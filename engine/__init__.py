@@ -1,0 +1,1 @@
+"""ringmatch engine package."""

@@ -1,0 +1,1 @@
+"""ringmatch replicator package."""

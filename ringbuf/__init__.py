@@ -1,0 +1,1 @@
+"""ringmatch ringbuf package."""
