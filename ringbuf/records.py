@@ -298,8 +298,9 @@ def _schema_hash():
     for enum in (CommandKind, Side, OrderType, TimeInForce, OrderFlags, StpMode,
                  EventKind, EventFlags, Reason):
         h.update(enum.__name__.encode())
-        for member in enum:
-            h.update(b"%s=%d;" % (member.name.encode(), int(member)))
+        # __members__ (not iteration): IntFlag iteration differs between 3.9 and 3.11
+        for name, member in enum.__members__.items():
+            h.update(b"%s=%d;" % (name.encode(), int(member)))
     return int.from_bytes(h.digest()[:8], "little")
 
 
