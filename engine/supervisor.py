@@ -1,0 +1,308 @@
+"""The supervisor behind ``ringmatch run``: starts, watches and stops one engine.
+
+Theory of operation (numbered rules; the code refers to them):
+
+1. One instance per shard: an exclusive ``flock`` on ``<data>/run/<shard>.lock``.
+   A second ``ringmatch run`` on the same data dir and shard is refused.
+2. A ring segment that exists while we hold the lock is stale (its creator
+   crashed): it is unlinked and made anew.  The journal, not the ring, is the
+   record: a command only counts as accepted once its outcome event is out,
+   which happens only after it is journaled.
+3. The input ring is created with its sequence continuing the journal
+   (``initial_sequence`` = last durable journal sequence), so sequence = order
+   id stays true across restarts.
+4. Start order: journaler, replicator (if a standby is configured), matcher,
+   publisher.  Each child gets the resolved config file and its shard.
+5. A child that dies is restarted (with a back-off, at most ``MAX_RESTARTS``
+   per minute): the journaler resumes from its durable position, the matcher
+   goes through recovery (snapshot + journal), the publisher rebuilds.
+6. SIGINT/SIGTERM: the publisher (a producer) is stopped first; then the matcher
+   is allowed to drain the input ring; a SNAPSHOT command is published and
+   awaited; then matcher, replicator and journaler are stopped, the rings
+   unlinked and the lock released.
+"""
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from engine.log import Logger
+
+__all__ = ["Supervisor", "AlreadyRunningError", "find_matcher_interpreter"]
+
+MAX_RESTARTS = 5            # per child per RESTART_WINDOW_S
+RESTART_WINDOW_S = 60.0
+STOP_TIMEOUT_S = 10.0
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another engine holds this shard's lock (rule 1)."""
+
+
+def _repo_root():
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _can_import(python, module="engine.matcher"):
+    try:
+        out = subprocess.run([python, "-c", "import %s, ringbuf._ringbuf_cffi" % module],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             timeout=60, cwd=_repo_root())
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+def find_matcher_interpreter(setting="auto"):
+    """Return (path, name) of the interpreter the matcher runs on.
+
+    ``setting``: "auto" (PyPy when one with ringmatch installed is found, else
+    this CPython), "pypy", "cpython", or a path to an interpreter.
+    Raises RuntimeError when "pypy" is asked for and none works.
+    """
+    if setting == "cpython":
+        return sys.executable, "cpython"
+    candidates = []
+    if setting not in ("auto", "pypy"):
+        candidates.append(setting)
+    else:
+        env = os.environ.get("RINGMATCH_PYPY")
+        if env:
+            candidates.append(env)
+        candidates.append(os.path.join(_repo_root(), ".venv-pypy", "bin", "python"))
+    for path in candidates:
+        if os.path.exists(path) and _can_import(path):
+            return path, ("pypy" if "pypy" in path else os.path.basename(path))
+    if setting == "pypy":
+        raise RuntimeError("matcher.interpreter=pypy but no PyPy with ringmatch installed "
+                           "was found (tried %s); run `make venv-pypy`" % ", ".join(candidates))
+    if setting not in ("auto", "pypy"):
+        raise RuntimeError("matcher.interpreter=%s cannot import ringmatch" % setting)
+    return sys.executable, "cpython"
+
+
+def _child_preexec():
+    """In the child before exec: Ctrl-C goes to the supervisor only (it drains
+    in order, rule 6), and the child gets SIGTERM if the supervisor dies."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Child(object):
+    """One supervised process."""
+
+    def __init__(self, name, argv, env=None):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.proc = None
+        self.restarts = []
+
+    def start(self):
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=_repo_root(),
+                                     preexec_fn=_child_preexec)
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class Supervisor(object):
+    """Run one shard's processes (rules 1-6 above)."""
+
+    def __init__(self, runtime, shard_name=None, log=None):
+        self.runtime = runtime
+        self.shard = runtime.shard(shard_name) if shard_name else runtime.shards[0]
+        self.log = log or Logger("supervisor", self.shard.name)
+        self.children = {}
+        self.lock_fd = None
+        self.rings = []
+        self.stopping = False
+        self.config_path = None
+
+    # -- rule 1 ---------------------------------------------------------------
+    def acquire_lock(self):
+        path = os.path.join(self.runtime.run_dir(), "%s.lock" % self.shard.name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise AlreadyRunningError(
+                "shard %r in %s is already run by pid %s (lock %s)"
+                % (self.shard.name, self.runtime.data_dir, holder or "?", path))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.lock_fd = fd
+
+    def release_lock(self):
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+    # -- rules 2, 3 -----------------------------------------------------------
+    def create_rings(self):
+        from ringbuf import Ring
+        from journaler.recovery import durable_sequence
+        last = durable_sequence(self.runtime.data_dir, self.shard.name)
+        for name in (self.shard.input_ring, self.shard.output_ring):
+            self._unlink_stale(name)
+        consumers = {"journaler": [], "matcher": ["journaler"]}
+        if self.runtime.standby:
+            consumers = {"journaler": [], "replicator": [],
+                         "matcher": ["journaler", "replicator"]}
+        ring_in = Ring.create(self.shard.input_ring, capacity=self.shard.input_capacity,
+                              record_size=64, consumers=consumers, initial_sequence=last)
+        self.rings.append(ring_in)
+        ring_out = Ring.create(self.shard.output_ring, capacity=self.shard.output_capacity,
+                               record_size=128, consumers={"publisher": []},
+                               single_producer=True)
+        self.rings.append(ring_out)
+        self.log.event("rings_created", input=self.shard.input_ring,
+                       output=self.shard.output_ring, first_seq=last + 1)
+        return last
+
+    def _unlink_stale(self, name):
+        import posix_ipc
+        try:
+            posix_ipc.unlink_shared_memory(name)
+        except posix_ipc.ExistentialError:
+            return
+        self.log.warning("stale_segment_unlinked", name=name)
+
+    def destroy_rings(self):
+        for ring in self.rings:
+            try:
+                ring.close()
+            finally:
+                try:
+                    ring.unlink()
+                except Exception as exc:  # already gone: nothing to clean
+                    self.log.warning("unlink_failed", ring=getattr(ring, "name", "?"), error=exc)
+        self.rings = []
+
+    # -- rule 4 -----------------------------------------------------------------
+    def _argv(self, python, module):
+        return [python, "-m", module, "--config", self.config_path, "--shard", self.shard.name]
+
+    def start(self):
+        self.acquire_lock()
+        try:
+            os.makedirs(self.runtime.data_dir, exist_ok=True)
+            self.config_path = os.path.join(self.runtime.run_dir(), "%s.json" % self.shard.name)
+            self.runtime.dump(self.config_path)
+            self.create_rings()
+            matcher_python, interp = find_matcher_interpreter(
+                self.runtime.matcher.get("interpreter", "auto"))
+            self.log.event("matcher_interpreter", name=interp, path=matcher_python)
+            plan = [("journaler", sys.executable, "journaler.process")]
+            if self.runtime.standby:
+                plan.append(("replicator", sys.executable, "replicator.process"))
+            plan.append(("matcher", matcher_python, "engine.matcher_process"))
+            plan.append(("publisher", sys.executable, "publisher.process"))
+            for name, python, module in plan:
+                child = Child(name, self._argv(python, module))
+                self.children[name] = child
+                pid = child.start()
+                self.log.event("child_started", child=name, child_pid=pid)
+        except BaseException:
+            self.stop()
+            raise
+
+    # -- rule 5 -------------------------------------------------------------
+    def poll_children(self):
+        """Restart any child that died; return False when one gave up restarting."""
+        for name, child in self.children.items():
+            if child.alive() or self.stopping:
+                continue
+            code = child.proc.returncode if child.proc else None
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+            if len(child.restarts) >= MAX_RESTARTS:
+                self.log.error("child_gave_up", child=name, exit_code=code,
+                               restarts=len(child.restarts))
+                return False
+            child.restarts.append(now)
+            self.log.warning("child_died", child=name, exit_code=code)
+            pid = child.start()
+            self.log.event("child_restarted", child=name, child_pid=pid)
+        return True
+
+    # -- rule 6 -------------------------------------------------------------
+    def stop(self, drain_timeout=STOP_TIMEOUT_S):
+        self.stopping = True
+        if "publisher" in self.children:
+            code = self.children["publisher"].stop()
+            self.log.event("child_stopped", child="publisher", exit_code=code)
+        if self.rings and self.children.get("matcher") and self.children["matcher"].alive():
+            self._drain_and_snapshot(drain_timeout)
+        for name in ("matcher", "replicator", "journaler"):
+            if name in self.children:
+                code = self.children[name].stop()
+                self.log.event("child_stopped", child=name, exit_code=code)
+        self.destroy_rings()
+        self.release_lock()
+        self.log.event("stopped")
+
+    def _drain_and_snapshot(self, timeout):
+        from engine.client import publish_admin
+        from ringbuf.records import CommandKind
+        ring_in = self.rings[0]
+        try:
+            seq = publish_admin(ring_in, CommandKind.SNAPSHOT)
+        except Exception as exc:
+            self.log.error("snapshot_publish_failed", error=exc)
+            return
+        deadline = time.monotonic() + timeout
+        matcher_seq = 0
+        while time.monotonic() < deadline:
+            matcher_seq = ring_in.consumer_sequence("matcher")
+            if matcher_seq >= seq:
+                self.log.event("drained", seq=matcher_seq, snapshot_seq=seq)
+                return
+            if not self.children["matcher"].alive():
+                break
+            time.sleep(0.01)
+        self.log.error("drain_timeout", matcher_seq=matcher_seq, snapshot_seq=seq)
+
+    def run_forever(self, poll_interval=0.2):
+        """Block until SIGINT/SIGTERM, supervising children; then stop."""
+        stop_requested = []
+
+        def _handler(signum, frame):
+            stop_requested.append(signum)
+
+        old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while not stop_requested:
+                if not self.poll_children():
+                    break
+                time.sleep(poll_interval)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            self.log.event("stopping", signal=stop_requested[0] if stop_requested else "child_failure")
+            self.stop()
+        return 0 if stop_requested else 1
