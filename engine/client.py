@@ -1,0 +1,318 @@
+"""Producer client for colocated processes: place orders, read execution reports.
+
+>>> from engine.client import EngineClient
+>>> with EngineClient.attach(data_dir="./var") as c:          # doctest: +SKIP
+...     oid = c.place_order("BTC-USD", "buy", qty="0.5", price="30000.00", account=7)
+...     report = c.next_report(timeout=1.0)
+
+Theory of operation:
+
+1. Placing: a command is packed into its 64-byte record in one go and written
+   to a claimed slot of the input ring, then published.  The order id is the
+   sequence of that slot (sequence = identity).  One lock per client makes it
+   safe to share between threads; many processes may place at once (the ring
+   is multi-producer).
+2. Reports: the client follows the output ring *without* a gating sequence, so
+   a slow client can never stall the matcher.  Each slot read is validated
+   after the copy (the producer cursor must still be within one lap of it);
+   if the client fell more than a ring behind it raises ``ReportsLost`` and
+   resumes at the oldest slot still in the ring.
+3. A report belongs to this client when its ``producer_id`` is the client's.
+"""
+import os
+import threading
+import time
+from decimal import Decimal
+
+from ringbuf.records import (
+    CommandKind, EventKind, OrderFlags, OrderType, Side, StpMode, TimeInForce,
+    command_struct, EVENT_SIZE,
+)
+
+__all__ = ["EngineClient", "ReportsLost", "publish_admin", "pack_command"]
+
+_pack = command_struct.pack
+
+
+class ReportsLost(RuntimeError):
+    """The client fell more than one output ring behind; reports were overwritten."""
+
+
+def pack_command(kind, side=0, order_type=0, tif=0, stp=0, flags=0, symbol_id=0,
+                 account_id=0, producer_id=0, check=0, price=0, qty=0, aux=0,
+                 stop_price=0, timestamp_ns=0, client_order_id=0):
+    """Pack one 64-byte command record (``aux``: funds / expire_ns / order_id)."""
+    return _pack(kind, side, order_type, tif, stp, flags, symbol_id, account_id,
+                 producer_id, check, price, qty, aux, stop_price, timestamp_ns,
+                 client_order_id)
+
+
+def _write_and_publish(producer, data):
+    seq = producer.claim()
+    producer.write(seq, data)
+    producer.publish(seq)
+    return seq
+
+
+def publish_admin(ring, kind, symbol_id=0, producer_id=0):
+    """Publish an admin command (SNAPSHOT, HALT, RESUME, STATE_HASH); return its seq."""
+    producer = ring.producer(producer_id=producer_id)
+    return _write_and_publish(producer, pack_command(
+        int(kind), symbol_id=symbol_id, producer_id=producer_id,
+        timestamp_ns=time.time_ns()))
+
+
+_SIDES = {"buy": Side.BUY, "b": Side.BUY, "sell": Side.SELL, "s": Side.SELL}
+_TYPES = {"limit": OrderType.LIMIT, "market": OrderType.MARKET,
+          "stop_loss": OrderType.STOP_LOSS, "stop_limit": OrderType.STOP_LIMIT,
+          "take_profit": OrderType.TAKE_PROFIT, "take_profit_limit": OrderType.TAKE_PROFIT_LIMIT}
+_TIFS = {"GTC": TimeInForce.GTC, "GTT": TimeInForce.GTT, "IOC": TimeInForce.IOC,
+         "FOK": TimeInForce.FOK}
+_STPS = {"dc": StpMode.DECREMENT_AND_CANCEL, "co": StpMode.CANCEL_OLDEST,
+         "cn": StpMode.CANCEL_NEWEST, "cb": StpMode.CANCEL_BOTH}
+
+
+def _enum(table, value, what):
+    """Map a name (any case) or an int code to the wire code."""
+    if isinstance(value, int):
+        return int(value)
+    key = str(value).upper() if what == "tif" else str(value).lower()
+    try:
+        return int(table[key])
+    except KeyError:
+        raise ValueError("unknown %s %r (one of %s)" % (what, value, ", ".join(sorted(table))))
+
+
+class EngineClient(object):
+    """A producer attached to a running engine shard (rules 1-3 above)."""
+
+    def __init__(self, ring_in, ring_out, exchange, producer_id=None, account=None):
+        self.ring_in = ring_in
+        self.ring_out = ring_out
+        self.exchange = exchange
+        self.producer_id = (os.getpid() & 0x7FFF) | 0x8000 if producer_id is None else producer_id
+        self.account = account
+        self.producer = ring_in.producer(producer_id=self.producer_id)
+        self._lock = threading.Lock()
+        self._report_lock = threading.Lock()
+        self._next_out = ring_out.cursor + 1
+        self._pending = []
+        self._client_order_id = 0
+
+    # -- attach / close -------------------------------------------------------
+    @classmethod
+    def attach(cls, shard="shard0", data_dir=None, config=None, producer_id=None, account=None):
+        """Attach to the engine running ``shard``; ``config``/``data_dir`` locate its config.
+
+        Raises RingError (ringbuf.errors) when the engine is not running.
+        """
+        from engine.runtime import RuntimeConfig
+        from ringbuf import Ring
+        if config is None and data_dir is not None:
+            candidate = os.path.join(os.path.abspath(data_dir), "run", "%s.json" % shard)
+            config = candidate if os.path.exists(candidate) else None
+        runtime = RuntimeConfig.load(config)
+        spec = runtime.shard(shard)
+        ring_in = Ring.attach(spec.input_ring)
+        try:
+            ring_out = Ring.attach(spec.output_ring)
+        except BaseException:
+            ring_in.close()
+            raise
+        return cls(ring_in, ring_out, runtime.exchange(), producer_id, account)
+
+    def close(self):
+        self.ring_in.close()
+        self.ring_out.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- commands -------------------------------------------------------------
+    def _symbol(self, symbol):
+        if isinstance(symbol, int):
+            return self.exchange.symbol_by_id(symbol)
+        return self.exchange.symbol(symbol)
+
+    def _send(self, data):
+        with self._lock:
+            return _write_and_publish(self.producer, data)
+
+    def _account(self, account):
+        account = self.account if account is None else account
+        if account is None:
+            raise ValueError("no account given (and the client has no default account)")
+        return account
+
+    def _price(self, spec, value):
+        if value is None:
+            return 0
+        if isinstance(value, int):
+            return value
+        return self.exchange.price_to_ticks(spec, Decimal(str(value)))
+
+    def _qty(self, spec, value):
+        if value is None:
+            return 0
+        if isinstance(value, int):
+            return value
+        return self.exchange.qty_to_lots(spec, Decimal(str(value)))
+
+    def place_order(self, symbol, side, qty=None, price=None, order_type="limit", tif="GTC",
+                    post_only=False, reprice=False, stop_price=None, funds=None,
+                    expire_ns=0, client_order_id=None, account=None, stp="dc"):
+        """Place an order; return its order id (the input sequence).
+
+        Prices and quantities are Decimals/strings (converted by the symbol's
+        tick and lot) or ints (already ticks/lots).  ``funds`` (quote asset,
+        Decimal or minor units) makes a market buy by funds.  The outcome
+        arrives as an ACCEPTED or REJECTED report.
+        """
+        spec = self._symbol(symbol)
+        flags = 0
+        if post_only:
+            flags |= int(OrderFlags.POST_ONLY)
+            if reprice:
+                flags |= int(OrderFlags.POST_ONLY_REPRICE)
+        aux = 0
+        if funds is not None:
+            flags |= int(OrderFlags.BY_FUNDS)
+            aux = funds if isinstance(funds, int) else self.exchange.amount_to_minor(
+                spec.quote_asset, Decimal(str(funds)))
+        elif expire_ns:
+            aux = int(expire_ns)
+        if client_order_id is None:
+            with self._lock:
+                self._client_order_id += 1
+                client_order_id = (self.producer_id << 48) | (os.getpid() << 24 & 0xFFFFFF000000) \
+                    | self._client_order_id
+        return self._send(pack_command(
+            int(CommandKind.NEW_ORDER), _enum(_SIDES, side, "side"),
+            _enum(_TYPES, order_type, "order type"), _enum(_TIFS, tif, "tif"),
+            _enum(_STPS, stp, "stp"), flags, spec.symbol_id, self._account(account),
+            self.producer_id, 0, self._price(spec, price), self._qty(spec, qty), aux,
+            self._price(spec, stop_price), time.time_ns(), client_order_id))
+
+    def cancel(self, order_id=None, client_order_id=None, account=None):
+        """Cancel by order id or by client order id; return the command's sequence."""
+        if (order_id is None) == (client_order_id is None):
+            raise ValueError("give exactly one of order_id and client_order_id")
+        flags = int(OrderFlags.BY_CLIENT_ID) if client_order_id is not None else 0
+        return self._send(pack_command(
+            int(CommandKind.CANCEL), flags=flags, account_id=self._account(account),
+            producer_id=self.producer_id, aux=order_id or 0,
+            timestamp_ns=time.time_ns(), client_order_id=client_order_id or 0))
+
+    def amend(self, order_id, symbol, price=None, qty=None, account=None):
+        """Amend price and/or total quantity of an open order; return the sequence."""
+        spec = self._symbol(symbol)
+        return self._send(pack_command(
+            int(CommandKind.AMEND), symbol_id=spec.symbol_id, account_id=self._account(account),
+            producer_id=self.producer_id, price=self._price(spec, price),
+            qty=self._qty(spec, qty), aux=order_id, timestamp_ns=time.time_ns()))
+
+    def mass_cancel(self, account=None, symbol=None):
+        """Cancel every open order of the account (optionally one symbol only)."""
+        symbol_id = self._symbol(symbol).symbol_id if symbol is not None else 0
+        return self._send(pack_command(
+            int(CommandKind.MASS_CANCEL), symbol_id=symbol_id, account_id=self._account(account),
+            producer_id=self.producer_id, timestamp_ns=time.time_ns()))
+
+    def _transfer(self, kind, asset, amount, account):
+        asset_spec = self.exchange.asset(asset) if not isinstance(asset, int) \
+            else self.exchange.asset_by_id(asset)
+        units = amount if isinstance(amount, int) else self.exchange.amount_to_minor(
+            asset_spec.asset_id, Decimal(str(amount)))
+        return self._send(pack_command(
+            int(kind), symbol_id=asset_spec.asset_id, account_id=self._account(account),
+            producer_id=self.producer_id, qty=units, timestamp_ns=time.time_ns()))
+
+    def deposit(self, asset, amount, account=None):
+        return self._transfer(CommandKind.DEPOSIT, asset, amount, account)
+
+    def withdraw(self, asset, amount, account=None):
+        return self._transfer(CommandKind.WITHDRAW, asset, amount, account)
+
+    # -- execution reports (rules 2, 3) ---------------------------------------
+    def _read_available(self):
+        """Copy every event published since the last call; keep this producer's."""
+        from engine.events import Event
+        ring = self.ring_out
+        cursor = ring.cursor
+        seq = self._next_out
+        if seq > cursor:
+            return False
+        capacity = ring.capacity
+        if cursor - seq >= capacity:
+            lost = cursor - capacity + 1 - seq
+            self._next_out = cursor - capacity + 1
+            raise ReportsLost("%d events were overwritten before this client read them" % lost)
+        unpack = Event.unpack
+        mine = self.producer_id
+        while seq <= cursor:
+            data = ring.read(seq)
+            if ring.cursor - seq >= capacity:   # overwritten while we copied
+                self._next_out = seq
+                raise ReportsLost("event %d was overwritten while being read" % seq)
+            event = unpack(data)
+            if event.producer_id == mine:
+                self._pending.append(event)
+            seq += 1
+        self._next_out = seq
+        return True
+
+    def next_report(self, timeout=None):
+        """Return this producer's next execution report (an Event), or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.00005
+        with self._report_lock:
+            while True:
+                if self._pending:
+                    return self._pending.pop(0)
+                if self._read_available() and self._pending:
+                    return self._pending.pop(0)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.002)
+
+    def reports(self, timeout=None):
+        """Iterate over reports until none arrives within ``timeout``."""
+        while True:
+            report = self.next_report(timeout)
+            if report is None:
+                return
+            yield report
+
+    def wait_outcome(self, seq, timeout=5.0):
+        """Wait for the ACCEPTED/REJECTED report of command ``seq``; return (outcome, others).
+
+        Reports of other commands read meanwhile stay queued for ``next_report``.
+        """
+        deadline = time.monotonic() + timeout
+        with self._report_lock:
+            while True:
+                for i, event in enumerate(self._pending):
+                    if event.seq == seq and event.kind in (EventKind.ACCEPTED, EventKind.REJECTED):
+                        del self._pending[i]
+                        return event
+                if not self._read_available():
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError("no outcome for command %d within %.1fs" % (seq, timeout))
+                    time.sleep(0.0002)
+
+    async def areport(self, timeout=None, poll_interval=0.0005):
+        """asyncio variant of ``next_report`` (polls without blocking the loop)."""
+        import asyncio
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            report = self.next_report(timeout=0)
+            if report is not None:
+                return report
+            if deadline is not None and loop.time() >= deadline:
+                return None
+            await asyncio.sleep(poll_interval)

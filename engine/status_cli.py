@@ -1,0 +1,164 @@
+"""``ringmatch status``: a live view (like top) of a running shard, or one JSON shot.
+
+Sources, all read-only: the two rings' headers (cursor, every consumer's
+gating sequence; the journaler's gating sequence *is* its durable sequence),
+the status files processes drop in ``<data>/run/<shard>.<proc>.json`` (fsync
+latency, replica ack), and the publisher's REST ticker for best bid/ask and
+last price.
+"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="runtime configuration (JSON); default: embedded")
+    parser.add_argument("--data-dir", help="data dir of the running engine (reads run/<shard>.json)")
+    parser.add_argument("--shard", default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON snapshot and exit")
+    parser.add_argument("--interval", type=float, default=1.0, help="refresh period (s)")
+    parser.add_argument("--count", type=int, default=0, help="refreshes before exiting (0: forever)")
+
+
+def _load_runtime(args):
+    from engine.runtime import RuntimeConfig
+    config = args.config
+    if config is None and args.data_dir:
+        shard = args.shard or "shard0"
+        candidate = os.path.join(os.path.abspath(args.data_dir), "run", "%s.json" % shard)
+        if os.path.exists(candidate):
+            config = candidate
+    runtime = RuntimeConfig.load(config)
+    return runtime, runtime.shard(args.shard) if args.shard else runtime.shards[0]
+
+
+def _ring_view(name):
+    from ringbuf import Ring
+    from ringbuf.errors import RingError
+    try:
+        ring = Ring.attach(name)
+    except RingError as exc:
+        return {"name": name, "error": str(exc)}
+    try:
+        cursor = ring.cursor
+        consumers = {}
+        for cname, seq in ring.consumer_sequences().items():
+            consumers[cname] = {"sequence": seq, "lag": cursor - seq}
+        return {"name": name, "capacity": ring.capacity, "cursor": cursor, "consumers": consumers}
+    finally:
+        ring.close()
+
+
+def _proc_status(runtime, shard):
+    out = {}
+    run_dir = os.path.join(runtime.data_dir, "run")
+    prefix = shard.name + "."
+    try:
+        names = sorted(os.listdir(run_dir))
+    except OSError:
+        return out
+    for fname in names:
+        if fname.startswith(prefix) and fname.endswith(".json"):
+            try:
+                with open(os.path.join(run_dir, fname)) as f:
+                    out[fname[len(prefix):-5]] = json.load(f)
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _tickers(runtime, shard):
+    pub = runtime.publisher
+    base = "http://%s:%s" % (pub["host"], pub["port"])
+    out = {}
+    for symbol in shard.symbols:
+        try:
+            with urllib.request.urlopen("%s/products/%s/ticker" % (base, symbol), timeout=0.5) as r:
+                out[symbol] = json.loads(r.read().decode())
+        except (OSError, ValueError) as exc:
+            out[symbol] = {"error": str(getattr(exc, "reason", exc))}
+    return out
+
+
+def snapshot(runtime, shard):
+    """One status snapshot as a dict (what ``--json`` prints)."""
+    return {
+        "time": time.time(),
+        "shard": shard.name,
+        "data_dir": runtime.data_dir,
+        "rings": {"input": _ring_view(shard.input_ring), "output": _ring_view(shard.output_ring)},
+        "processes": _proc_status(runtime, shard),
+        "symbols": _tickers(runtime, shard),
+    }
+
+
+def _rates(prev, cur, dt):
+    rates = {}
+    for key in ("input", "output"):
+        a, b = prev["rings"][key], cur["rings"][key]
+        if "cursor" in a and "cursor" in b and dt > 0:
+            rates[key] = (b["cursor"] - a["cursor"]) / dt
+            for cname, c in b.get("consumers", {}).items():
+                old = a.get("consumers", {}).get(cname)
+                if old:
+                    rates["%s.%s" % (key, cname)] = (c["sequence"] - old["sequence"]) / dt
+    return rates
+
+
+def render(snap, rates):
+    lines = ["ringmatch status  shard=%s  data=%s  %s" % (
+        snap["shard"], snap["data_dir"], time.strftime("%H:%M:%S", time.localtime(snap["time"])))]
+    lines.append("")
+    lines.append("%-10s %-22s %14s %10s %12s" % ("ring", "consumer", "sequence", "lag", "rate/s"))
+    for key in ("input", "output"):
+        ring = snap["rings"][key]
+        if "error" in ring:
+            lines.append("%-10s %s" % (key, ring["error"]))
+            continue
+        lines.append("%-10s %-22s %14d %10s %12.0f" % (
+            key, "(cursor) " + ring["name"], ring["cursor"], "", rates.get(key, 0.0)))
+        for cname, c in sorted(ring["consumers"].items()):
+            lines.append("%-10s %-22s %14d %10d %12.0f" % (
+                "", cname, c["sequence"], c["lag"], rates.get("%s.%s" % (key, cname), 0.0)))
+    procs = snap["processes"]
+    if procs:
+        lines.append("")
+        for name, st in sorted(procs.items()):
+            lines.append("%-10s %s" % (name, "  ".join("%s=%s" % kv for kv in sorted(st.items()))))
+    lines.append("")
+    lines.append("%-10s %16s %16s %16s" % ("symbol", "best bid", "best ask", "last"))
+    for symbol, t in snap["symbols"].items():
+        if "error" in t:
+            lines.append("%-10s %s" % (symbol, t["error"]))
+        else:
+            lines.append("%-10s %16s %16s %16s" % (symbol, t.get("bid") or "-", t.get("ask") or "-",
+                                                   t.get("price") or "-"))
+    return "\n".join(lines)
+
+
+def run(args):
+    runtime, shard = _load_runtime(args)
+    if args.json:
+        print(json.dumps(snapshot(runtime, shard), indent=2, sort_keys=True))
+        return 0
+    prev = snapshot(runtime, shard)
+    prev_t = time.monotonic()
+    shown = 0
+    try:
+        while True:
+            time.sleep(args.interval)
+            cur = snapshot(runtime, shard)
+            now = time.monotonic()
+            text = render(cur, _rates(prev, cur, now - prev_t))
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J")
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+            prev, prev_t = cur, now
+            shown += 1
+            if args.count and shown >= args.count:
+                return 0
+    except KeyboardInterrupt:
+        return 0
