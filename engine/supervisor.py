@@ -138,6 +138,7 @@ class Supervisor(object):
         self.rings = []
         self.stopping = False
         self.config_path = None
+        self._last_snapshot = None
 
     # -- rule 1 ---------------------------------------------------------------
     def acquire_lock(self):
@@ -287,6 +288,33 @@ class Supervisor(object):
             time.sleep(0.01)
         self.log.error("drain_timeout", matcher_seq=matcher_seq, snapshot_seq=seq)
 
+    def maybe_snapshot(self, now=None):
+        """Issue a periodic SNAPSHOT command (every N commands or T seconds; rule 6 takes the last)."""
+        if not self.rings:
+            return None
+        conf = self.runtime.snapshot
+        every_n = conf.get("every_commands") or 0
+        every_s = conf.get("every_seconds") or 0
+        if not every_n and not every_s:
+            return None
+        now = time.monotonic() if now is None else now
+        ring_in = self.rings[0]
+        cursor = ring_in.cursor
+        if self._last_snapshot is None:
+            self._last_snapshot = (cursor, now)
+            return None
+        last_seq, last_t = self._last_snapshot
+        due = (every_n and cursor - last_seq >= every_n) or \
+              (every_s and now - last_t >= every_s and cursor > last_seq)
+        if not due:
+            return None
+        from engine.client import publish_admin
+        from ringbuf.records import CommandKind
+        seq = publish_admin(ring_in, CommandKind.SNAPSHOT)
+        self._last_snapshot = (seq, now)
+        self.log.event("snapshot_requested", seq=seq)
+        return seq
+
     def run_forever(self, poll_interval=0.2):
         """Block until SIGINT/SIGTERM, supervising children; then stop."""
         stop_requested = []
@@ -299,6 +327,7 @@ class Supervisor(object):
             while not stop_requested:
                 if not self.poll_children():
                     break
+                self.maybe_snapshot()
                 time.sleep(poll_interval)
         finally:
             for s, h in old.items():
