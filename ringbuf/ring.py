@@ -1,0 +1,757 @@
+"""Ring, Producer, Consumer, Batch: the shared-memory disruptor ring.
+
+Theory of operation
+-------------------
+A ring is one POSIX shared-memory segment (layout in ``header``) mapped by
+every process that uses it.  Producers claim sequences through a sequencer
+(``sequencer``), write records into the slots ``seq & mask`` and publish;
+consumers wait on a barrier (``barrier``) for the seq they want, read, and
+commit their gating sequence once per batch.  Producers never claim past
+``min(leaf consumer sequences) + capacity``, so no unread slot is ever
+overwritten.  Sequences start at 1; a consumer sequence of 0 means "nothing
+consumed".
+
+Per record::
+
+    seq = p.claim(); rec = p.record(seq); rec.price = ...; p.publish(seq)
+
+Batched::
+
+    first, views = p.claim_batch(n)      # 1-2 writable memoryviews (wrap)
+    ...copy n * record_size bytes...; p.publish_batch(first, n)
+    batch = c.poll(max_batch=4096)       # Batch or None
+    ...read batch.chunks...; c.commit(batch.last_seq)
+
+Using a Producer/Consumer after ``Ring.close()`` raises (TypeError from a
+detached pointer) instead of touching unmapped memory.
+"""
+import mmap
+import os
+import time
+import weakref
+
+import posix_ipc
+
+from . import header as H
+from ._native import NULL, address_of, ffi, int32_at, int64_at, lib
+from .barrier import SequenceBarrier
+from .errors import (RingClosedError, RingConfigError, RingError, RingMismatchError,
+                     raise_for)
+from .reaper import ClaimReaper, process_alive, process_start_time
+from .sequence import Sequence
+from .sequencer import MultiProducerSequencer, SingleProducerSequencer
+from .wait_strategy import make_wait_strategy
+
+__all__ = ["Ring", "RingSpec", "Producer", "Consumer", "Batch"]
+
+_monotonic_ns = lib.rm_monotonic_ns
+
+
+class RingSpec(object):
+    """What a ring is: capacity, record size, consumers, strategy (create/attach parameters).
+
+    >>> RingSpec(capacity=8, consumers={"a": []}).capacity
+    8
+    """
+
+    __slots__ = ("capacity", "record_size", "consumers", "wait_strategy", "single_producer",
+                 "claim_timeout", "record_kind")
+
+    def __init__(self, capacity, record_size=64, consumers=None, wait_strategy="backoff",
+                 single_producer=False, claim_timeout=1.0, record_kind=None):
+        self.capacity = capacity
+        self.record_size = record_size
+        self.consumers = dict(consumers or {})
+        self.wait_strategy = wait_strategy
+        self.single_producer = single_producer
+        self.claim_timeout = claim_timeout
+        self.record_kind = record_kind
+
+    def __repr__(self):
+        return "RingSpec(%s)" % ", ".join("%s=%r" % (k, getattr(self, k)) for k in self.__slots__)
+
+
+def _segment_name(name):
+    if not isinstance(name, str) or not name or "/" in name:
+        raise RingConfigError("ring name must be a non-empty string without '/': %r" % (name,))
+    return "/" + name
+
+
+def _order_consumers(name, consumers):
+    """Index consumers, validate dependencies (known, acyclic).  Returns [(name, [dep idx])]."""
+    names = list(consumers)
+    if not names:
+        raise RingConfigError("ring %r: at least one consumer is needed (producers are gated "
+                              "by consumers)" % name)
+    if len(names) > H.MAX_CONSUMERS:
+        raise RingConfigError("ring %r: at most %d consumers, got %d"
+                              % (name, H.MAX_CONSUMERS, len(names)))
+    index = {n: i for i, n in enumerate(names)}
+    table = []
+    for n in names:
+        deps = list(consumers[n] or [])
+        for d in deps:
+            if d not in index:
+                raise RingConfigError("ring %r: consumer %r depends on unknown consumer %r"
+                                      % (name, n, d))
+            if d == n:
+                raise RingConfigError("ring %r: consumer %r depends on itself" % (name, n))
+        table.append((n, [index[d] for d in deps]))
+    # acyclic: repeatedly remove consumers whose deps are all removed
+    done, remaining = set(), set(range(len(names)))
+    while remaining:
+        ready = [i for i in remaining if all(d in done for d in table[i][1])]
+        if not ready:
+            raise RingConfigError("ring %r: consumer dependencies form a cycle among %s"
+                                  % (name, sorted(names[i] for i in remaining)))
+        done.update(ready)
+        remaining.difference_update(ready)
+    return table
+
+
+class Ring(object):
+    """A shared-memory ring; ``create`` or ``attach``, then ``producer()`` / ``consumer(name)``.
+
+    Context manager: leaving the block calls ``close()`` (not ``unlink()``).
+    """
+
+    def __init__(self, name, shm_name, mm, hdr, layout, table, owner):
+        self.name = name
+        self._shm_name = shm_name
+        self._mmap = mm
+        self.header = hdr
+        self._layout = layout
+        self._table = table                       # [(name, [dep indexes])]
+        self._index = {n: i for i, (n, _) in enumerate(table)}
+        self.created = owner
+        self._closed = False
+        self._users = weakref.WeakSet()
+        base = self._base = address_of(mm)
+        self._cursor = int64_at(base, H.CURSOR_OFFSET)
+        self._futex = int32_at(base, H.FUTEX_OFFSET)
+        self._reaper_lock = int64_at(base, H.REAPER_OFFSET)
+        self._consumer_seqs = [int64_at(base, H.cache_line(i, H.CONSUMER_SEQ_OFFSET))
+                               for i in range(len(table))]
+        self._producer_table = [int64_at(base, H.cache_line(i, H.PRODUCER_OFFSET))
+                                for i in range(H.MAX_PRODUCERS)]
+        self._avail = int64_at(base, layout.avail_offset)
+        self._data = base + layout.data_offset
+        self._view = memoryview(mm)
+        self._data_view = self._view[layout.data_offset:layout.data_offset
+                                     + layout.capacity * layout.record_size]
+        self._data_ro = self._data_view.toreadonly()
+        depended = set(d for _, deps in table for d in deps)
+        self._leaves = [i for i in range(len(table)) if i not in depended]
+        self._gating = ffi.new("int64_t *[]", [self._consumer_seqs[i] for i in self._leaves])
+        self._ctype = H.RECORD_TYPES[hdr.record_kind]
+        self.wait_strategy = H.WAIT_STRATEGY_NAMES.get(hdr.wait_strategy, "backoff")
+        self._signals = make_wait_strategy(self.wait_strategy).needs_signal
+        self._reaper = None if hdr.single_producer else ClaimReaper(self)
+
+    # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, name, capacity, record_size=64, consumers=None, wait_strategy="backoff",
+               single_producer=False, claim_timeout=1.0, mode=0o600, record_kind=None,
+               schema_hash=None):
+        """Create and map a new ring segment ``name`` (must not exist).
+
+        ``consumers`` maps each consumer name to the names it depends on
+        (``{"journaler": [], "matcher": ["journaler"]}``).  ``record_kind``
+        is "command", "event" or "raw" (default: command for 64-byte records,
+        event for 128-byte ones, else raw).  O(capacity) (initializes markers).
+
+        Raises RingConfigError (capacity not a power of two, bad consumers...),
+        RingExistsError, RingOSError.
+
+        >>> ring = Ring.create("rm-doc-%d" % os.getpid(), 8, consumers={"c": []})
+        >>> ring.unlink(); ring.close()
+        """
+        shm_name = _segment_name(name)
+        layout = H.Layout(capacity, record_size)
+        table = _order_consumers(name, consumers or {})
+        make_wait_strategy(wait_strategy)
+        kind = {"command": H.RECORD_COMMAND, "event": H.RECORD_EVENT, "raw": H.RECORD_RAW}
+        if record_kind is None:
+            rk = {64: H.RECORD_COMMAND, 128: H.RECORD_EVENT}.get(record_size, H.RECORD_RAW)
+        else:
+            if record_kind not in kind:
+                raise RingConfigError("record_kind must be one of %s" % sorted(kind))
+            rk = kind[record_kind]
+        ctype = H.RECORD_TYPES[rk]
+        if ctype is not None and ffi.sizeof(ctype) != record_size:
+            raise RingConfigError("record size %d does not match %s (%d bytes)"
+                                  % (record_size, ctype, ffi.sizeof(ctype)))
+        if not (claim_timeout > 0):
+            raise RingConfigError("claim_timeout must be > 0, got %r" % (claim_timeout,))
+        try:
+            shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=mode,
+                                         size=layout.total_size)
+        except posix_ipc.ExistentialError:
+            from .errors import RingExistsError
+            raise RingExistsError("ring %r already exists (unlink it first)" % name)
+        try:
+            mm = mmap.mmap(shm.fd, layout.total_size)
+        except OSError as exc:
+            shm.close_fd()
+            posix_ipc.unlink_shared_memory(shm_name)
+            raise_for(exc, "mmap", name)
+        shm.close_fd()
+        hdr = H.new_header(layout, rk, single_producer, wait_strategy, len(table),
+                           int(claim_timeout * 1e9), schema_hash)
+        magic = hdr.magic
+        hdr.magic = b"\0" * 8          # published last: attachers wait for it
+        H.pack_header(mm, hdr)
+        for i, (n, deps) in enumerate(table):
+            H.pack_consumer(mm, i, n, sum(1 << d for d in deps))
+        mm[layout.avail_offset:layout.avail_offset + 8 * capacity] = b"\xff" * (8 * capacity)
+        for i in range(H.MAX_PRODUCERS):
+            off = H.cache_line(i, H.PRODUCER_OFFSET)
+            mm[off + 8 * H.P_LO:off + 8 * H.P_LO + 8] = (1).to_bytes(8, "little")
+        mm[0:8] = magic
+        mm.flush()
+        hdr.magic = magic
+        return cls(name, shm_name, mm, hdr, layout, table, owner=True)
+
+    @classmethod
+    def attach(cls, name, capacity=None, record_size=None, consumers=None, schema_hash=None,
+               wait=1.0):
+        """Map an existing ring; refuse it if its header differs from what is expected.
+
+        Checks magic, header version, records layout version and schema hash
+        always; capacity, record size and consumers when given.  Waits up to
+        ``wait`` seconds for a segment that is still being created.  O(1).
+
+        Raises RingNotFoundError, RingMismatchError (naming the field).
+        """
+        shm_name = _segment_name(name)
+        try:
+            shm = posix_ipc.SharedMemory(shm_name)
+        except posix_ipc.ExistentialError:
+            from .errors import RingNotFoundError
+            raise RingNotFoundError("no ring %r" % name)
+        try:
+            size = shm.size
+            if size < H.HEADER_SIZE:
+                raise RingMismatchError(name, "segment size", size, ">= %d" % H.HEADER_SIZE)
+            mm = mmap.mmap(shm.fd, size)
+        finally:
+            shm.close_fd()
+        try:
+            deadline = time.monotonic() + wait
+            while mm[0:8] == b"\0" * 8 and time.monotonic() < deadline:
+                time.sleep(0.001)
+            hdr = H.unpack_header(mm)
+            if hdr.magic == H.MAGIC and hdr.total_size != size:
+                raise RingMismatchError(name, "segment size", size, hdr.total_size)
+            found = None
+            if hdr.magic == H.MAGIC and consumers is not None:
+                rows = H.unpack_consumers(mm, hdr.n_consumers)
+                found = {n: [rows[d][0] for d in deps] for n, deps in rows}
+            layout = H.check(name, hdr, schema_hash, capacity, record_size, consumers, found)
+            table = H.unpack_consumers(mm, hdr.n_consumers)
+        except BaseException:
+            mm.close()
+            raise
+        return cls(name, shm_name, mm, hdr, layout, table, owner=False)
+
+    def close(self):
+        """Unmap the ring; detaches this process's producers and consumers.  Idempotent.
+
+        If the caller still holds memoryviews from batches, the mapping stays
+        until they are released (no use-after-unmap).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for user in list(self._users):
+            user._detach()
+        self._gating = self._avail = self._data = self._cursor = None
+        self._consumer_seqs = self._producer_table = []
+        try:
+            ffi.release(self._base)
+        except Exception:
+            pass
+        self._base = None
+        for v in (self._data_ro, self._data_view, self._view):
+            try:
+                v.release()
+            except (BufferError, ValueError):
+                pass
+        self._data_ro = self._data_view = self._view = None
+        try:
+            self._mmap.close()
+        except BufferError:
+            pass  # user-held views keep the mapping alive; freed with them
+
+    def unlink(self):
+        """Remove the segment name (mappings stay valid until closed).  Idempotent."""
+        try:
+            posix_ipc.unlink_shared_memory(self._shm_name)
+        except posix_ipc.ExistentialError:
+            pass
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _check_open(self):
+        if self._closed:
+            raise RingClosedError("ring %r is closed" % self.name)
+
+    # ---------------------------------------------------------------- roles
+    def producer(self, producer_id=0, check_waiters=None):
+        """A Producer registered in the producer table (dead-producer detection).
+
+        ``check_waiters`` (default: the ring's strategy can block) makes every
+        publish wake futex waiters.  Raises RingError if the table is full or,
+        on a single-producer ring, another live producer is registered.
+        """
+        self._check_open()
+        p = Producer(self, producer_id, self._signals if check_waiters is None else check_waiters)
+        self._users.add(p)
+        return p
+
+    def consumer(self, name, wait_strategy=None):
+        """The Consumer ``name`` (declared at create); resumes after its committed sequence.
+
+        Raises RingConfigError for an unknown name, or for a blocking strategy
+        on a ring whose producers do not signal.
+        """
+        self._check_open()
+        if name not in self._index:
+            raise RingConfigError("ring %r has no consumer %r (consumers: %s)"
+                                  % (self.name, name, ", ".join(self._index)))
+        strategy = make_wait_strategy(wait_strategy or self.wait_strategy)
+        if strategy.needs_signal and not self._signals:
+            raise RingConfigError("wait strategy %r blocks, but ring %r was created with %r "
+                                  "whose producers do not signal" % (strategy.name, self.name,
+                                                                     self.wait_strategy))
+        c = Consumer(self, name, self._index[name], strategy)
+        self._users.add(c)
+        return c
+
+    # ---------------------------------------------------------------- state
+    @property
+    def capacity(self):
+        return self._layout.capacity
+
+    @property
+    def record_size(self):
+        return self._layout.record_size
+
+    @property
+    def consumer_names(self):
+        return [n for n, _ in self._table]
+
+    def consumer_dependencies(self, name):
+        return [self._table[d][0] for d in self._table[self._index[name]][1]]
+
+    @property
+    def claimed(self):
+        """Highest claimed seq (= ``cursor`` on a single-producer ring)."""
+        self._check_open()
+        return lib.rm_load_acquire(self._cursor)
+
+    @property
+    def cursor(self):
+        """Highest seq published with every earlier seq published too.  O(unpublished run)."""
+        self._check_open()
+        claimed = lib.rm_load_acquire(self._cursor)
+        if self.header.single_producer:
+            return claimed
+        low = lib.rm_min_sequence(self._gating, len(self._leaves), claimed)
+        return lib.rm_highest_published(self._avail, self._layout.mask, self._layout.shift,
+                                        low + 1, claimed)
+
+    def consumer_sequence(self, name):
+        """Committed sequence of consumer ``name`` (acquire load)."""
+        self._check_open()
+        return lib.rm_load_acquire(self._consumer_seqs[self._index[name]])
+
+    def consumers(self):
+        """``[{name, depends_on, sequence, lag}]`` for every consumer.  O(consumers)."""
+        cursor = self.cursor
+        out = []
+        for n, deps in self._table:
+            seq = self.consumer_sequence(n)
+            out.append({"name": n, "depends_on": [self._table[d][0] for d in deps],
+                        "sequence": seq, "lag": cursor - seq})
+        return out
+
+    def producers(self):
+        """``[{slot, pid, alive, producer_id, claim_lo, claim_hi}]`` of registered producers."""
+        self._check_open()
+        out = []
+        for i, e in enumerate(self._producer_table):
+            pid = lib.rm_load_acquire(e + H.P_PID)
+            if pid:
+                lo, hi = lib.rm_load_acquire(e + H.P_LO), lib.rm_load_acquire(e + H.P_HI)
+                out.append({"slot": i, "pid": pid,
+                            "alive": process_alive(pid, lib.rm_load_acquire(e + H.P_START)),
+                            "producer_id": lib.rm_load_acquire(e + H.P_ID),
+                            "claim": [lo, hi] if lo <= hi else None})
+        return out
+
+    @property
+    def recovered_slots(self):
+        """How many slots of dead producers were published as NOP records."""
+        self._check_open()
+        return lib.rm_load_acquire(self._reaper_lock + 1)
+
+    def recover_dead_producers(self):
+        """Publish NOPs for orphaned claims now (any process may call it; rule 3 in ``reaper``)."""
+        self._check_open()
+        if self._reaper is None:
+            return 0
+        low = lib.rm_min_sequence(self._gating, len(self._leaves), self.claimed)
+        return self._reaper.recover(low + 1)
+
+    def info(self):
+        """Everything ``ringmatch ring inspect`` shows, as a dict."""
+        self._check_open()
+        return {"name": self.name, "header": self.header.as_dict(), "cursor": self.cursor,
+                "claimed": self.claimed, "consumers": self.consumers(),
+                "producers": self.producers(), "recovered_slots": self.recovered_slots}
+
+    def _check(self):
+        """Assert the ring's structural invariants (consumers never pass producers or deps)."""
+        claimed = self.claimed
+        for n, deps in self._table:
+            seq = self.consumer_sequence(n)
+            assert 0 <= seq <= claimed, (n, seq, claimed)
+            for d in deps:
+                assert seq <= self.consumer_sequence(self._table[d][0]), (n, d)
+        low = lib.rm_min_sequence(self._gating, len(self._leaves), claimed)
+        assert claimed - low <= self.capacity, (claimed, low)
+
+    def __repr__(self):
+        return "Ring(%r, capacity=%d, record_size=%d%s)" % (
+            self.name, self._layout.capacity, self._layout.record_size,
+            ", closed" if self._closed else "")
+
+
+class Producer(object):
+    """Claims, fills and publishes slots.  Obtain with ``Ring.producer()``.
+
+    claim/try_claim/publish: O(1); batches O(n) in C.
+    """
+
+    def __init__(self, ring, producer_id, check_waiters):
+        self._ring = ring
+        self.producer_id = producer_id
+        layout = ring._layout
+        self._capacity = layout.capacity
+        self._mask = layout.mask
+        self._record_size = layout.record_size
+        self._data = ring._data
+        self._data_view = ring._data_view
+        self._entry = self._register(ring, producer_id)
+        self._ptr_type = ffi.typeof((ring._ctype or "char") + " *")
+        self._records = ffi.cast(self._ptr_type, ring._data)
+        if ring.header.single_producer:
+            self._sequencer = SingleProducerSequencer(
+                ring._cursor, ring._gating, len(ring._leaves), self._capacity, ring._futex,
+                check_waiters)
+        else:
+            self._sequencer = MultiProducerSequencer(
+                ring._cursor, ring._gating, len(ring._leaves), self._capacity, ring._futex,
+                check_waiters, ring._avail, self._entry)
+        self.try_claim_n = self._sequencer.try_claim
+        self._publish = self._sequencer.publish
+
+    @staticmethod
+    def _register(ring, producer_id):
+        me, start = os.getpid(), process_start_time(os.getpid())
+        table = ring._producer_table
+        if ring.header.single_producer:
+            for e in table:
+                pid = lib.rm_load_acquire(e + H.P_PID)
+                if pid and process_alive(pid, lib.rm_load_acquire(e + H.P_START)):
+                    raise RingError("ring %r is single-producer and producer pid %d is live"
+                                    % (ring.name, pid))
+        for e in table:
+            pid = lib.rm_load_acquire(e + H.P_PID)
+            if pid:
+                lo, hi = lib.rm_load_acquire(e + H.P_LO), lib.rm_load_acquire(e + H.P_HI)
+                if process_alive(pid, lib.rm_load_acquire(e + H.P_START)):
+                    continue
+                if lo <= hi and not ring.header.single_producer:
+                    continue  # an orphaned claim: leave it to the reaper
+            if lib.rm_cas(e + H.P_PID, pid, me):
+                lib.rm_store_release(e + H.P_START, start)
+                lib.rm_store_release(e + H.P_ID, producer_id)
+                lib.rm_store_release(e + H.P_HI, 0)
+                lib.rm_store_release(e + H.P_LO, 1)
+                lib.rm_store_release(e + H.P_STATE, H.P_ACTIVE)
+                return e
+        raise RingError("ring %r: producer table full (%d live producers)"
+                        % (ring.name, H.MAX_PRODUCERS))
+
+    def _detach(self):
+        if self._entry is not None and self._ring._producer_table:
+            self.close()
+        self._records = self._data = self._data_view = self._sequencer = None
+        self.try_claim_n = self._publish = None
+
+    def close(self):
+        """Leave the producer table.  Idempotent; the Ring stays open."""
+        e, self._entry = self._entry, None
+        if e is not None and self._ring._producer_table:
+            lib.rm_store_release(e + H.P_STATE, H.P_FREE)
+            lib.rm_store_release(e + H.P_PID, 0)
+
+    # ---------------------------------------------------------------- per record
+    def try_claim(self):
+        """Claim one slot: its seq, or None when the ring is full.  Never blocks.  O(1)."""
+        return self.try_claim_n(1)
+
+    def claim(self, timeout=None):
+        """Claim one slot, waiting (spin -> yield -> sleep) while the ring is full.
+
+        Returns the seq, or None if ``timeout`` seconds pass first.
+        """
+        seq = self.try_claim_n(1)
+        if seq is None:
+            return self._wait_claim(1, timeout)
+        return seq
+
+    def _wait_claim(self, n, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        rounds = 0
+        try_claim = self.try_claim_n
+        while True:
+            seq = try_claim(n)
+            if seq is not None:
+                return seq
+            rounds += 1
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            if rounds < 100:
+                continue
+            if rounds < 1000:
+                os.sched_yield()
+            else:
+                time.sleep(0.00005)
+
+    def record(self, seq):
+        """The cffi record pointer (``rm_command_t *`` / ``rm_event_t *``) of slot ``seq``.  O(1)."""
+        return self._records + (seq & self._mask)
+
+    def publish(self, seq):
+        """Publish one claimed seq.  O(1)."""
+        self._publish(seq, seq)
+
+    def write(self, data, timeout=None):
+        """Claim one slot, copy ``record_size`` bytes of ``data`` into it, publish; returns seq."""
+        seq = self.try_claim_n(1)
+        if seq is None:
+            seq = self._wait_claim(1, timeout)
+            if seq is None:
+                return None
+        ffi.memmove(self._records + (seq & self._mask), data, self._record_size)
+        self._publish(seq, seq)
+        return seq
+
+    # ---------------------------------------------------------------- batched
+    def _views(self, first, n):
+        rs = self._record_size
+        start = (first & self._mask) * rs
+        end = start + n * rs
+        total = self._capacity * rs
+        view = self._data_view
+        if end <= total:
+            return [view[start:end]]
+        return [view[start:total], view[0:end - total]]
+
+    def try_claim_batch(self, n):
+        """Claim ``n`` slots: ``(first_seq, [writable memoryview, ...])`` or None when full."""
+        first = self.try_claim_n(n)
+        if first is None:
+            return None
+        return first, self._views(first, n)
+
+    def claim_batch(self, n, timeout=None):
+        """Claim ``n`` slots, waiting while full: ``(first_seq, views)``.
+
+        ``views`` are 1 or 2 writable memoryviews (2 when the batch wraps the
+        ring's end) of ``n * record_size`` bytes in all.  O(1).  Returns None
+        on timeout.  Raises ValueError if ``n`` exceeds the capacity.
+        """
+        first = self.try_claim_n(n)
+        if first is None:
+            first = self._wait_claim(n, timeout)
+            if first is None:
+                return None
+        return first, self._views(first, n)
+
+    def publish_batch(self, first, n):
+        """Publish seqs ``first .. first + n - 1``.  O(n) in C (multi producer), O(1) single."""
+        self._publish(first, first + n - 1)
+
+    def __repr__(self):
+        return "Producer(%r, producer_id=%d)" % (self._ring.name, self.producer_id)
+
+
+class Batch(object):
+    """Records ``first_seq .. last_seq`` a consumer may read (read-only views).
+
+    ``chunks``: ``[(first_seq, memoryview)]``, two when the batch wraps.
+    """
+
+    __slots__ = ("first_seq", "count", "chunks", "_consumer")
+
+    def __init__(self, first_seq, count, chunks, consumer):
+        self.first_seq = first_seq
+        self.count = count
+        self.chunks = chunks
+        self._consumer = consumer
+
+    @property
+    def last_seq(self):
+        return self.first_seq + self.count - 1
+
+    def __len__(self):
+        return self.count
+
+    def records(self):
+        """Iterate ``(seq, cffi record pointer)``.  O(1) per record."""
+        rec = self._consumer.record
+        for seq in range(self.first_seq, self.first_seq + self.count):
+            yield seq, rec(seq)
+
+    def arrays(self, dtype=None):
+        """numpy views of the chunks (read-only), one per chunk; default dtype from records."""
+        import numpy as np
+        if dtype is None:
+            dtype = self._consumer._dtype()
+        return [np.frombuffer(v, dtype=dtype) for _, v in self.chunks]
+
+    def array(self, dtype=None):
+        """One numpy array of the batch: a view, or a copy when the batch wraps."""
+        arrays = self.arrays(dtype)
+        if len(arrays) == 1:
+            return arrays[0]
+        import numpy as np
+        return np.concatenate(arrays)
+
+    def tobytes(self):
+        """The batch's bytes (a copy)."""
+        return b"".join(v.tobytes() for _, v in self.chunks)
+
+    def __repr__(self):
+        return "Batch(first_seq=%d, count=%d, chunks=%d)" % (self.first_seq, self.count,
+                                                             len(self.chunks))
+
+
+class Consumer(object):
+    """Reads the ring in order behind its dependencies; commits its gating sequence.
+
+    poll: O(1) when records are available (plus the wait); commit: O(1).
+    """
+
+    def __init__(self, ring, name, index, strategy):
+        self._ring = ring
+        self.name = name
+        layout = ring._layout
+        self._mask = layout.mask
+        self._capacity = layout.capacity
+        self._record_size = layout.record_size
+        self._seq_ptr = ring._consumer_seqs[index]
+        self.sequence_obj = Sequence(self._seq_ptr)
+        deps = ring._table[index][1]
+        self._barrier = SequenceBarrier(
+            ring._cursor, None if ring.header.single_producer else ring._avail,
+            [ring._consumer_seqs[d] for d in deps], layout.mask, layout.shift, strategy,
+            ring._futex, ring._reaper, ring.header.claim_timeout_ns)
+        self.wait_strategy = strategy
+        self._records = ffi.cast(ffi.typeof((ring._ctype or "char") + " *"), ring._data)
+        self._ro = ring._data_ro
+        # a consumer others depend on wakes their futex waits when it commits
+        self._signal_commit = 1 if (ring._signals and any(
+            index in d for _, d in ring._table)) else 0
+        self._polled = lib.rm_load_acquire(self._seq_ptr)
+
+    def _detach(self):
+        self._records = self._ro = self._seq_ptr = self._barrier = None
+
+    def _dtype(self):
+        from . import records
+        kind = self._ring.header.record_kind
+        if kind == H.RECORD_COMMAND:
+            return records.COMMAND_DTYPE
+        if kind == H.RECORD_EVENT:
+            return records.EVENT_DTYPE
+        return "V%d" % self._record_size
+
+    @property
+    def sequence(self):
+        """Last committed seq (acquire load)."""
+        return lib.rm_load_acquire(self._seq_ptr)
+
+    @property
+    def polled(self):
+        """Last seq handed out by ``poll`` (>= ``sequence``)."""
+        return self._polled
+
+    def available(self):
+        """Highest seq readable now without waiting."""
+        return self._barrier.available(self._polled + 1)
+
+    def wait_for(self, seq, timeout=None):
+        """Highest readable seq once ``seq`` is readable, or ``< seq`` after ``timeout`` s."""
+        return self._barrier.wait_for(seq, None if timeout is None else int(timeout * 1e9))
+
+    def poll(self, max_batch=4096, timeout=None):
+        """The next Batch of up to ``max_batch`` records, or None if none came within ``timeout``.
+
+        ``timeout=None`` waits as long as it takes; ``0`` never waits.  Each
+        poll continues after the previous poll (commit separately).
+        """
+        nxt = self._polled + 1
+        a = self._barrier.wait_for(nxt, None if timeout is None else int(timeout * 1e9))
+        if a < nxt:
+            return None
+        count = a - nxt + 1
+        if count > max_batch:
+            count = max_batch
+        self._polled = nxt + count - 1
+        rs = self._record_size
+        start = (nxt & self._mask) * rs
+        end = start + count * rs
+        total = self._capacity * rs
+        ro = self._ro
+        if end <= total:
+            chunks = [(nxt, ro[start:end])]
+        else:
+            first_n = (total - start) // rs
+            chunks = [(nxt, ro[start:total]), (nxt + first_n, ro[0:end - total])]
+        return Batch(nxt, count, chunks, self)
+
+    def record(self, seq):
+        """cffi pointer to the record of ``seq`` (read only by convention).  O(1)."""
+        return self._records + (seq & self._mask)
+
+    def commit(self, last_seq):
+        """Release ``last_seq`` and everything before it to producers and dependents.
+
+        Release store of the gating sequence; pairs with the acquire loads in
+        the producers' gating check and dependents' barriers.  Raises
+        RingError when ``last_seq`` was not polled yet.
+        """
+        if last_seq > self._polled:
+            raise RingError("consumer %r: commit(%d) past the last polled seq %d"
+                            % (self.name, last_seq, self._polled))
+        lib.rm_publish_sp(self._seq_ptr, last_seq, self._ring._futex, self._signal_commit)
+
+    def rewind(self):
+        """Forget uncommitted polls: the next poll starts after ``sequence``."""
+        self._polled = lib.rm_load_acquire(self._seq_ptr)
+
+    def __repr__(self):
+        return "Consumer(%r, %r, sequence=%d)" % (self._ring.name, self.name, self.sequence)
