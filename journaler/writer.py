@@ -19,12 +19,13 @@ Theory of operation:
    counts a record durable once ``write`` returned (it survives a process
    crash, not an OS crash or power loss).  ``durable_sequence`` is the last
    sequence the policy made durable; only that may be acknowledged.
-5. A failed write (disk full, EIO) truncates the block away and raises
-   JournalIOError; ``next_sequence`` stays where it was.  A failed fsync
-   truncates the file back to the last durable offset (the page cache can no
-   longer be trusted) and rewinds ``next_sequence`` to ``durable_sequence + 1``;
-   the caller re-appends from there (the ring still holds the records since
-   the gating sequence never passed ``durable_sequence``).
+5. A failed write (disk full, EIO) or fsync raises JournalIOError after
+   truncating the current segment back to its last durable offset (after a
+   failed fsync the page cache can no longer be trusted) and rewinding
+   ``next_sequence`` to ``durable_sequence + 1``.  The caller re-appends from
+   there: the ring still holds those records, since the gating sequence never
+   passes ``durable_sequence``.  Only the current segment can hold non-durable
+   bytes (a roll fsyncs the old one).
 """
 import errno as errno_module
 import os
@@ -125,6 +126,7 @@ class JournalWriter(object):
         self._last_sync = clock()
         self.syncs = 0
         self.closed = False
+        self._start_seq = start_seq
         report = self.recovery
         if report.segments:
             last = report.segments[-1]
@@ -274,11 +276,30 @@ class JournalWriter(object):
                         raise OSError(errno_module.ENOSPC, "no progress writing block")
                     rest = rest[n:]
         except OSError as exc:
-            self._truncate(start)
+            self._rewind()
             self._failure("write", exc, first_seq)
         self._size = start + total
         self._written = first_seq + count - 1
         self._next = self._written + 1
+
+    def _rewind(self):
+        """Rule 5: drop everything not yet durable (file and counters)."""
+        self._truncate(self._durable_offset)
+        self._size = self._durable_offset
+        self._written = self._durable
+        if self._durable == 0 and self._start_seq is None:
+            # nothing was ever durable in a journal without a fixed start: forget
+            # the header-only segment too, so the next append may start anywhere
+            if self._fd is not None and self._size == SEGMENT_HEADER_SIZE:
+                os.close(self._fd)
+                self._fd = None
+                try:
+                    os.unlink(self._path)
+                except OSError:
+                    pass
+            self._next = None
+        else:
+            self._next = self._durable + 1
 
     def _truncate(self, offset):
         try:
@@ -304,10 +325,7 @@ class JournalWriter(object):
         except OSError as exc:
             # rule 5: the page cache may have dropped the dirty pages; rewind to
             # what is known durable and let the caller write it again
-            self._truncate(self._durable_offset)
-            self._size = self._durable_offset
-            self._written = self._durable
-            self._next = self._durable + 1
+            self._rewind()
             self._failure("fsync", exc, self._durable + 1)
         self.syncs += 1
         self._durable_offset = self._size

@@ -1,0 +1,210 @@
+"""The journaler process: input ring -> journal segments -> gating sequence.
+
+Theory of operation (numbered; the code refers to them):
+
+1. Start-up: the writer recovers the journal (cuts a torn or corrupt tail and
+   logs exactly what it cut); its durable end is ``L``.  The ring is attached
+   as consumer ``journaler``, whose gating sequence is ``G``.
+2. ``L == G``: resume.  ``L < G``: the ring says records ``L+1 .. G`` were
+   journaled but the journal does not have them -- fatal (exit 3), nothing is
+   guessed.  ``L > G``: the previous incarnation made ``G+1 .. L`` durable
+   and died before committing; those records are still in the ring (the
+   gating sequence protected them), so they are polled, compared byte for
+   byte with the journal, and committed.  A difference is a fatal overlap
+   (exit 3); a ring whose cursor is behind ``L`` (made anew without
+   continuing the journal's sequence) is fatal as well.
+3. Loop: poll a batch, append it as one block, commit the gating sequence up
+   to ``durable_sequence`` only -- never past what the fsync policy made
+   durable, so the matcher (gated on the journaler) never acts on a record
+   that could be lost.  An idle ``interval`` policy syncs when due.
+4. A batch that does not continue the journal exactly (gap or overlap) is
+   fatal (exit 3).
+5. ``JournalIOError`` (disk full, EIO): nothing is committed; the error is
+   logged loudly (first failure, then with each doubling of the attempt
+   count); the consumer rewinds to its committed sequence and the batch is
+   retried after a back-off (10 ms doubling to 1 s) until the disk takes it
+   again, which is logged as ``io_recovered``.
+6. SIGTERM / SIGINT: the current batch is finished, everything written is
+   synced and committed, exit 0.
+"""
+import argparse
+import signal
+import sys
+import time
+
+from engine.log import Logger
+from journaler.errors import JournalIOError, JournalSequenceError, JournalError
+
+__all__ = ["main", "run", "EXIT_OK", "EXIT_FATAL"]
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_FATAL = 3
+
+
+class Fatal(Exception):
+    """A journal/ring inconsistency: logged and the process exits EXIT_FATAL."""
+
+
+def _catch_up(consumer, writer, ring, log):
+    """Rule 2 for L > G: poll G+1..L, check against the journal, commit L."""
+    from journaler.reader import JournalReader
+    durable = writer.durable_sequence
+    gating = consumer.sequence
+    if ring.cursor < durable:
+        raise Fatal("journal ends at %d but the ring's cursor is %d: the ring does not continue "
+                    "the journal's sequence (overlap of %d records)"
+                    % (durable, ring.cursor, durable - ring.cursor))
+    reader = JournalReader(writer.data_dir, writer.shard, check_crc=False)
+    journal = bytearray()
+    for _first, _count, view in reader.blocks(after=gating, last=durable):
+        journal += view
+    ring_bytes = bytearray()
+    while consumer.polled < durable:
+        batch = consumer.poll(durable - consumer.polled, timeout=5.0)
+        if batch is None:
+            raise Fatal("ring cursor %d but records up to %d not readable" % (ring.cursor, durable))
+        for _seq, view in batch.chunks:
+            ring_bytes += view
+    if bytes(journal) != bytes(ring_bytes):
+        size = writer.record_size
+        first_diff = next(i for i in range(min(len(journal), len(ring_bytes)) + 1)
+                          if i == min(len(journal), len(ring_bytes)) or journal[i] != ring_bytes[i])
+        raise Fatal("overlap: journal records %d..%d differ from the ring's at seq %d"
+                    % (gating + 1, durable, gating + 1 + first_diff // size))
+    consumer.commit(durable)
+    log.event("caught_up", from_seq=gating, to_seq=durable, records=durable - gating)
+
+
+def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes=64 << 20,
+        max_batch=4096, log=None, stop=None, idle_timeout=0.2):
+    """Journal ``ring`` (consumer ``journaler``) into ``data_dir`` until ``stop`` is non-empty.
+
+    Returns an exit code (EXIT_OK, EXIT_FATAL).  ``stop`` is a list that a
+    signal handler appends to.
+    """
+    from journaler.writer import JournalWriter
+    log = log or Logger("journaler", shard)
+    stop = [] if stop is None else stop
+    consumer = ring.consumer("journaler")
+    gating = consumer.sequence
+    try:
+        writer = JournalWriter(data_dir, shard, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
+                               segment_bytes=segment_bytes, log=log)
+    except JournalError as exc:
+        log.error("fatal", reason="journal_unreadable", error=str(exc))
+        return EXIT_FATAL
+    if writer.next_sequence is None:          # empty journal: it starts where the ring is
+        writer.close()
+        writer = JournalWriter(data_dir, shard, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
+                               segment_bytes=segment_bytes, log=log, start_seq=gating + 1)
+    report = writer.recovery
+    log.event("journal_recovered", first_seq=report.first_seq or -1,
+              durable_seq=writer.durable_sequence, segments=len(report.segments),
+              cuts=len(report.cuts), gating_seq=gating)
+    try:
+        durable = writer.durable_sequence
+        if durable < gating:     # rule 2
+            raise Fatal("gap: the ring's journaler gating sequence is %d but the journal ends at "
+                        "%d: records %d..%d were acknowledged and are not in the journal"
+                        % (gating, durable, durable + 1, gating))
+        if durable > gating:
+            _catch_up(consumer, writer, ring, log)
+    except Fatal as exc:
+        log.error("fatal", reason="journal_ring_mismatch", error=str(exc))
+        writer.close()
+        return EXIT_FATAL
+    log.event("ready", fsync=fsync, seq=writer.durable_sequence, ring=ring.name)
+
+    poll = consumer.poll
+    commit = consumer.commit
+    append = writer.append
+    committed = consumer.sequence
+    failures = 0
+    backoff = 0.01
+    first_failure = None
+    records = 0
+    code = EXIT_OK
+    try:
+        while not stop:
+            timeout = idle_timeout
+            if fsync == "interval":
+                due = writer.seconds_until_sync()
+                if due is not None:
+                    timeout = min(timeout, due)
+            batch = poll(max_batch, timeout=timeout)
+            try:
+                if batch is None:
+                    writer.sync_if_due()
+                else:
+                    chunks = [view for _seq, view in batch.chunks]
+                    append(batch.first_seq, chunks)          # rules 3, 4
+                    records += batch.count
+            except JournalIOError as exc:                     # rule 5
+                failures += 1
+                if first_failure is None:
+                    first_failure = time.monotonic()
+                if failures & (failures - 1) == 0:
+                    log.error("io_error", op=exc.op, errno=exc.errno, file=exc.path,
+                              error=str(exc), attempt=failures, durable_seq=writer.durable_sequence,
+                              retry_in_ms=int(backoff * 1000))
+                consumer.rewind()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            if failures:
+                log.event("io_recovered", attempts=failures,
+                          stalled_ms=int((time.monotonic() - first_failure) * 1000),
+                          durable_seq=writer.durable_sequence)
+                failures, backoff, first_failure = 0, 0.01, None
+            durable = writer.durable_sequence
+            if durable > committed:
+                commit(durable)
+                committed = durable
+    except JournalSequenceError as exc:
+        log.error("fatal", reason="sequence", error=str(exc), expected=exc.expected, got=exc.got)
+        code = EXIT_FATAL
+    finally:
+        try:
+            writer.close()                                  # rule 6: sync what was written
+            if code == EXIT_OK and writer.durable_sequence > committed:
+                commit(writer.durable_sequence)
+                committed = writer.durable_sequence
+        except JournalError as exc:
+            log.error("close_failed", error=str(exc))
+    log.event("stopped", seq=committed, records=records, syncs=writer.syncs)
+    return code
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m journaler.process")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--shard", required=True)
+    parser.add_argument("--max-batch", type=int, default=4096)
+    args = parser.parse_args(argv)
+
+    from engine.runtime import ConfigError, RuntimeConfig
+    try:
+        runtime = RuntimeConfig.load(args.config)
+        shard = runtime.shard(args.shard)
+    except ConfigError as exc:
+        Logger("journaler", args.shard).error("bad_config", error=str(exc))
+        return EXIT_CONFIG
+    log = Logger("journaler", shard.name)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+    signal.signal(signal.SIGINT, lambda s, f: stop.append(s))
+    from ringbuf import Ring
+    ring = Ring.attach(shard.input_ring)
+    conf = runtime.journal
+    try:
+        return run(ring, runtime.data_dir, shard.name, fsync=conf.get("fsync", "batch"),
+                   fsync_interval_ms=conf.get("fsync_interval_ms", 5),
+                   segment_bytes=conf.get("segment_bytes", 64 << 20),
+                   max_batch=args.max_batch, log=log, stop=stop)
+    finally:
+        ring.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
