@@ -634,11 +634,13 @@ class Batch(object):
 
     def array(self, dtype=None):
         """One numpy array of the batch: a view, or a copy when the batch wraps."""
-        arrays = self.arrays(dtype)
-        if len(arrays) == 1:
-            return arrays[0]
+        if len(self.chunks) == 1:
+            return self.arrays(dtype)[0]
         import numpy as np
-        return np.concatenate(arrays)
+        if dtype is None:
+            dtype = self._consumer._dtype()
+        # raw byte copy (np.concatenate would drop the union aliases of the dtype)
+        return np.frombuffer(bytearray(self.tobytes()), dtype=dtype)
 
     def tobytes(self):
         """The batch's bytes (a copy)."""
