@@ -490,5 +490,13 @@ class JournalReader(object):
             parts.append(arr)
             seqs.append(np.arange(first_seq, first_seq + len(arr), dtype=np.int64))
         if not parts:
-            return np.zeros(0, np.int64), np.zeros(0, records.COMMAND_DTYPE)
-        return np.concatenate(seqs), np.concatenate(parts)
+            return np.zeros(0, np.int64), np.zeros(0, records.COMMAND_DTYPE
+                                                   if self.record_size == records.COMMAND_SIZE
+                                                   else np.dtype((np.void, self.record_size)))
+        # not np.concatenate: it would repack the union fields of the dtype
+        out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype)
+        pos = 0
+        for part in parts:
+            out[pos:pos + len(part)] = part
+            pos += len(part)
+        return np.concatenate(seqs), out

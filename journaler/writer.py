@@ -47,7 +47,12 @@ POLICIES = ("batch", "interval", "off")
 MAX_BLOCK_RECORDS = 1 << 16
 
 # Indirections so tests can inject I/O failures (disk full, EIO).
-_writev = os.writev
+def _write_joined(fd, parts):
+    """os.writev stand-in (PyPy 3.9 has no os.writev): one copy, one write."""
+    return os.write(fd, b"".join(parts))
+
+
+_writev = getattr(os, "writev", _write_joined)
 _fsync = getattr(os, "fdatasync", os.fsync)
 _open = os.open
 
@@ -256,8 +261,9 @@ class JournalWriter(object):
             self._sync()
         elif self.policy == "interval":
             self.sync_if_due()
-        else:
+        else:   # "off": durable once written (rule 4)
             self._durable = self._written
+            self._durable_offset = self._size
         return self._written
 
     def _write_block(self, first_seq, count, parts):
@@ -342,6 +348,7 @@ class JournalWriter(object):
         if self._written > self._durable:
             if self.policy == "off":
                 self._durable = self._written
+                self._durable_offset = self._size
             elif self.policy == "batch" or self.clock() - self._last_sync >= self.interval_s:
                 self._sync()
         return self._durable
