@@ -15,7 +15,8 @@ CSV format (header required)::
 The generator (:func:`generate`) draws about 64% limit, 25% cancel, 4% IOC, 2% FOK
 and 5% market orders around a mid price that drifts by a random walk.  Limit
 prices lie mostly behind the mid (a book forms) and sometimes cross it (trades).
-Cancels target a live resting order of the generator's own bookkeeping; the
+Cancels target a resting order of the generator's own bookkeeping (80% one of
+the 200 most recent, as market makers re-quote; 20% any); the
 generator does not match, so some targets are already filled by the time the
 cancel arrives (the cancel is then refused: ORDER_NOT_FOUND).
 
@@ -80,7 +81,11 @@ def generate(n, seed=1, mid=100000, spread_ticks=50, max_qty=100):
             type_ = "L"
         side = "B" if rand() < 0.5 else "S"
         if type_ == "C":
-            i = randint(0, len(live) - 1)
+            # most cancels hit recent orders (as market makers re-quote), some old ones
+            if rand() < 0.8:
+                i = randint(max(0, len(live) - 200), len(live) - 1)
+            else:
+                i = randint(0, len(live) - 1)
             target = live[i]
             last = live.pop()
             if i < len(live):

@@ -140,3 +140,39 @@ def test_matcher_synthetic_flow():
     assert result.row_mismatches == []
     assert result.fill_mismatches == []
     venue.matcher._check()
+
+
+# --- the benchmark workload format (perf/workload.py) --------------------------
+@pytest.mark.pypy
+def test_workload_generator_mix_and_csv_round_trip(tmp_path):
+    from perf import workload
+    rows = workload.generate(20000, seed=3)
+    assert rows == workload.generate(20000, seed=3)          # seeded
+    shares = dict((t, sum(1 for r in rows if r[1] == t) / 20000.0) for t in "LCIFM")
+    for type_, share in workload.TYPE_SHARES:
+        assert abs(shares[type_] - share) < 0.02, (type_, shares)
+    ids = dict((r[4], r) for r in rows)
+    for side, type_, price, qty, order_id, target in rows:
+        if type_ == "C":
+            assert ids[target][1] == "L" and ids[target][0] == side and ids[target][2] == price
+        elif type_ == "M":
+            assert price == 0 and qty > 0
+        else:
+            assert price > 0 and qty > 0 and target == 0
+    path = str(tmp_path / "w.csv")
+    workload.write_csv(path, rows)
+    with open(path) as f:
+        assert f.readline().strip() == "side,type,price,qty,order_id,cancel_target_id"
+    assert workload.read_csv(path) == rows
+
+
+@pytest.mark.pypy
+def test_workload_reader_rejects_bad_rows(tmp_path):
+    from perf import workload
+    path = tmp_path / "bad.csv"
+    path.write_text("side,type,price,qty,order_id,cancel_target_id\nX,L,1,1,1,0\n")
+    with pytest.raises(ValueError):
+        workload.read_csv(str(path))
+    path.write_text("a,b\n")
+    with pytest.raises(ValueError):
+        workload.read_csv(str(path))

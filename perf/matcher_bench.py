@@ -1,0 +1,405 @@
+"""Matcher throughput and latency on a one-symbol workload, CPython vs PyPy vs cython-orderbook.
+
+Topology (no rings: the matcher's business logic alone)::
+
+    workload CSV --> [(seq, Command)] --> Matcher.process --> BytesSink (128-byte records)
+                     deposits first,                          take() every 4096 commands
+                     not timed                                (as engine/matcher_process does)
+
+* Workload: ``perf/workload.py`` (CSV ``side,type,price,qty,order_id,cancel_target_id``),
+  1,000,000 commands by default, seed 1, BTC-USD of ``engine.config.DEFAULT_CONFIG``
+  (maker -1 bps rebate, taker 5 bps: fees are charged on every fill), orders round-robin
+  over 1,000 accounts each funded with USD and BTC by DEPOSIT commands before timing.
+* Throughput: one warm-up pass, then ``--passes`` timed passes, each on a fresh matcher;
+  median/min/max commands/s.
+* Latency: one extra pass timing each ``process`` call with ``time.perf_counter_ns``
+  (the clock's own cost is measured and reported), recorded in an HdrHistogram.
+* Fingerprint: counts of TRADE events and of user cancels that succeeded (CANCELLED,
+  reason CANCELLED_BY_USER), plus the SHA-256 of every event byte.  The run fails if
+  CPython and PyPy disagree on any of them (the matcher must be deterministic).
+* Baseline: the PyPI package ``cython-orderbook`` (what a user might pick instead), same
+  rows, same run, CPython only (it needs Python >= 3.10; PyPy here is 3.9).  It has no
+  accounts, fees, IOC/FOK or events: IOC = limit then cancel of the rest; FOK = a
+  liquidity check over its price levels, then a limit-then-cancel.  It has no self-trade
+  prevention, so its trade count may differ from ours by the self-trades our matcher
+  prevented (reported).
+
+The PyPy pass runs as a subprocess: ``.venv-pypy/bin/python -m perf.matcher_bench --worker``.
+Timing is this file's own (perf/harness.py was not available when this was written).
+
+Usage::
+
+    python -m perf.matcher_bench [--commands 1000000] [--passes 3] [--no-pypy] [--profile]
+"""
+import argparse
+import array
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "perf", "results")
+PYPY = os.path.join(ROOT, ".venv-pypy", "bin", "python")
+
+SYMBOL_ID = 1            # BTC-USD in DEFAULT_CONFIG
+ACCOUNTS = 1000
+FUNDING = 10 ** 15       # minor units of each asset per account
+BATCH = 4096
+
+KIND_TRADE = 7
+KIND_CANCELLED = 4
+REASON_CANCELLED_BY_USER = 500
+REASON_CANCELLED_STP = 503
+
+
+def _interpreter():
+    impl = sys.implementation.name
+    return "%s %s" % (impl, platform.python_version())
+
+
+def deposits(config, accounts=ACCOUNTS, amount=FUNDING):
+    """Deposit commands funding accounts 1..accounts in both assets of the symbol."""
+    from engine.commands import Command
+    spec = config.symbols[SYMBOL_ID]
+    out = []
+    for account in range(1, accounts + 1):
+        for asset in (spec.base_asset, spec.quote_asset):
+            out.append(Command.deposit(account, asset, amount))
+    return out
+
+
+def build(rows, config):
+    """Return (deposit [(seq, cmd)], order [(seq, cmd)])."""
+    from perf.workload import to_commands
+    deps = list(enumerate(deposits(config), 1))
+    cmds = to_commands(rows, SYMBOL_ID, ACCOUNTS, len(deps) + 1)
+    return deps, cmds
+
+
+def _fresh_matcher(config, deps):
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    sink = BytesSink(initial_events=BATCH * 8)
+    matcher = Matcher(config, sink)
+    for seq, cmd in deps:
+        matcher.process(seq, cmd)
+    sink.take()
+    return matcher, sink
+
+
+def _count(data, counts, digest):
+    """Add the fingerprint counts of a chunk of event records (numpy, outside timing)."""
+    import numpy as np
+    from ringbuf.records import EVENT_DTYPE
+    digest.update(data)
+    ev = np.frombuffer(data, dtype=EVENT_DTYPE)
+    kind = ev["kind"]
+    counts["events"] += int(len(ev))
+    counts["trades"] += int((kind == KIND_TRADE).sum())
+    cancelled = kind == KIND_CANCELLED
+    counts["cancels"] += int((cancelled & (ev["reason"] == REASON_CANCELLED_BY_USER)).sum())
+    counts["stp_cancels"] += int((cancelled & (ev["reason"] == REASON_CANCELLED_STP)).sum())
+
+
+def run_pass(config, deps, cmds, fingerprint=False):
+    """One pass on a fresh matcher; return (seconds, counts or None)."""
+    matcher, sink = _fresh_matcher(config, deps)
+    process = matcher.process
+    take = sink.take
+    counts = {"events": 0, "trades": 0, "cancels": 0, "stp_cancels": 0}
+    digest = hashlib.sha256()
+    clock = time.perf_counter
+    total = 0.0
+    n = len(cmds)
+    for start in range(0, n, BATCH):
+        chunk = cmds[start:start + BATCH]
+        t0 = clock()
+        for seq, cmd in chunk:
+            process(seq, cmd)
+        data = take()
+        total += clock() - t0
+        if fingerprint:
+            _count(data, counts, digest)
+    if fingerprint:
+        counts["sha256"] = digest.hexdigest()
+        matcher._check()
+        return total, counts
+    return total, None
+
+
+def latency_pass(config, deps, cmds):
+    """One pass timing every command; return array('q') of nanoseconds."""
+    matcher, sink = _fresh_matcher(config, deps)
+    process = matcher.process
+    take = sink.take
+    clock = time.perf_counter_ns
+    lat = array.array("q")
+    append = lat.append
+    n = len(cmds)
+    for start in range(0, n, BATCH):
+        for seq, cmd in cmds[start:start + BATCH]:
+            t0 = clock()
+            process(seq, cmd)
+            append(clock() - t0)
+        take()
+    return lat
+
+
+def clock_overhead_ns(samples=200000):
+    clock = time.perf_counter_ns
+    t0 = clock()
+    for _ in range(samples):
+        clock()
+    return (clock() - t0) / float(samples)
+
+
+def worker(csv_path, passes, latency_out=None):
+    """Everything measured on one interpreter; returns a JSON-able dict."""
+    from engine.config import DEFAULT_CONFIG
+    from perf.workload import read_csv
+    rows = read_csv(csv_path)
+    deps, cmds = build(rows, DEFAULT_CONFIG)
+    # warm-up pass doubles as the fingerprint pass
+    t_warm, counts = run_pass(DEFAULT_CONFIG, deps, cmds, fingerprint=True)
+    times = [run_pass(DEFAULT_CONFIG, deps, cmds)[0] for _ in range(passes)]
+    out = {"interpreter": _interpreter(), "commands": len(cmds), "warmup_seconds": t_warm,
+           "pass_seconds": times, "fingerprint": counts,
+           "clock_overhead_ns": clock_overhead_ns()}
+    if latency_out:
+        lat = latency_pass(DEFAULT_CONFIG, deps, cmds)
+        with open(latency_out, "wb") as f:
+            lat.tofile(f)
+        out["latency_file"] = latency_out
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Baseline: cython-orderbook
+# ---------------------------------------------------------------------------
+def baseline_pass(rows):
+    """Replay rows on cython_orderbook.OrderBook; return (seconds, counts)."""
+    from decimal import Decimal  # noqa: F401  (its prices may be any ordered number)
+    from cython_orderbook import Order, OrderBook, OrderSide
+    book = OrderBook()
+    bid, ask = OrderSide.BID, OrderSide.ASK
+    add_limit = book.add_limit_order
+    add_market = book.add_market_order
+    cancel = book.cancel_order
+    ids = {}
+    cancels = 0
+    t0 = time.perf_counter()
+    for side, type_, price, qty, order_id, target in rows:
+        if type_ == "C":
+            if cancel(ids.pop(target, "")):
+                cancels += 1
+            continue
+        o = Order(bid if side == "B" else ask, qty, None if type_ == "M" else price)
+        if type_ == "L":
+            add_limit(o)
+            ids[order_id] = o.order_id
+        elif type_ == "M":
+            add_market(o)
+        else:
+            if type_ == "F":
+                # FOK: fillable only if enough volume at acceptable prices
+                levels = book.asks if side == "B" else book.bids
+                need = qty
+                for p in levels:
+                    if (side == "B" and p > price) or (side == "S" and p < price):
+                        break
+                    need -= levels[p].total_quantity
+                    if need <= 0:
+                        break
+                if need > 0:
+                    continue
+            add_limit(o)
+            if o.remaining_quantity > 0:
+                cancel(o.order_id)
+    seconds = time.perf_counter() - t0
+    return seconds, {"trades": len(book.trade_log), "cancels": cancels,
+                     "resting": len(book.orders)}
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------
+def _stats(commands, times):
+    rates = sorted(commands / t for t in times)
+    return {"median": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]}
+
+
+def _histogram(path):
+    from hdrh.histogram import HdrHistogram
+    lat = array.array("q")
+    with open(path, "rb") as f:
+        lat.frombytes(f.read())
+    h = HdrHistogram(1, 60 * 10 ** 9, 3)
+    record = h.record_value
+    for v in lat:
+        record(v if v > 0 else 1)
+    pct = {}
+    for p in (50, 90, 99, 99.9, 99.99):
+        pct["p%s" % p] = h.get_value_at_percentile(p)
+    pct["max"] = h.get_max_value()
+    pct["mean"] = h.get_mean_value()
+    return pct
+
+
+def profile(csv_path, commands=200000, top=18):
+    """cProfile one pass over the first ``commands`` rows; return the stats text."""
+    import cProfile
+    import io
+    import pstats
+    from engine.config import DEFAULT_CONFIG
+    from perf.workload import read_csv
+    rows = read_csv(csv_path)[:commands]
+    deps, cmds = build(rows, DEFAULT_CONFIG)
+    prof = cProfile.Profile()
+    prof.enable()
+    run_pass(DEFAULT_CONFIG, deps, cmds)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def suite(argv=None):
+    """Run the whole benchmark; write perf/results/matcher_throughput.{md,json}; exit code."""
+    parser = argparse.ArgumentParser(prog="matcher_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=1000000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--csv", default=None, help="use this workload CSV instead of generating")
+    parser.add_argument("--no-pypy", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile of 200k commands")
+    parser.add_argument("--name", default="matcher_throughput", help="results file stem")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--latency-out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = worker(args.csv, args.passes, args.latency_out)
+        with open(args.json_out, "w") as f:
+            json.dump(result, f)
+        return 0
+
+    from perf.workload import generate, write_csv, read_csv
+    tmp = tempfile.mkdtemp(prefix="rm-bench-")
+    csv_path = args.csv
+    if csv_path is None:
+        csv_path = os.path.join(tmp, "workload.csv")
+        write_csv(csv_path, generate(args.commands, seed=args.seed))
+    rows = read_csv(csv_path)
+    report = {"workload": {"commands": len(rows), "seed": args.seed, "csv": args.csv,
+                           "accounts": ACCOUNTS, "symbol": "BTC-USD (DEFAULT_CONFIG)"},
+              "passes": args.passes, "runs": {}}
+    print("workload: %d commands (%s)" % (len(rows), csv_path), file=sys.stderr)
+
+    runs = [("cpython", None)]
+    if not args.no_pypy:
+        if os.path.exists(PYPY):
+            runs.append(("pypy", PYPY))
+        else:
+            print("no PyPy at %s: skipping" % PYPY, file=sys.stderr)
+    for label, exe in runs:
+        lat_path = os.path.join(tmp, "lat-%s.bin" % label)
+        if exe is None:
+            result = worker(csv_path, args.passes, lat_path)
+        else:
+            out = os.path.join(tmp, "%s.json" % label)
+            subprocess.check_call([exe, "-m", "perf.matcher_bench", "--worker", "--csv", csv_path,
+                                   "--passes", str(args.passes), "--json-out", out,
+                                   "--latency-out", lat_path], cwd=ROOT, timeout=1800)
+            with open(out) as f:
+                result = json.load(f)
+        result["throughput"] = _stats(result["commands"], result["pass_seconds"])
+        result["latency_ns"] = _histogram(lat_path)
+        report["runs"][label] = result
+        print("%s: median %.0f commands/s" % (label, result["throughput"]["median"]),
+              file=sys.stderr)
+
+    if not args.no_baseline:
+        times, counts = [], None
+        baseline_pass(rows[:min(len(rows), 20000)])     # warm-up
+        for _ in range(args.passes):
+            seconds, counts = baseline_pass(rows)
+            times.append(seconds)
+        report["runs"]["cython-orderbook"] = {
+            "interpreter": _interpreter(), "commands": len(rows), "pass_seconds": times,
+            "throughput": _stats(len(rows), times), "fingerprint": counts}
+
+    fingerprints = [report["runs"][k]["fingerprint"] for k in ("cpython", "pypy")
+                    if k in report["runs"]]
+    ok = all(f == fingerprints[0] for f in fingerprints)
+    report["fingerprint_equal_across_interpreters"] = ok
+    if args.profile:
+        report["profile"] = profile(csv_path)
+    md = render(report)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, args.name + ".json"), "w") as f:
+        json.dump(report, f, indent=1, sort_keys=True)
+    with open(os.path.join(RESULTS_DIR, args.name + ".md"), "w") as f:
+        f.write(md)
+    print(md)
+    for name in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, name))
+    os.rmdir(tmp)
+    if not ok:
+        print("FAIL: fingerprints differ between interpreters", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render(report):
+    """Markdown text of a report."""
+    lines = ["# Matcher benchmark: one symbol, %d commands" % report["workload"]["commands"], "",
+             "Generated by `python -m perf.matcher_bench` on %s (%s, %d CPUs; shared machine)."
+             % (time.strftime("%Y-%m-%d %H:%M"), platform.machine(), os.cpu_count() or 0),
+             "Workload: seed %s, %d accounts round-robin, %s, fees on. One warm-up pass, "
+             "%d timed passes, fresh matcher per pass; events packed into 128-byte records "
+             "(BytesSink, taken every %d commands)." % (
+                 report["workload"]["seed"], report["workload"]["accounts"],
+                 report["workload"]["symbol"], report["passes"], BATCH), "",
+             "| run | interpreter | commands/s median | min | max | trades | user cancels ok "
+             "| STP cancels | events |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in report["runs"].items():
+        t, f = r["throughput"], r["fingerprint"]
+        lines.append("| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s |" % (
+            label, r["interpreter"], t["median"], t["min"], t["max"], f.get("trades"),
+            f.get("cancels"), f.get("stp_cancels", "n/a"), f.get("events", "n/a")))
+    lines += ["", "Targets: CPython >= 1,000,000 commands/s, PyPy >= 3,300,000 commands/s.", ""]
+    for label in ("cpython", "pypy"):
+        r = report["runs"].get(label)
+        if r:
+            lat = r["latency_ns"]
+            lines.append("- %s per-command latency (ns, clock cost ~%.0f ns included): "
+                         "p50 %d, p90 %d, p99 %d, p99.9 %d, p99.99 %d, max %d" % (
+                             label, r["clock_overhead_ns"], lat["p50"], lat["p90"], lat["p99"],
+                             lat["p99.9"], lat["p99.99"], lat["max"]))
+            lines.append("  event sha256 %s" % r["fingerprint"].get("sha256"))
+    lines.append("")
+    lines.append("Fingerprint (trades, user cancels, STP cancels, event bytes) equal across "
+                 "interpreters: %s" % report["fingerprint_equal_across_interpreters"])
+    base = report["runs"].get("cython-orderbook")
+    if base:
+        lines.append("cython-orderbook: no accounts, fees, STP or events; %d orders resting at "
+                     "the end." % base["fingerprint"]["resting"])
+    if report.get("profile"):
+        lines += ["", "## cProfile, CPython, first 200k commands (tottime)", "", "```",
+                  report["profile"].strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
+#: discovered by perf/cli.py: name -> callable(argv) -> exit code
+SUITES = {"matcher_throughput": suite}
+
+
+if __name__ == "__main__":
+    sys.exit(suite())
