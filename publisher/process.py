@@ -1,0 +1,180 @@
+"""The publisher process: output ring -> read model -> REST/WebSocket; REST writes -> input ring.
+
+``python -m publisher.process --config FILE --shard S`` (docs/interfaces.md).
+
+Theory of operation (numbered rules; the code refers to them):
+
+1. Start: attach both rings, rebuild the read model (publisher/rebuild.py),
+   then serve.  The model is built only from events.
+2. A consumer thread polls the output ring in batches (``max_batch``), copies
+   each batch out of shared memory, commits it, and hands the copy to the
+   asyncio loop with ``call_soon_threadsafe`` (service rule 1).  At most
+   ``max_inflight`` batches wait on the loop: when the loop is behind, the
+   thread stops polling, and the ring's gating pushes back on the matcher
+   instead of the publisher's memory growing without bound.
+3. REST writes are commands written to the input ring by this process's
+   producer (``publisher.producer_id``, default 1) from the loop thread.
+4. SIGTERM/SIGINT: uvicorn stops accepting and closes connections; then the
+   consumer thread is stopped and joined, the producer leaves the producer
+   table and both rings are closed (never unlinked: the supervisor owns them).
+"""
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import time
+
+from engine.log import Logger
+
+__all__ = ["main", "RingFeed", "build_service"]
+
+
+class RingFeed(object):
+    """The consumer thread of rule 2."""
+
+    def __init__(self, consumer, loop, on_events, max_batch=4096, max_inflight=8,
+                 poll_timeout=0.05, log=None):
+        self.consumer = consumer
+        self.loop = loop
+        self.on_events = on_events
+        self.max_batch = max_batch
+        self.inflight = threading.BoundedSemaphore(max_inflight)
+        self.poll_timeout = poll_timeout
+        self.log = log
+        self.stopping = threading.Event()
+        self.thread = None
+        self.events = 0
+        self.error = None
+
+    def start(self):
+        self.thread = threading.Thread(target=self._run, name="ring-feed", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout=5.0):
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _deliver(self, events):
+        try:
+            self.on_events(events)
+        finally:
+            self.inflight.release()
+
+    def _run(self):
+        from publisher.event_decoder import decode_batch
+        consumer = self.consumer
+        try:
+            while not self.stopping.is_set():
+                batch = consumer.poll(max_batch=self.max_batch, timeout=self.poll_timeout)
+                if batch is None:
+                    continue
+                events = decode_batch(batch)           # copy out before commit
+                consumer.commit(batch.last_seq)
+                self.events += len(events)
+                while not self.inflight.acquire(timeout=0.1):
+                    if self.stopping.is_set():
+                        return
+                try:
+                    self.loop.call_soon_threadsafe(self._deliver, events)
+                except RuntimeError:                     # loop closed: shutting down
+                    return
+        except Exception as exc:  # a bug: log it and let the process die for a restart
+            self.error = exc
+            if self.log is not None:
+                self.log.error("feed_failed", error=repr(exc))
+            self.loop.call_soon_threadsafe(_exit_loop_hard)
+
+
+def _exit_loop_hard():
+    raise SystemExit(5)
+
+
+def build_service(runtime, shard, exchange, sender=None, log=None):
+    """Catalog + read model + hub + service for one shard (no rings, no server)."""
+    from publisher.products import Catalog
+    from publisher.read_model import ReadModel
+    from publisher.service import PublisherService
+    from publisher.ws import Hub
+    pub = runtime.publisher if hasattr(runtime, "publisher") else (runtime or {})
+    catalog = Catalog.from_exchange(exchange, symbols=shard.symbols or None)
+    model = ReadModel([p.symbol_id for p in catalog.products],
+                      trades_keep=int(pub.get("trades_keep", 1000)))
+    hub = Hub(catalog, model, max_queue=int(pub.get("ws_queue", 1000)),
+              resync_timeout_s=float(pub.get("ws_resync_timeout_s", 10.0)))
+    return PublisherService(catalog, model, hub, sender=sender, log=log)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m publisher.process")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--shard", required=True)
+    parser.add_argument("--max-batch", type=int, default=4096)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+    from engine.runtime import RuntimeConfig
+    from ringbuf import Ring
+    from publisher.app import create_app
+    from publisher.auth import KeyStore
+    from publisher.rebuild import rebuild
+    from publisher.service import CommandSender
+
+    runtime = RuntimeConfig.load(args.config)
+    shard = runtime.shard(args.shard)
+    log = Logger("publisher", shard.name)
+    pub = runtime.publisher
+    exchange = runtime.exchange()
+
+    ring_in = Ring.attach(shard.input_ring)
+    ring_out = Ring.attach(shard.output_ring)
+    producer_id = int(pub.get("producer_id", 1))
+    producer = ring_in.producer(producer_id=producer_id)
+    consumer = ring_out.consumer("publisher")
+    service = build_service(runtime, shard, exchange, CommandSender(producer, producer_id), log)
+    log.event("attached", input=shard.input_ring, output=shard.output_ring,
+              output_seq=consumer.sequence, producer_id=producer_id)
+
+    started = time.monotonic()
+    info = rebuild(service, runtime, shard, exchange, consumer.sequence, log)   # rule 1
+    log.event("rebuilt", seconds="%.3f" % (time.monotonic() - started), **info)
+
+    keystore = KeyStore.from_config(pub)
+    app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)))
+    config = uvicorn.Config(app, host=pub.get("host", "127.0.0.1"), port=int(pub.get("port", 8080)),
+                            ws="websockets", log_level=pub.get("log_level", "warning"),
+                            lifespan="off", access_log=False, ws_ping_interval=20,
+                            ws_max_queue=64)
+    server = uvicorn.Server(config)
+    feed_box = []
+
+    async def serve():
+        loop = asyncio.get_running_loop()
+        feed = RingFeed(consumer, loop, service.on_events, max_batch=args.max_batch, log=log)
+        feed_box.append(feed)
+        feed.start()                                                          # rule 2
+        log.event("serving", host=config.host, port=config.port)
+        await server.serve()
+
+    code = 0
+    try:
+        asyncio.run(serve())
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 5
+    finally:
+        for feed in feed_box:                                                 # rule 4
+            feed.stop()
+        try:
+            producer.close()
+        finally:
+            ring_in.close()
+            ring_out.close()
+        log.event("stopped", events=sum(f.events for f in feed_box),
+                  input_seq=service.model.applied_seq, exit_code=code)
+    return code
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Rebuild the read model after a (re)start -- placeholder replaced below."""
+
+
+def rebuild(service, runtime, shard, exchange, output_seq, log=None):
+    return {"mode": "ring-only"}
