@@ -96,6 +96,12 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
         return EXIT_FATAL
     if writer.next_sequence is None:          # empty journal: it starts where the ring is
         writer.close()
+        if gating > 0:
+            log.error("fatal", reason="journal_ring_mismatch",
+                      error="gap: the journal is empty but the ring's journaler gating sequence "
+                            "is %d: records 1..%d were acknowledged and are not in the journal"
+                            % (gating, gating))
+            return EXIT_FATAL
         writer = JournalWriter(data_dir, shard, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
                                segment_bytes=segment_bytes, log=log, start_seq=gating + 1)
     report = writer.recovery
