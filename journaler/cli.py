@@ -1,0 +1,193 @@
+"""``ringmatch journal inspect|verify|replay|export``: look at, check and replay journals.
+
+Exit codes: 0 ok; 1 verify found a problem (or replay stopped at one);
+2 usage / nothing to read; 3 schema mismatch.
+"""
+import csv
+import os
+import sys
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser):
+    parser.add_argument("--data-dir", default=None,
+                        help="data directory (default: from --config, else ./var)")
+    parser.add_argument("--config", default=None, help="runtime configuration JSON")
+    parser.add_argument("--shard", default="shard0")
+    sub = parser.add_subparsers(dest="journal_command", metavar="ACTION")
+    for name, help_text in (("inspect", "records as a table"),
+                            ("export", "records as CSV")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--from", dest="from_seq", type=int, default=1, help="first seq")
+        p.add_argument("--to", dest="to_seq", type=int, default=None, help="last seq")
+        p.add_argument("--account", type=int, default=None)
+        p.add_argument("--symbol", type=int, default=None, help="symbol id")
+        p.add_argument("--kind", default=None, help="command kind name or code (NEW_ORDER, 2..)")
+        if name == "inspect":
+            p.add_argument("--limit", type=int, default=100, help="rows at most (0: all)")
+        else:
+            p.add_argument("--output", "-o", default="-", help="CSV file (default stdout)")
+    sub.add_parser("verify", help="check CRCs, continuity and schema; exit 1 naming the block")
+    p = sub.add_parser("replay", help="rebuild the matcher state and print its state hash")
+    p.add_argument("--from-snapshot", action="store_true",
+                   help="start from the newest valid snapshot (default: from scratch)")
+    p.add_argument("--to", dest="to_seq", type=int, default=None, help="stop after this seq")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _data_dir(args):
+    if args.data_dir:
+        return args.data_dir
+    from engine.runtime import RuntimeConfig
+    return RuntimeConfig.load(args.config).data_dir
+
+
+def _kind_code(text):
+    from ringbuf.records import CommandKind
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    return int(CommandKind[text.upper()])
+
+
+def _select(args, data_dir):
+    """(seqs, records) numpy arrays after the filters."""
+    from journaler.reader import JournalReader
+    reader = JournalReader(data_dir, args.shard)
+    seqs, arr = reader.array(after=max(0, args.from_seq - 1), last=args.to_seq)
+    mask = None
+
+    def both(m, cond):
+        return cond if m is None else m & cond
+    if args.account is not None:
+        mask = both(mask, arr["account_id"] == args.account)
+    if args.symbol is not None:
+        mask = both(mask, arr["symbol_id"] == args.symbol)
+    kind = _kind_code(args.kind)
+    if kind is not None:
+        mask = both(mask, arr["kind"] == kind)
+    if mask is not None:
+        seqs, arr = seqs[mask], arr[mask]
+    return seqs, arr, reader
+
+
+_COLUMNS = ("kind", "side", "order_type", "tif", "stp", "flags", "symbol_id", "account_id",
+            "producer_id", "price", "qty", "order_id", "stop_price", "timestamp_ns",
+            "client_order_id")
+
+
+def _enum_name(enum, value):
+    try:
+        return enum(int(value)).name
+    except ValueError:
+        return str(int(value))
+
+
+def _row(seq, rec):
+    from ringbuf.records import CommandKind, OrderType, Side, TimeInForce
+    out = [str(int(seq))]
+    for col in _COLUMNS:
+        v = rec[col]
+        if col == "kind":
+            out.append(_enum_name(CommandKind, v))
+        elif col == "side":
+            out.append(_enum_name(Side, v) if v else "-")
+        elif col == "order_type":
+            out.append(_enum_name(OrderType, v) if v else "-")
+        elif col == "tif":
+            out.append(_enum_name(TimeInForce, v) if v else "-")
+        else:
+            out.append(str(int(v)))
+    return out
+
+
+def _inspect(args, data_dir):
+    seqs, arr, reader = _select(args, data_dir)
+    header = ["seq"] + list(_COLUMNS)
+    limit = args.limit if args.limit > 0 else len(seqs)
+    rows = [_row(seqs[i], arr[i]) for i in range(min(limit, len(seqs)))]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    print("(%d record(s) matched%s)" % (len(seqs), ", %d shown" % len(rows)
+                                         if len(rows) < len(seqs) else ""), file=sys.stderr)
+    if reader.problem is not None:
+        print("stopped at an invalid block: %s" % reader.problem, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _export(args, data_dir):
+    seqs, arr, reader = _select(args, data_dir)
+    out = sys.stdout if args.output == "-" else open(args.output, "w", newline="")
+    try:
+        writer = csv.writer(out)
+        writer.writerow(["seq"] + list(_COLUMNS))
+        for i in range(len(seqs)):
+            writer.writerow(_row(seqs[i], arr[i]))
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print("exported %d record(s)" % len(seqs), file=sys.stderr)
+    return 1 if reader.problem is not None else 0
+
+
+def _verify(args, data_dir):
+    from journaler.reader import verify_journal
+    from ringbuf import records
+    report = verify_journal(data_dir, args.shard, records.COMMAND_SIZE, records.SCHEMA_HASH)
+    if report.error:
+        print("FAIL: %s" % report.error)
+        return 3
+    print("segments=%d blocks=%d records=%d first_seq=%s last_valid_seq=%d" % (
+        len(report.scans), report.blocks, report.records, report.first_seq, report.last_seq))
+    for p in report.problems:
+        print("BAD: %s" % p)
+    print("OK" if report.ok else "FAIL: %d problem(s)" % len(report.problems))
+    return 0 if report.ok else 1
+
+
+def _replay(args, data_dir):
+    from engine.runtime import RuntimeConfig
+    from journaler import recovery
+    from journaler.reader import JournalReader
+    import time
+    runtime = RuntimeConfig.load(args.config)
+    exchange = runtime.exchange()
+    started = time.monotonic()
+    if args.from_snapshot:
+        matcher, snap_seq = recovery.restore_latest(exchange, data_dir, args.shard,
+                                                    max_seq=args.to_seq)
+    else:
+        from engine.matcher import Matcher
+        matcher, snap_seq = Matcher(exchange, recovery.NullSink()), 0
+    last, count = recovery.replay(matcher, data_dir, args.shard, after=snap_seq,
+                                  last=args.to_seq, progress=not args.no_progress)
+    elapsed = time.monotonic() - started
+    print("snapshot_seq=%d replayed=%d last_seq=%d state_hash=%016x seconds=%.3f" % (
+        snap_seq, count, last, matcher.state_hash() & 0xFFFFFFFFFFFFFFFF, elapsed))
+    reader = JournalReader(data_dir, args.shard, check_crc=False)
+    for _ in reader.blocks(after=last):
+        pass
+    return 0
+
+
+def run(args):
+    action = getattr(args, "journal_command", None)
+    if action is None:
+        print("usage: ringmatch journal {inspect,verify,replay,export} ...", file=sys.stderr)
+        return 2
+    data_dir = _data_dir(args)
+    if not os.path.isdir(os.path.join(data_dir, "journal")):
+        print("no journal in %s" % data_dir, file=sys.stderr)
+        return 2
+    from journaler.errors import JournalSchemaError
+    try:
+        return {"inspect": _inspect, "export": _export, "verify": _verify,
+                "replay": _replay}[action](args, data_dir)
+    except JournalSchemaError as exc:
+        print("FAIL: %s" % exc, file=sys.stderr)
+        return 3
