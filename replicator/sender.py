@@ -346,6 +346,10 @@ class Sender(object):
                     self.sent = next_send - 1
                 stats.nacks += 1
                 self._event("nack", resend_from=rewind)
+            now = time.monotonic()
+            if now - last_heartbeat >= self.heartbeat_s:
+                last_heartbeat = now
+                sock.sendall(protocol.heartbeat(epoch, source.cursor()))
             cursor = source.wait_for(next_send, self.idle_wait_s)
             if cursor >= next_send:
                 count, chunks = source.read(next_send, min(max_batch, cursor - next_send + 1))
@@ -365,12 +369,8 @@ class Sender(object):
                 seq, value = pending_hashes.pop(0)
                 sock.sendall(protocol.state_hash(epoch, seq, value))
                 stats.state_hashes += 1
-            now = time.monotonic()
-            if now - last_heartbeat >= self.heartbeat_s:
-                last_heartbeat = now
-                sock.sendall(protocol.heartbeat(epoch, source.cursor()))
             self._maybe_restore_sync(next_send)
-            self._check_progress(now)
+            self._check_progress(time.monotonic())
             self._update_gate()
         if session.error is not None:
             raise session.error
