@@ -53,13 +53,18 @@ def durable_sequence(data_dir, shard):
     return last_sequence(data_dir, shard, size, schema)
 
 
-def restore_latest(config, data_dir, shard, sink=None, max_seq=None, log=None):
+def restore_latest(config, data_dir, shard, sink=None, max_seq=None, log=None, matcher_class=None):
     """(matcher, snapshot seq) from the newest valid snapshot at or before ``max_seq`` (rule 2).
 
     ``max_seq`` defaults to the journal's durable end.  Falls back to older
     snapshots past invalid ones; (fresh Matcher, 0) when none is valid.
+    ``matcher_class`` (default engine.matcher.Matcher) needs ``(config, sink)``,
+    ``restore(config, data, sink)``, ``process``, ``state_hash``.
     """
-    from engine.matcher import Matcher
+    if matcher_class is None:
+        from engine.matcher import Matcher
+    else:
+        Matcher = matcher_class
     sink = NullSink() if sink is None else sink
     if max_seq is None:
         max_seq = durable_sequence(data_dir, shard)
@@ -126,14 +131,15 @@ def replay(matcher, data_dir, shard, after=0, last=None, progress=False, stream=
     return seq, count
 
 
-def recover(config, data_dir, shard, sink=None, log=None):
+def recover(config, data_dir, shard, sink=None, log=None, matcher_class=None):
     """Rebuild the matcher: newest valid snapshot + journal tail (rules 1-4).  O(tail).
 
     Returns (matcher, last_seq) where last_seq is the journal's durable end.
     """
     started = time.monotonic()
     end = durable_sequence(data_dir, shard)
-    matcher, snap_seq = restore_latest(config, data_dir, shard, sink, max_seq=end, log=log)
+    matcher, snap_seq = restore_latest(config, data_dir, shard, sink, max_seq=end, log=log,
+                                       matcher_class=matcher_class)
     last_seq, count = replay(matcher, data_dir, shard, after=snap_seq)
     if log is not None:
         log.event("recovered", snapshot_seq=snap_seq, replayed=count, seq=last_seq,
