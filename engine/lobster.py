@@ -224,6 +224,7 @@ class MatcherVenue(object):
         self.log = []
         self.commands = 0
         self._kinds = _event_kinds()
+        self._filled = {}       # resting order id -> qty filled so far (for AMEND)
         for account in (RESTING_ACCOUNT, AGGRESSOR_ACCOUNT):
             for asset in (AMZN_BASE_ASSET, AMZN_QUOTE_ASSET):
                 self._send(deposit_command(account, asset, FUNDING))
@@ -251,17 +252,26 @@ class MatcherVenue(object):
         return seq
 
     def amend(self, handle, qty):
-        self._send(amend_command(RESTING_ACCOUNT, handle, qty))
+        # AMEND carries the new *total* qty (filled + open): keep what was filled
+        self._send(amend_command(RESTING_ACCOUNT, handle, qty + self._filled.get(handle, 0)))
 
     def cancel(self, handle):
+        self._filled.pop(handle, None)
         self._send(cancel_command(RESTING_ACCOUNT, handle))
 
     def ioc(self, side, price, qty):
         _, events = self._send(order_command(AGGRESSOR_ACCOUNT, side, price, qty, tif_ioc=True))
         fill = self._kinds["FILL"]
         maker = self._kinds["MAKER"]
-        return [(ev.order_id, ev.qty, ev.price) for ev in events
-                if ev.kind == fill and ev.flags & maker]
+        fills = []
+        for ev in events:
+            if ev.kind == fill and ev.flags & maker:
+                fills.append((ev.order_id, ev.qty, ev.price))
+                if ev.remaining:
+                    self._filled[ev.order_id] = ev.filled
+                else:
+                    self._filled.pop(ev.order_id, None)
+        return fills
 
     def best(self, side):
         if side == BUY:
@@ -285,16 +295,16 @@ def amzn_config():
 
 
 AMZN_CONFIG_DICT = {
+    "fee_account_id": 0,
     "assets": [
-        {"asset_id": AMZN_BASE_ASSET, "name": "AMZN", "scale": 0},
-        {"asset_id": AMZN_QUOTE_ASSET, "name": "USD", "scale": 4},
+        {"id": AMZN_BASE_ASSET, "name": "AMZN", "decimals": 0},
+        {"id": AMZN_QUOTE_ASSET, "name": "USD", "decimals": 4},
     ],
+    # one tick x one lot = 0.0001 USD = 1 quote minor unit
     "symbols": [
-        {"symbol_id": AMZN_SYMBOL_ID, "name": "AMZN-USD",
-         "base_asset": AMZN_BASE_ASSET, "quote_asset": AMZN_QUOTE_ASSET,
-         "tick_size": "0.0001", "lot_size": "1",
-         "min_qty": 1, "max_qty": 10 ** 9,
-         "maker_fee_bps": 0, "taker_fee_bps": 0},
+        {"id": AMZN_SYMBOL_ID, "name": "AMZN-USD", "base": AMZN_BASE_ASSET,
+         "quote": AMZN_QUOTE_ASSET, "tick_size": "0.0001", "lot_size": "1",
+         "min_qty": 1, "max_qty": 10 ** 9, "maker_fee_bps": 0, "taker_fee_bps": 0},
     ],
 }
 
