@@ -371,7 +371,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         out = []
         balances = model.account_balances(key.account_id)
         for asset in catalog.assets:
-            available, held, _seq = balances.get(asset.asset_id, (0, 0, 0))
+            available, held = balances.get(asset.asset_id, (0, 0))
             out.append({"currency": asset.name, "balance": asset.fmt(available + held),
                         "available": asset.fmt(available), "hold": asset.fmt(held),
                         "account_id": key.account_id})
@@ -392,7 +392,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             reason = reason_name(outcome.reason)
             raise ApiError(400, "%s rejected: %s" % (kind.name.lower(), reason), reason=reason,
                            seq=seq)
-        available, held, _ = model.account_balances(key.account_id).get(asset.asset_id, (0, 0, 0))
+        available, held = model.account_balances(key.account_id).get(asset.asset_id, (0, 0))
         return _ok({"currency": asset.name, "available": asset.fmt(available),
                     "hold": asset.fmt(held), "seq": seq})
 

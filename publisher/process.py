@@ -100,7 +100,9 @@ def build_service(runtime, shard, exchange, sender=None, log=None):
     pub = runtime.publisher if hasattr(runtime, "publisher") else (runtime or {})
     catalog = Catalog.from_exchange(exchange, symbols=shard.symbols or None)
     model = ReadModel([p.symbol_id for p in catalog.products],
-                      trades_keep=int(pub.get("trades_keep", 1000)))
+                      trades_keep=int(pub.get("trades_keep", 1000)),
+                      specs={p.symbol_id: exchange.symbol_by_id(p.symbol_id)
+                             for p in catalog.products})
     hub = Hub(catalog, model, max_queue=int(pub.get("ws_queue", 1000)),
               resync_timeout_s=float(pub.get("ws_resync_timeout_s", 10.0)))
     return PublisherService(catalog, model, hub, sender=sender, log=log)

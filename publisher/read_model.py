@@ -22,6 +22,12 @@ Theory of operation (numbered rules; the code refers to them):
    ``done_orders_keep`` (oldest forgotten first); open orders are always kept.
 6. 24h statistics use stream time (the events' ``timestamp_ns``), never the
    wall clock: the window is the 24 hours before the newest trade's time.
+8. Balances: a BALANCE event (deposit/withdraw) gives an asset's available
+   and held amounts; a FILL moves the total (buyer: +qty*base_per_lot base,
+   -(amount + fee) quote; seller the opposite, +(amount - fee) quote).  Held
+   is what the open orders hold under the matcher's rule M4 (a waiting stop:
+   the hold in its ACCEPTED event; a resting order: what it still needs as a
+   maker), so available = total - held, exactly as the matcher has it.
 7. After a restart the model is rebuilt from a matcher snapshot: ``seed_from_matcher``
    loads a restored ``engine.matcher.Matcher`` by replaying the events it
    re-derives (see docs/publisher.md), then later ring events are applied.
@@ -52,6 +58,7 @@ _K_BALANCE = int(EventKind.BALANCE)
 _K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
 _C_NEW = int(CommandKind.NEW_ORDER)
 _BUY = int(Side.BUY)
+_TAKER = int(EventFlags.TAKER)
 _USER_KINDS = frozenset({_K_ACCEPTED, _K_REJECTED, _K_FILL, _K_CANCELLED, _K_EXPIRED,
                          _K_TRIGGERED, _K_AMENDED, _K_BALANCE})
 
@@ -83,7 +90,8 @@ class OrderState(object):
     __slots__ = ("order_id", "account_id", "symbol_id", "side", "order_type", "tif", "flags",
                  "price", "qty", "stop_price", "funds", "filled", "remaining",
                  "executed_value", "fees", "status", "done_reason", "reason",
-                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills")
+                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills",
+                 "fee_num", "hold")
 
     def __init__(self, event):
         self.order_id = event.order_id or event.seq
@@ -95,7 +103,7 @@ class OrderState(object):
         self.flags = event.flags
         self.price = event.price
         self.qty = event.qty
-        self.stop_price = event.aux if event.order_type in _STOP_TYPES else 0
+        self.stop_price = 0         # not in the events; the API fills it in for its own orders
         self.funds = event.amount
         self.filled = event.filled
         self.remaining = event.remaining
@@ -109,6 +117,8 @@ class OrderState(object):
         self.done_ns = 0
         self.last_seq = event.seq
         self.fills = 0
+        self.fee_num = 0          # sum of notional * fee rate (bps) over fills (balances)
+        self.hold = event.aux     # ACCEPTED: the hold taken (a waiting stop keeps it)
 
     @property
     def is_open(self):
@@ -226,8 +236,12 @@ class ReadModel(object):
     0
     """
 
-    def __init__(self, symbol_ids, trades_keep=1000, done_orders_keep=200000):
+    def __init__(self, symbol_ids, trades_keep=1000, done_orders_keep=200000, specs=None):
         self.symbols = {int(s): SymbolView(int(s), trades_keep) for s in symbol_ids}
+        # symbol_id -> SymbolSpec-like (base_asset, quote_asset, base_per_lot,
+        # quote_per_tick_lot, maker_fee_bps, taker_fee_bps): balances (rule 8)
+        self.specs = dict(specs or {})
+        self.totals = {}                        # (account, asset) -> available + held
         self.orders = {}                        # order_id -> OrderState (open + recent done)
         self.done_order_ids = OrderedDict()     # done order ids, oldest first (rule 5)
         self.done_orders_keep = done_orders_keep
@@ -306,8 +320,9 @@ class ReadModel(object):
         orders = self.orders
         if kind == _K_BALANCE:
             # BALANCE: symbol_id is the asset, amount the available balance after,
-            # aux the held amount (docs/records.md)
+            # aux the held amount after (engine/matcher.py _transfer)
             self.balances[(e.account_id, e.symbol_id)] = [e.amount, e.aux, e.seq]
+            self.totals[(e.account_id, e.symbol_id)] = e.amount + e.aux
             return None
         if kind == _K_ACCEPTED:
             if e.command_kind != _C_NEW:
@@ -336,6 +351,20 @@ class ReadModel(object):
             return None
         order.last_seq = e.seq
         if kind == _K_FILL:
+            spec = self.specs.get(e.symbol_id)
+            if spec is not None:                               # rule 8
+                rate = spec.taker_fee_bps if e.flags & _TAKER else spec.maker_fee_bps
+                order.fee_num += e.amount * rate
+                totals = self.totals
+                base = (e.account_id, spec.base_asset)
+                quote = (e.account_id, spec.quote_asset)
+                b = e.qty * spec.base_per_lot
+                if e.side == _BUY:
+                    totals[base] = totals.get(base, 0) + b
+                    totals[quote] = totals.get(quote, 0) - e.amount - e.fee
+                else:
+                    totals[base] = totals.get(base, 0) - b
+                    totals[quote] = totals.get(quote, 0) + e.amount - e.fee
             order.filled = e.filled
             order.remaining = e.remaining
             order.executed_value += e.amount
@@ -356,6 +385,7 @@ class ReadModel(object):
             order.done_ns = e.timestamp_ns
             self._close(order)
         elif kind == _K_AMENDED:
+            order.hold = e.aux if e.reason == 0 else order.hold
             if e.price:
                 order.price = e.price
             order.qty = e.qty
@@ -409,8 +439,33 @@ class ReadModel(object):
         return out
 
     def account_balances(self, account_id):
-        """{asset_id: (available, held, seq)} as last seen in BALANCE events."""
-        return {asset: tuple(v) for (acct, asset), v in self.balances.items() if acct == account_id}
+        """{asset_id: (available, held)} derived from events (rule 8).  O(assets + open orders)."""
+        held = {}
+        for order in self.open_by_account.get(account_id, {}).values():
+            spec = self.specs.get(order.symbol_id)
+            if spec is None:
+                continue
+            asset = spec.quote_asset if order.side == _BUY else spec.base_asset
+            held[asset] = held.get(asset, 0) + self._hold(order, spec)
+        out = {}
+        for (acct, asset), total in self.totals.items():
+            if acct == account_id:
+                h = held.get(asset, 0)
+                out[asset] = (total - h, h)
+        return out
+
+    @staticmethod
+    def _hold(order, spec):
+        """What an open order holds (engine/matcher.py rule M4: _need_rest, _need_stop)."""
+        if order.status == "pending":
+            return order.hold
+        if order.side != _BUY:
+            return order.remaining * spec.base_per_lot
+        n = order.price * order.remaining * spec.quote_per_tick_lot
+        m = spec.maker_fee_bps
+        if m > 0:
+            return n - ((-(order.fee_num + n * m)) // 10000) - order.fees
+        return n
 
     # --------------------------------------------------------------- checking
     def _check(self):

@@ -1,0 +1,217 @@
+"""Test helper: a running engine shard with its publisher, and a signing HTTP client.
+
+Two ways to start the engine (``RM_PUB_ENGINE`` selects; default "run"):
+
+* ``run``: ``ringmatch run --config FILE`` as a user starts it (supervisor,
+  journaler, matcher, publisher as separate processes);
+* ``loop``: the test creates both rings itself, starts pub_matcher_loop.py
+  and ``python -m publisher.process`` (no journal).
+
+Everything is cleaned up in ``stop()`` (children killed and reaped, shared
+memory unlinked) even when a test fails.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from publisher.auth import signed_headers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+KEYS = [{"key": "k-alice", "secret": "alice-secret", "account_id": 101},
+        {"key": "k-bob", "secret": "bob-secret", "account_id": 102},
+        {"key": "k-carol", "secret": "carol-secret", "account_id": 103},
+        {"key": "k-slow", "secret": "slow-secret", "account_id": 104,
+         "per_second": 2, "burst": 3}]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Engine(object):
+    """One shard on loopback; ``url``, ``ws_url``, ``client(key)``."""
+
+    def __init__(self, tmp_path, mode=None, publisher_extra=None, symbols=None):
+        self.mode = mode or os.environ.get("RM_PUB_ENGINE", "run")
+        self.shard = "pt%d%s" % (os.getpid(), os.urandom(2).hex())
+        self.tmp = str(tmp_path)
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.ws_url = "ws://127.0.0.1:%d/ws" % self.port
+        pub = {"host": "127.0.0.1", "port": self.port, "api_keys": KEYS,
+               "rate_limit": {"per_second": 1000, "burst": 2000}, "ws_queue": 200}
+        pub.update(publisher_extra or {})
+        self.raw = {"data_dir": os.path.join(self.tmp, "var"),
+                    "shards": [{"name": self.shard,
+                                "symbols": symbols or ["BTC-USD", "ETH-USD", "ETH-BTC"],
+                                "input_capacity": 1 << 14, "output_capacity": 1 << 16}],
+                    "publisher": pub, "journal": {"fsync": "off"},
+                    "matcher": {"interpreter": "cpython"},
+                    "snapshot": {"every_commands": 0, "every_seconds": 0, "keep": 2}}
+        self.config_path = os.path.join(self.tmp, "runtime.json")
+        with open(self.config_path, "w") as f:
+            json.dump(self.raw, f)
+        self.procs = []
+        self.rings = []
+        self.logs = []
+
+    # ------------------------------------------------------------ lifecycle
+    def _spawn(self, argv, name):
+        log = open(os.path.join(self.tmp, "%s.log" % name), "w")
+        self.logs.append(log)
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        p = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def start(self, timeout=60.0):
+        try:
+            if self.mode == "run":
+                self._spawn([sys.executable, "-m", "engine.cli", "run", "--config",
+                             self.config_path, "--shard", self.shard], "engine")
+            else:
+                self.start_loop()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_loop(self):
+        from ringbuf import Ring
+        ring_in = Ring.create("rm-%s-in" % self.shard, capacity=1 << 14, record_size=64,
+                              consumers={"matcher": []})
+        self.rings.append(ring_in)
+        ring_out = Ring.create("rm-%s-out" % self.shard, capacity=1 << 16, record_size=128,
+                               consumers={"publisher": []}, single_producer=True)
+        self.rings.append(ring_out)
+        self._spawn([sys.executable, os.path.join(HERE, "pub_matcher_loop.py"),
+                     "rm-%s-in" % self.shard, "rm-%s-out" % self.shard], "matcher")
+        self.start_publisher()
+
+    def start_publisher(self):
+        self.publisher = self._spawn([sys.executable, "-m", "publisher.process", "--config",
+                                      self.config_path, "--shard", self.shard], "publisher")
+        return self.publisher
+
+    def wait_ready(self, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise RuntimeError("engine process exited (%s): %s" % (p.returncode, self.log_text()))
+            try:
+                if httpx.get(self.url + "/time", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("publisher not ready in %.0fs: %s" % (timeout, self.log_text()))
+
+    def log_text(self):
+        out = []
+        for log in self.logs:
+            try:
+                log.flush()
+                with open(log.name) as f:
+                    out.append("== %s\n%s" % (log.name, f.read()[-4000:]))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except OSError:
+                    p.terminate()
+        for p in reversed(self.procs):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    p.kill()
+                p.wait(5)
+        for ring in self.rings:
+            try:
+                ring.close()
+            finally:
+                try:
+                    ring.unlink()
+                except Exception:
+                    pass
+        self.rings = []
+        import posix_ipc
+        for suffix in ("in", "out"):          # whatever a crashed supervisor left behind
+            try:
+                posix_ipc.unlink_shared_memory("rm-%s-%s" % (self.shard, suffix))
+            except posix_ipc.ExistentialError:
+                pass
+        for log in self.logs:
+            log.close()
+
+    def client(self, key=None):
+        return ApiClient(self.url, key)
+
+
+class ApiClient(object):
+    """httpx client that signs private requests with a key of KEYS."""
+
+    def __init__(self, url, key=None):
+        self.http = httpx.Client(base_url=url, timeout=15.0)
+        self.key = key
+        self.secret = None
+        if key is not None:
+            self.secret = next(k["secret"] for k in KEYS if k["key"] == key)
+
+    def request(self, method, path, body=None, signed=True, headers=None, raw_body=None):
+        content = raw_body if raw_body is not None else (
+            b"" if body is None else json.dumps(body).encode())
+        h = {"Content-Type": "application/json"} if content else {}
+        if signed and self.key is not None:
+            h.update(signed_headers(self.key, self.secret, method, path, content))
+        h.update(headers or {})
+        return self.http.request(method, path, content=content or None, headers=h)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def patch(self, path, body=None, **kw):
+        return self.request("PATCH", path, body, **kw)
+
+    def order(self, product, side, size, price=None, **extra):
+        body = {"product_id": product, "side": side, "size": size}
+        if price is not None:
+            body["price"] = price
+        body.update(extra)
+        return self.post("/orders", body)
+
+    def deposit(self, currency, amount):
+        r = self.post("/accounts/deposit", {"currency": currency, "amount": amount})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def close(self):
+        self.http.close()
