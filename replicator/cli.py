@@ -1,0 +1,58 @@
+"""``ringmatch standby``: run this engine as a hot standby of a primary.
+
+    ringmatch standby --config FILE --listen 0.0.0.0:9100 [--primary HOST:PORT]
+
+The primary's replicator connects to the ``--listen`` address (it must be the
+primary's ``standby: {host, port}``).  ``--primary`` is only logged (who we
+expect).  See replicator/standby.py and docs/replication.md.
+"""
+import sys
+
+__all__ = ["add_arguments", "run", "parse_address"]
+
+
+def parse_address(text, default_host="127.0.0.1"):
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        raise ValueError("address %r is not HOST:PORT" % text)
+    return (host or default_host), int(port)
+
+
+def add_arguments(parser):
+    parser.add_argument("--config", help="runtime configuration (JSON); default: embedded")
+    parser.add_argument("--shard", help="shard (default: the first in the config)")
+    parser.add_argument("--data-dir", help="override data_dir (must not be the primary's)")
+    parser.add_argument("--listen", default="127.0.0.1:9100",
+                        help="HOST:PORT the primary's replicator connects to")
+    parser.add_argument("--primary", help="HOST:PORT of the primary (logged only)")
+    parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
+
+
+def run(args):
+    from engine.runtime import ConfigError, RuntimeConfig
+    from engine.supervisor import AlreadyRunningError
+    from replicator.standby import StandbySupervisor
+    try:
+        runtime = RuntimeConfig.load(args.config)
+        raw = dict(runtime.raw)
+        if args.data_dir:
+            raw["data_dir"] = args.data_dir
+        if args.matcher_interpreter:
+            raw["matcher"] = dict(raw["matcher"], interpreter=args.matcher_interpreter)
+        runtime = RuntimeConfig(raw)
+        listen = parse_address(args.listen)
+        supervisor = StandbySupervisor(runtime, args.shard, listen=listen)
+    except (ConfigError, ValueError) as exc:
+        print("ringmatch standby: bad configuration: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        supervisor.start()
+    except AlreadyRunningError as exc:
+        print("ringmatch standby: %s" % exc, file=sys.stderr)
+        return 3
+    supervisor.log.event("standby_ready", listen="%s:%d" % listen,
+                         primary=args.primary or "-", data_dir=runtime.data_dir)
+    print("ringmatch: standby running, shard %s, listening on %s:%d for the primary; "
+          "promote with: ringmatch promote --data-dir %s"
+          % (supervisor.shard.name, listen[0], listen[1], runtime.data_dir), file=sys.stderr)
+    return supervisor.run_forever()

@@ -1,0 +1,84 @@
+"""The standby's receiver process: ``python -m replicator.receiver_process --config F --shard S``.
+
+Started by the standby supervisor (replicator/standby.py) in place of the
+publisher.  It is the only producer on the standby's ``rm-S-in`` and listens on
+``replication.listen: {host, port}`` for the primary (receiver.py has the rules).
+
+Signals: SIGUSR1 = promote (end the session, persist epoch + 1 as primary, keep
+listening only to fence an old primary); SIGTERM/SIGINT = stop.
+Exit codes: 0 stopped; 2 configuration error; 3 the standby ring does not
+continue the primary's sequence (RingSinkError: re-seed the standby).
+"""
+import argparse
+import signal
+import sys
+import time
+
+from engine.log import Logger
+
+__all__ = ["main"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m replicator.receiver_process")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--shard", required=True)
+    args = parser.parse_args(argv)
+
+    from engine.runtime import RuntimeConfig
+    from ringbuf import Ring
+    from replicator.epoch import EpochStore
+    from replicator.receiver import Receiver
+    from replicator.ring_io import RingSink, RingSinkError
+
+    runtime = RuntimeConfig.load(args.config)
+    shard = runtime.shard(args.shard)
+    log = Logger("receiver", shard.name)
+    listen = (runtime.replication or {}).get("listen") or {}
+    if "port" not in listen:
+        log.error("config_error", detail="replication.listen: {host, port} is required")
+        return 2
+    stop = []
+    promote = []
+    signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+    signal.signal(signal.SIGINT, lambda s, f: stop.append(s))
+    signal.signal(signal.SIGUSR1, lambda s, f: promote.append(s))
+
+    ring_in = Ring.attach(shard.input_ring)
+    ring_out = Ring.attach(shard.output_ring)
+    sink = RingSink(ring_in, ring_out)
+    failed = []
+
+    def write(first_seq, payload, _write=sink.write):
+        try:
+            _write(first_seq, payload)
+        except RingSinkError as exc:
+            failed.append(exc)
+            raise OSError(str(exc))
+    sink.write = write
+    store = EpochStore(runtime.data_dir, shard.name)
+    receiver = Receiver(sink, (listen.get("host", "127.0.0.1"), int(listen["port"])),
+                        shard.name, store, log=log).start()
+    log.event("ready", listen="%s:%d" % receiver.address, next_seq=sink.next_sequence(),
+              durable=sink.durable_sequence(), epoch=store.load().epoch)
+    code = 0
+    try:
+        while not stop:
+            time.sleep(0.05)
+            if promote and not receiver.promoted:
+                receiver.promote()
+            if failed:
+                log.error("ring_sequence_mismatch", detail=str(failed[0]))
+                code = 3
+                break
+    finally:
+        receiver.stop()
+        log.event("stopped", next_seq=sink.next_sequence(), durable=sink.durable_sequence(),
+                  **receiver.stats.as_dict())
+        ring_in.close()
+        ring_out.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

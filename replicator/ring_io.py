@@ -1,0 +1,215 @@
+"""The production RecordSource / RecordSink: the shard's rings and journal.
+
+Theory of operation:
+
+1. ``RingSource`` (primary) is consumer ``replicator`` of the input ring.  A
+   slot ``s`` is still intact while ``s`` is above the matcher's sequence --
+   producers are gated on the matcher, the ring's only leaf consumer -- and
+   the matcher never passes the journaler.  So a read of ``s`` comes from the
+   journal when ``s <= journaler's sequence`` (the journal has it durably) and
+   from the ring otherwise (then ``s > journaler >= matcher``: intact).  This
+   is the catch-up of a standby that fell behind the ring.
+2. ``commit`` polls the consumer up to the committed sequence first (the ring
+   only lets a consumer commit what it polled) and then commits: the gate.
+3. State hashes: the matcher answers SNAPSHOT and STATE_HASH commands with an
+   event (``EventKind.SNAPSHOT`` / ``STATE_HASH``) whose ``aux`` holds the low
+   63 bits of its state hash.  ``OutputHashFollower`` follows the output ring
+   *without* a gating sequence (it can never slow the matcher), picks those
+   events with numpy, and validates after the copy that the slots were not
+   overwritten meanwhile (then it skips ahead: a hash missed is only a
+   comparison not made).
+4. ``RingSink`` (standby) is a producer on the standby's input ring -- the only
+   one: the standby runs no publisher and its supervisor publishes no
+   commands.  Each received batch is claimed, copied and published; the
+   claimed sequence must be exactly the one the primary sent (else the ring
+   does not continue the journal and writing would corrupt it: RingSinkError).
+   The durable sequence is the standby journaler's gating sequence.
+"""
+import time
+
+from ringbuf.records import EventKind
+
+__all__ = ["RingSource", "RingSink", "RingSinkError", "OutputHashFollower"]
+
+_HASH_KINDS = (int(EventKind.SNAPSHOT), int(EventKind.STATE_HASH))
+
+
+class RingSinkError(RuntimeError):
+    """The standby's ring handed out another sequence than the primary's (rule 4)."""
+
+
+class OutputHashFollower(object):
+    """Follow an output ring without gating; return new (seq, hash) pairs (rule 3).
+
+    O(new events) per call, in numpy.
+    """
+
+    def __init__(self, ring_out, start=None):
+        import numpy as np
+        from ringbuf import records
+        self.np = np
+        self.ring = ring_out
+        self.dtype = records.EVENT_DTYPE
+        self.capacity = ring_out.capacity
+        self.mask = self.capacity - 1
+        self.data = ring_out._data_ro          # read-only view of the slots
+        self.next = ring_out.cursor + 1 if start is None else start
+        self.skipped = 0
+
+    def poll(self, max_events=1 << 16):
+        cursor = self.ring.cursor
+        seq = self.next
+        if seq > cursor:
+            return []
+        if cursor - seq >= self.capacity:
+            self.skipped += cursor - self.capacity + 1 - seq
+            seq = cursor - self.capacity + 1
+        last = min(cursor, seq + max_events - 1)
+        np = self.np
+        size = self.dtype.itemsize
+        parts = []
+        s = seq
+        while s <= last:
+            start = s & self.mask
+            n = min(last - s + 1, self.capacity - start)
+            parts.append(np.frombuffer(self.data[start * size:(start + n) * size],
+                                       dtype=self.dtype).copy())
+            s += n
+        if self.ring.cursor - seq >= self.capacity:      # overwritten while copying
+            self.skipped += last - seq + 1
+            self.next = last + 1
+            return []
+        self.next = last + 1
+        out = []
+        for arr in parts:
+            kinds = arr["kind"]
+            sel = arr[(kinds == _HASH_KINDS[0]) | (kinds == _HASH_KINDS[1])]
+            for seq_, aux in zip(sel["seq"].tolist(), sel["aux"].tolist()):
+                out.append((seq_, aux))
+        return out
+
+
+class RingSource(object):
+    """The primary's input ring (consumer ``replicator``) plus its journal (rules 1-3)."""
+
+    def __init__(self, ring_in, data_dir, shard, ring_out=None, journal_batch=1 << 15):
+        self.ring = ring_in
+        self.consumer = ring_in.consumer("replicator")
+        self.data_dir = data_dir
+        self.shard = shard
+        self.record_size = ring_in.record_size
+        self.mask = ring_in.capacity - 1
+        self.capacity = ring_in.capacity
+        self.data = ring_in._data_ro
+        self.journal_batch = journal_batch
+        self._journal_cache = (0, 0, b"")        # (first seq, count, bytes)
+        self.journal_reads = 0
+        self.hashes = OutputHashFollower(ring_out) if ring_out is not None else None
+
+    def cursor(self):
+        return self.ring.cursor
+
+    def wait_for(self, seq, timeout):
+        return self.consumer.wait_for(seq, timeout)
+
+    def committed(self):
+        return self.consumer.sequence
+
+    def commit(self, seq):
+        consumer = self.consumer
+        while consumer.polled < seq:                 # rule 2
+            if consumer.poll(seq - consumer.polled, timeout=0) is None:
+                raise RuntimeError("cannot poll up to %d (cursor %d)" % (seq, self.ring.cursor))
+        consumer.commit(seq)
+
+    def read(self, first_seq, max_count):
+        journaled = self.ring.consumer_sequence("journaler")
+        if first_seq <= journaled:                   # rule 1: the journal has it
+            return self._read_journal(first_seq, min(max_count, journaled - first_seq + 1))
+        cursor = self.ring.cursor
+        count = min(max_count, cursor - first_seq + 1)
+        size = self.record_size
+        start = first_seq & self.mask
+        if start + count <= self.capacity:
+            chunks = [self.data[start * size:(start + count) * size]]
+        else:
+            n1 = self.capacity - start
+            chunks = [self.data[start * size:], self.data[:(count - n1) * size]]
+        if first_seq > self.consumer.sequence:
+            # above our own gate: the matcher cannot pass it, the slots stay intact
+            return count, chunks
+        # catch-up below our gate: copy, then check nobody could have reused the slots
+        copied = [bytes(c) for c in chunks]
+        if self.ring.consumer_sequence("matcher") >= first_seq:
+            return self.read(first_seq, max_count)          # now in the journal
+        return count, copied
+
+    def _read_journal(self, first_seq, count):
+        c_first, c_count, c_data = self._journal_cache
+        if not (c_first <= first_seq < c_first + c_count):
+            from journaler.reader import JournalReader
+            reader = JournalReader(self.data_dir, self.shard, check_crc=False)
+            parts = []
+            got_first = None
+            got = 0
+            for first, n, view in reader.blocks(after=first_seq - 1,
+                                                last=first_seq + self.journal_batch - 1):
+                if got_first is None:
+                    got_first = first
+                parts.append(bytes(view))
+                got += n
+            if got_first != first_seq:
+                raise RuntimeError("journal of %s does not hold sequence %d (problem: %s)"
+                                   % (self.shard, first_seq, reader.problem))
+            self._journal_cache = (first_seq, got, b"".join(parts))
+            c_first, c_count, c_data = self._journal_cache
+            self.journal_reads += 1
+        size = self.record_size
+        offset = (first_seq - c_first) * size
+        n = min(count, c_first + c_count - first_seq)
+        return n, [memoryview(c_data)[offset:offset + n * size]]
+
+    def state_hashes(self):
+        return self.hashes.poll() if self.hashes is not None else []
+
+
+class RingSink(object):
+    """The standby's input ring as the receiver's sink (rule 4)."""
+
+    def __init__(self, ring_in, ring_out=None, producer_id=0x7FFE):
+        self.ring = ring_in
+        self.producer = ring_in.producer(producer_id=producer_id)
+        self.record_size = ring_in.record_size
+        self.max_chunk = max(1, ring_in.capacity // 4)
+        self.hashes = OutputHashFollower(ring_out) if ring_out is not None else None
+
+    def next_sequence(self):
+        return self.ring.cursor + 1
+
+    def write(self, first_seq, payload):
+        size = self.record_size
+        total = len(payload) // size
+        mv = memoryview(payload)
+        done = 0
+        while done < total:
+            n = min(total - done, self.max_chunk)
+            first, views = self.producer.claim_batch(n)
+            if first != first_seq + done:
+                # the claimed slots are published as they are (we cannot un-claim);
+                # the error stops the receiver and the operator must re-seed.
+                raise RingSinkError("standby ring gave sequence %d for primary sequence %d: "
+                                    "another producer is writing to the standby's ring"
+                                    % (first, first_seq + done))
+            offset = done * size
+            for view in views:
+                length = len(view)
+                view[:] = mv[offset:offset + length]
+                offset += length
+            self.producer.publish_batch(first, n)
+            done += n
+
+    def durable_sequence(self):
+        return self.ring.consumer_sequence("journaler")
+
+    def state_hashes(self):
+        return self.hashes.poll() if self.hashes is not None else []
