@@ -184,8 +184,10 @@ class OrderBook(object):
                 self.best_ask = prices[0] if prices else NO_ASK
 
     def reduce(self, order, new_remaining):
-        """Lower ``order.remaining`` in place, keeping its priority.  O(1)."""
-        order.level.total -= order.remaining - new_remaining
+        """Lower ``order.remaining`` (and ``qty`` by as much) in place, keeping priority.  O(1)."""
+        cut = order.remaining - new_remaining
+        order.level.total -= cut
+        order.qty -= cut
         order.remaining = new_remaining
 
     def match(self, side, limit_price, qty):
@@ -215,7 +217,8 @@ class OrderBook(object):
                 self.remove(order)
                 order.remaining = 0
             else:
-                self.reduce(order, order.remaining - q)
+                order.remaining -= q
+                level.total -= q
         return fills
 
     # -- queries -------------------------------------------------------------

@@ -33,6 +33,7 @@ class ReferenceBook(object):
             del book[order.price]
 
     def reduce(self, order, new_remaining):
+        order.qty -= order.remaining - new_remaining
         order.remaining = new_remaining
 
     def match(self, side, limit_price, qty):
