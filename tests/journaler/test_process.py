@@ -175,7 +175,7 @@ def kill_trials(tmp_path, shard, ring, trials, seed, fsync):
         report = verify_journal(data_dir, shard, records.COMMAND_SIZE, records.SCHEMA_HASH)
         assert report.ok and report.last_seq == cursor
         # the load was steady: the journal grew over the trials
-        assert progress[-1][0] > progress[0][0] > 0
+        assert progress[-1][0] > progress[0][0] >= 0
         return progress
     finally:
         open(stop_file, "w").close()
