@@ -5,6 +5,7 @@ is a suite provider; ``ringmatch bench list`` shows them, ``ringmatch bench run 
 [-- ARGS]`` runs one (ARGS go to the suite), ``ringmatch bench all`` runs every suite
 with its defaults.
 """
+import argparse
 import importlib
 import os
 import pkgutil
@@ -34,9 +35,9 @@ def discover():
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="bench_command", metavar="ACTION")
     sub.add_parser("list", help="list the suites")
-    p = sub.add_parser("run", help="run suites by name (arguments after -- go to the suites)")
-    p.add_argument("names", nargs="+")
-    p.add_argument("suite_args", nargs="*", default=[])
+    p = sub.add_parser("run", help="run suites by name; options (--passes 3, --quick...) "
+                                   "go to the suites")
+    p.add_argument("names", nargs=argparse.REMAINDER)
     sub.add_parser("all", help="run every suite with its defaults")
 
 
@@ -55,11 +56,12 @@ def run(args):
     if action == "all":
         names, extra = sorted(suites), []
     else:
-        names = [n for n in args.names if n in suites or n not in args.suite_args]
-        extra = list(args.suite_args)
-        if "--" in names:
-            i = names.index("--")
-            names, extra = names[:i], names[i + 1:] + extra
+        words = [w for w in args.names if w != "--"]
+        split = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
+        names, extra = words[:split], words[split:]
+        if not names:
+            print("ringmatch bench run: name at least one suite (see `ringmatch bench list`)")
+            return 2
     unknown = [n for n in names if n not in suites]
     if unknown:
         print("unknown suite(s): %s (see `ringmatch bench list`)" % ", ".join(unknown))

@@ -464,6 +464,15 @@ class Producer(object):
                 check_waiters, ring._avail, self._entry)
         self.try_claim_n = self._sequencer.try_claim
         self._publish = self._sequencer.publish
+        # per-record hot path: instance attributes shadow the documented methods below
+        # with equivalent functions that cost one Python frame (or none) per call
+        self.claim = self._sequencer.claim_one_function(self._wait_claim)
+        self.publish = self._sequencer.publish_one_function()
+        records, mask = self._records, self._mask
+
+        def record(seq):
+            return records + (seq & mask)
+        self.record = record
 
     @staticmethod
     def _register(ring, producer_id):
@@ -497,7 +506,7 @@ class Producer(object):
         if self._entry is not None and self._ring._producer_table:
             self.close()
         self._records = self._data = self._data_view = self._sequencer = None
-        self.try_claim_n = self._publish = None
+        self.try_claim_n = self._publish = self.claim = self.publish = self.record = None
 
     def close(self):
         """Leave the producer table.  Idempotent; the Ring stays open."""
@@ -509,7 +518,10 @@ class Producer(object):
     # ---------------------------------------------------------------- per record
     def try_claim(self):
         """Claim one slot: its seq, or None when the ring is full.  Never blocks.  O(1)."""
-        return self.try_claim_n(1)
+        try_claim_n = self.try_claim_n
+        if try_claim_n is None:
+            raise RingClosedError("producer of ring %r is closed" % self._ring.name)
+        return try_claim_n(1)
 
     def claim(self, timeout=None):
         """Claim one slot, waiting (spin -> yield -> sleep) while the ring is full.
@@ -549,13 +561,11 @@ class Producer(object):
 
     def write(self, data, timeout=None):
         """Claim one slot, copy ``record_size`` bytes of ``data`` into it, publish; returns seq."""
-        seq = self.try_claim_n(1)
+        seq = self.claim(timeout)
         if seq is None:
-            seq = self._wait_claim(1, timeout)
-            if seq is None:
-                return None
+            return None
         ffi.memmove(self._records + (seq & self._mask), data, self._record_size)
-        self._publish(seq, seq)
+        self.publish(seq)
         return seq
 
     # ---------------------------------------------------------------- batched

@@ -27,6 +27,8 @@ try:
 except ImportError:  # pragma: no cover
     Protocol = object
 
+import functools
+
 from ._native import NULL, ffi, lib
 
 __all__ = ["Sequencer", "SingleProducerSequencer", "MultiProducerSequencer"]
@@ -82,6 +84,27 @@ class SingleProducerSequencer(object):
         # release store of the cursor; pairs with the acquire load in rm_barrier_available
         lib.rm_publish_sp(self._cursor, hi, self._futex, self._check)
 
+    def publish_one_function(self):
+        """``publish_one(seq)``: a partial of the C call (no Python frame per publish)."""
+        return functools.partial(lib.rm_publish_sp_at, self._cursor, self._futex, self._check)
+
+    def claim_one_function(self, wait):
+        """``claim_one(timeout=None)`` for the per-record hot path; ``wait(n, timeout)`` when full.
+
+        One Python frame, no C call unless the cached gating value says full.
+        """
+        cap = self._capacity
+        sq = self
+
+        def claim_one(timeout=None):
+            nxt = sq._next + 1
+            if nxt - cap > sq._cached_gating:
+                lo = sq.try_claim(1)
+                return lo if lo is not None else wait(1, timeout)
+            sq._next = nxt
+            return nxt
+        return claim_one
+
     def remaining_capacity(self):
         g = lib.rm_min_sequence(self._gating, self._ngating, self._next)
         return self._capacity - (self._next - g)
@@ -127,6 +150,21 @@ class MultiProducerSequencer(object):
         # release stores of the availability markers; pairs with rm_highest_published
         lib.rm_publish_mp(self._avail, self._mask, self._shift, lo, hi, self._entry,
                           self._futex, self._check)
+
+    def publish_one_function(self):
+        """``publish_one(seq)``: a partial of the C call (no Python frame per publish)."""
+        return functools.partial(lib.rm_publish_mp_one, self._avail, self._mask, self._shift,
+                                 self._entry, self._futex, self._check)
+
+    def claim_one_function(self, wait):
+        """``claim_one(timeout=None)``: one C call (intent + CAS); ``wait`` when full."""
+        c_claim = functools.partial(lib.rm_mp_try_claim, self._cursor, 1, self._capacity,
+                                    self._gating, self._ngating, self._cache, self._entry)
+
+        def claim_one(timeout=None):
+            lo = c_claim()
+            return lo if lo else wait(1, timeout)
+        return claim_one
 
     def remaining_capacity(self):
         cur = lib.rm_load_acquire(self._cursor)

@@ -159,3 +159,12 @@ int64_t rm_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+void rm_publish_sp_at(int64_t *cursor, int32_t *futex, int32_t check_waiters, int64_t seq) {
+    rm_publish_sp(cursor, seq, futex, check_waiters);
+}
+
+void rm_publish_mp_one(int64_t *avail, int64_t mask, int32_t shift, int64_t *entry,
+                       int32_t *futex, int32_t check_waiters, int64_t seq) {
+    rm_publish_mp(avail, mask, shift, seq, seq, entry, futex, check_waiters);
+}

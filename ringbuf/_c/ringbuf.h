@@ -65,5 +65,10 @@ int64_t rm_mp_try_claim(int64_t *cursor, int64_t n, int64_t capacity,
 int64_t rm_sp_offer(int64_t *cursor, int64_t seq, int64_t capacity, int64_t **gating,
                     int32_t ngating, int64_t *cache, char *data, int64_t record_size,
                     const void *src, int32_t *futex, int32_t check_waiters);
+/* argument orders for functools.partial (the varying seq last): one C call per publish,
+   no Python frame */
+void rm_publish_sp_at(int64_t *cursor, int32_t *futex, int32_t check_waiters, int64_t seq);
+void rm_publish_mp_one(int64_t *avail, int64_t mask, int32_t shift, int64_t *entry,
+                       int32_t *futex, int32_t check_waiters, int64_t seq);
 int64_t rm_monotonic_ns(void);
 #endif
