@@ -25,6 +25,7 @@ def add_arguments(parser):
     parser.add_argument("--listen", default="127.0.0.1:9100",
                         help="HOST:PORT the primary's replicator connects to")
     parser.add_argument("--primary", help="HOST:PORT of the primary (logged only)")
+    parser.add_argument("--primary-shard", help="the primary's shard name (default: ours)")
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
 
 
@@ -39,6 +40,9 @@ def run(args):
             raw["data_dir"] = args.data_dir
         if args.matcher_interpreter:
             raw["matcher"] = dict(raw["matcher"], interpreter=args.matcher_interpreter)
+        if args.primary_shard:
+            raw["replication"] = dict(raw.get("replication") or {},
+                                      primary_shard=args.primary_shard)
         runtime = RuntimeConfig(raw)
         listen = parse_address(args.listen)
         supervisor = StandbySupervisor(runtime, args.shard, listen=listen)

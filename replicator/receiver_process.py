@@ -57,8 +57,10 @@ def main(argv=None):
             raise OSError(str(exc))
     sink.write = write
     store = EpochStore(runtime.data_dir, shard.name)
+    # the primary's shard name (two engines on one host need different ring names)
+    expect = (runtime.replication or {}).get("primary_shard") or shard.name
     receiver = Receiver(sink, (listen.get("host", "127.0.0.1"), int(listen["port"])),
-                        shard.name, store, log=log).start()
+                        expect, store, log=log).start()
     log.event("ready", listen="%s:%d" % receiver.address, next_seq=sink.next_sequence(),
               durable=sink.durable_sequence(), epoch=store.load().epoch)
     code = 0
