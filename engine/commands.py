@@ -39,12 +39,13 @@ class Command(object):
     def __init__(self, kind=0, side=0, order_type=0, tif=0, stp=0, flags=0, symbol_id=0,
                  account_id=0, producer_id=0, check=0, price=0, qty=0, funds=0, expire_ns=0,
                  order_id=0, stop_price=0, timestamp_ns=0, client_order_id=0):
-        self.kind = kind
-        self.side = side
-        self.order_type = order_type
-        self.tif = tif
-        self.stp = stp
-        self.flags = flags
+        # plain ints (not IntEnum members): cheaper to compare on the hot path
+        self.kind = int(kind)
+        self.side = int(side)
+        self.order_type = int(order_type)
+        self.tif = int(tif)
+        self.stp = int(stp)
+        self.flags = int(flags)
         self.symbol_id = symbol_id
         self.account_id = account_id
         self.producer_id = producer_id
