@@ -20,12 +20,14 @@ Topology (no rings: the matcher's business logic alone)::
 * Baseline: the PyPI package ``cython-orderbook`` (what a user might pick instead), same
   rows, same run, CPython only (it needs Python >= 3.10; PyPy here is 3.9).  It has no
   accounts, fees, IOC/FOK or events: IOC = limit then cancel of the rest; FOK = a
-  liquidity check over its price levels, then a limit-then-cancel.  It has no self-trade
+  liquidity check over its price levels (summing the queues: its level totals are not
+  reduced when a maker fills completely), then a limit-then-cancel.  It has no self-trade
   prevention, so its trade count may differ from ours by the self-trades our matcher
   prevented (reported).
 
 The PyPy pass runs as a subprocess: ``.venv-pypy/bin/python -m perf.matcher_bench --worker``.
-Timing is this file's own (perf/harness.py was not available when this was written).
+Throughput passes go through ``perf.harness.measure``; latencies are written raw by each
+interpreter and put into ``perf.harness.Histogram`` (HdrHistogram) by the parent.
 
 Usage::
 
@@ -53,6 +55,9 @@ BATCH = 4096
 
 KIND_TRADE = 7
 KIND_CANCELLED = 4
+KIND_REJECTED = 2
+#: rejects that would mean the benchmark is mis-set (funding, accounts, config)
+BAD_REJECTS = (115, 117, 200, 101, 105, 106, 107, 108, 109, 110)
 REASON_CANCELLED_BY_USER = 500
 REASON_CANCELLED_STP = 503
 
@@ -104,6 +109,12 @@ def _count(data, counts, digest):
     cancelled = kind == KIND_CANCELLED
     counts["cancels"] += int((cancelled & (ev["reason"] == REASON_CANCELLED_BY_USER)).sum())
     counts["stp_cancels"] += int((cancelled & (ev["reason"] == REASON_CANCELLED_STP)).sum())
+    rejected = ev["reason"][kind == KIND_REJECTED]
+    if len(rejected):
+        values, times = np.unique(rejected, return_counts=True)
+        rejects = counts.setdefault("rejects", {})
+        for value, n in zip(values.tolist(), times.tolist()):
+            rejects[str(value)] = rejects.get(str(value), 0) + n
 
 
 def run_pass(config, deps, cmds, fingerprint=False):
@@ -127,6 +138,10 @@ def run_pass(config, deps, cmds, fingerprint=False):
             _count(data, counts, digest)
     if fingerprint:
         counts["sha256"] = digest.hexdigest()
+        bad = dict((r, n) for r, n in counts.get("rejects", {}).items()
+                   if int(r) in BAD_REJECTS)
+        if bad:
+            raise RuntimeError("benchmark mis-set: rejects %r (reason: count)" % bad)
         matcher._check()
         return total, counts
     return total, None
@@ -164,11 +179,20 @@ def worker(csv_path, passes, latency_out=None):
     from perf.workload import read_csv
     rows = read_csv(csv_path)
     deps, cmds = build(rows, DEFAULT_CONFIG)
-    # warm-up pass doubles as the fingerprint pass
+    from perf.harness import Sample, measure
+    # the warm-up pass doubles as the fingerprint pass (and checks the invariants)
     t_warm, counts = run_pass(DEFAULT_CONFIG, deps, cmds, fingerprint=True)
-    times = [run_pass(DEFAULT_CONFIG, deps, cmds)[0] for _ in range(passes)]
+    times = []
+
+    def one_pass():
+        seconds = run_pass(DEFAULT_CONFIG, deps, cmds)[0]
+        times.append(seconds)
+        return Sample(len(cmds), seconds)
+
+    result = measure("matcher_one_symbol_throughput", _interpreter(), one_pass,
+                     passes=passes, warmup=0, unit="commands/s")
     out = {"interpreter": _interpreter(), "commands": len(cmds), "warmup_seconds": t_warm,
-           "pass_seconds": times, "fingerprint": counts,
+           "pass_seconds": times, "fingerprint": counts, "harness": result.as_dict(),
            "clock_overhead_ns": clock_overhead_ns()}
     if latency_out:
         lat = latency_pass(DEFAULT_CONFIG, deps, cmds)
@@ -212,7 +236,10 @@ def baseline_pass(rows):
                 for p in levels:
                     if (side == "B" and p > price) or (side == "S" and p < price):
                         break
-                    need -= levels[p].total_quantity
+                    # PriceLevel.total_quantity is not reduced when a maker is
+                    # filled completely (cython-orderbook 0.1.2): sum the queue
+                    for resting in levels[p].queue.values():
+                        need -= resting.remaining_quantity
                     if need <= 0:
                         break
                 if need > 0:
@@ -229,24 +256,21 @@ def baseline_pass(rows):
 # Reporting
 # ---------------------------------------------------------------------------
 def _stats(commands, times):
-    rates = sorted(commands / t for t in times)
-    return {"median": rates[len(rates) // 2], "min": rates[0], "max": rates[-1]}
+    import statistics
+    rates = [commands / t for t in times]
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
 
 
 def _histogram(path):
-    from hdrh.histogram import HdrHistogram
+    """Percentiles of a raw latency file (array('q') of ns) via perf.harness.Histogram."""
+    from perf.harness import Histogram
     lat = array.array("q")
     with open(path, "rb") as f:
         lat.frombytes(f.read())
-    h = HdrHistogram(1, 60 * 10 ** 9, 3)
-    record = h.record_value
-    for v in lat:
-        record(v if v > 0 else 1)
-    pct = {}
-    for p in (50, 90, 99, 99.9, 99.99):
-        pct["p%s" % p] = h.get_value_at_percentile(p)
-    pct["max"] = h.get_max_value()
-    pct["mean"] = h.get_mean_value()
+    h = Histogram()
+    h.record(lat)
+    pct = h.percentiles()
+    pct["histogram"] = h.kind
     return pct
 
 
@@ -268,6 +292,32 @@ def profile(csv_path, commands=200000, top=18):
     return buf.getvalue()
 
 
+def crosscheck(rows):
+    """Untimed: our counts vs cython-orderbook's with one account per order (no STP).
+
+    With every order on its own account self-trade prevention cannot fire, so a
+    price-time-priority matcher and cython-orderbook must agree exactly on the
+    number of trades and of successful cancels.  Returns a dict with both.
+    """
+    from engine.commands import Command
+    from engine.config import DEFAULT_CONFIG
+    from perf.workload import to_commands
+    spec = DEFAULT_CONFIG.symbols[SYMBOL_ID]
+    orders = sum(1 for r in rows if r[1] != "C")
+    deps = []
+    for account in range(1, orders + 1):
+        for asset in (spec.base_asset, spec.quote_asset):
+            deps.append(Command.deposit(account, asset, 10 ** 12))
+    deps = list(enumerate(deps, 1))
+    cmds = to_commands(rows, SYMBOL_ID, orders, len(deps) + 1)
+    _, ours = run_pass(DEFAULT_CONFIG, deps, cmds, fingerprint=True)
+    _, theirs = baseline_pass(rows)
+    return {"rows": len(rows), "ours": {"trades": ours["trades"], "cancels": ours["cancels"],
+                                        "stp_cancels": ours["stp_cancels"]},
+            "cython-orderbook": {"trades": theirs["trades"], "cancels": theirs["cancels"]},
+            "equal": (ours["trades"], ours["cancels"]) == (theirs["trades"], theirs["cancels"])}
+
+
 def suite(argv=None):
     """Run the whole benchmark; write perf/results/matcher_throughput.{md,json}; exit code."""
     parser = argparse.ArgumentParser(prog="matcher_bench", description=__doc__.splitlines()[0])
@@ -277,6 +327,9 @@ def suite(argv=None):
     parser.add_argument("--csv", default=None, help="use this workload CSV instead of generating")
     parser.add_argument("--no-pypy", action="store_true")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--crosscheck", type=int, default=100000, metavar="N",
+                        help="untimed: first N rows, one account per order, counts must equal "
+                             "cython-orderbook's (0 = skip)")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of 200k commands")
     parser.add_argument("--name", default="matcher_throughput", help="results file stem")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -334,10 +387,21 @@ def suite(argv=None):
             "interpreter": _interpreter(), "commands": len(rows), "pass_seconds": times,
             "throughput": _stats(len(rows), times), "fingerprint": counts}
 
+    cross_ok = True
+    if args.crosscheck and not args.no_baseline:
+        report["crosscheck"] = crosscheck(rows[:args.crosscheck])
+        cross_ok = report["crosscheck"]["equal"]
     fingerprints = [report["runs"][k]["fingerprint"] for k in ("cpython", "pypy")
                     if k in report["runs"]]
     ok = all(f == fingerprints[0] for f in fingerprints)
     report["fingerprint_equal_across_interpreters"] = ok
+    from perf.harness import environment
+    report["environment"] = environment()
+    try:
+        report["git"] = subprocess.check_output(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT).decode().strip()
+    except (OSError, subprocess.CalledProcessError):
+        report["git"] = "unknown"
     if args.profile:
         report["profile"] = profile(csv_path)
     md = render(report)
@@ -353,7 +417,19 @@ def suite(argv=None):
     if not ok:
         print("FAIL: fingerprints differ between interpreters", file=sys.stderr)
         return 1
+    if not cross_ok:
+        print("FAIL: counts differ from cython-orderbook with self-trades impossible",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _reason_name(code):
+    from ringbuf.records import Reason
+    try:
+        return Reason(int(code)).name
+    except ValueError:
+        return str(code)
 
 
 def render(report):
@@ -361,6 +437,8 @@ def render(report):
     lines = ["# Matcher benchmark: one symbol, %d commands" % report["workload"]["commands"], "",
              "Generated by `python -m perf.matcher_bench` on %s (%s, %d CPUs; shared machine)."
              % (time.strftime("%Y-%m-%d %H:%M"), platform.machine(), os.cpu_count() or 0),
+             "Code: git %s; load average at end %s." % (report.get("git"), (
+                 report.get("environment") or {}).get("loadavg_at_end")),
              "Workload: seed %s, %d accounts round-robin, %s, fees on. One warm-up pass, "
              "%d timed passes, fresh matcher per pass; events packed into 128-byte records "
              "(BytesSink, taken every %d commands)." % (
@@ -383,16 +461,35 @@ def render(report):
                          "p50 %d, p90 %d, p99 %d, p99.9 %d, p99.99 %d, max %d" % (
                              label, r["clock_overhead_ns"], lat["p50"], lat["p90"], lat["p99"],
                              lat["p99.9"], lat["p99.99"], lat["max"]))
+            lines.append("  latency histogram: %s, %d samples" % (lat["histogram"], lat["count"]))
             lines.append("  event sha256 %s" % r["fingerprint"].get("sha256"))
     lines.append("")
+    for label in ("cpython", "pypy"):
+        r = report["runs"].get(label)
+        if r:
+            lines.append("- %s rejects by reason: %s" % (label, ", ".join(
+                "%s %d" % (_reason_name(k), v)
+                for k, v in sorted(r["fingerprint"].get("rejects", {}).items()))))
     lines.append("Fingerprint (trades, user cancels, STP cancels, event bytes) equal across "
                  "interpreters: %s" % report["fingerprint_equal_across_interpreters"])
     base = report["runs"].get("cython-orderbook")
     if base:
         lines.append("cython-orderbook: no accounts, fees, STP or events; %d orders resting at "
                      "the end." % base["fingerprint"]["resting"])
+    cross = report.get("crosscheck")
+    if cross:
+        lines.append("Cross-check (untimed; first %d rows, one account per order so self-trade "
+                     "prevention cannot fire): ours %d trades / %d cancels, cython-orderbook "
+                     "%d / %d: %s." % (cross["rows"], cross["ours"]["trades"],
+                                       cross["ours"]["cancels"],
+                                       cross["cython-orderbook"]["trades"],
+                                       cross["cython-orderbook"]["cancels"],
+                                       "equal" if cross["equal"] else "DIFFERENT"))
+        lines.append("In the timed run the counts differ from cython-orderbook's by the effect "
+                     "of the STP cancels listed above (1,000 accounts round-robin).")
     if report.get("profile"):
-        lines += ["", "## cProfile, CPython, first 200k commands (tottime)", "", "```",
+        lines += ["", "## cProfile, CPython, first %d commands (tottime)"
+                  % min(200000, report["workload"]["commands"]), "", "```",
                   report["profile"].strip(), "```"]
     return "\n".join(lines) + "\n"
 
