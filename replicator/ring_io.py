@@ -6,8 +6,9 @@ Theory of operation:
    slot ``s`` is still intact while ``s`` is above the matcher's sequence --
    producers are gated on the matcher, the ring's only leaf consumer -- and
    the matcher never passes the journaler.  So a read of ``s`` comes from the
-   journal when ``s <= journaler's sequence`` (the journal has it durably) and
-   from the ring otherwise (then ``s > journaler >= matcher``: intact).  This
+   ring when ``s > matcher's sequence`` (copied and re-checked when ``s`` is
+   below our own gate, as the matcher may pass it meanwhile) and from the
+   journal otherwise (``s <= matcher <= journaler``: durably journaled).  This
    is the catch-up of a standby that fell behind the ring.
 2. ``commit`` polls the consumer up to the committed sequence first (the ring
    only lets a consumer commit what it polled) and then commits: the gate.
@@ -123,8 +124,9 @@ class RingSource(object):
         consumer.commit(seq)
 
     def read(self, first_seq, max_count):
-        journaled = self.ring.consumer_sequence("journaler")
-        if first_seq <= journaled:                   # rule 1: the journal has it
+        if first_seq <= self.ring.consumer_sequence("matcher"):
+            # rule 1: the slot may be reused; the journal has it (matcher <= journaler)
+            journaled = self.ring.consumer_sequence("journaler")
             return self._read_journal(first_seq, min(max_count, journaled - first_seq + 1))
         cursor = self.ring.cursor
         count = min(max_count, cursor - first_seq + 1)
