@@ -14,6 +14,11 @@ Theory of operation (numbered rules; the code refers to them):
    instead of the publisher's memory growing without bound.
 3. REST writes are commands written to the input ring by this process's
    producer (``publisher.producer_id``, default 1) from the loop thread.
+5. The listening socket has a bounded send buffer (``publisher.socket_sndbuf``,
+   default 128 KiB; accepted sockets inherit it), so a client that stops
+   reading fills its kernel buffer quickly and the hub's per-client queue
+   rule (ws rule 4) takes over instead of megabytes of stale data queueing
+   in the kernel.
 4. SIGTERM/SIGINT: uvicorn stops accepting and closes connections; then the
    consumer thread is stopped and joined, the producer leaves the producer
    table and both rings are closed (never unlinked: the supervisor owns them).
@@ -108,6 +113,19 @@ def build_service(runtime, shard, exchange, sender=None, log=None):
     return PublisherService(catalog, model, hub, sender=sender, log=log)
 
 
+def _listen(host, port, sndbuf):
+    """The listening socket (rule 5): accepted connections inherit its send buffer size."""
+    import socket
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if sndbuf > 0:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m publisher.process")
     parser.add_argument("--config", required=True)
@@ -150,6 +168,7 @@ def main(argv=None):
                             ws_max_queue=64)
     server = uvicorn.Server(config)
     feed_box = []
+    listener = _listen(config.host, config.port, int(pub.get("socket_sndbuf", 128 * 1024)))
 
     async def serve():
         loop = asyncio.get_running_loop()
@@ -157,7 +176,7 @@ def main(argv=None):
         feed_box.append(feed)
         feed.start()                                                          # rule 2
         log.event("serving", host=config.host, port=config.port)
-        await server.serve()
+        await server.serve(sockets=[listener])
 
     code = 0
     try:
