@@ -5,7 +5,7 @@ speaks decimal strings.  The conversion happens here, once, by symbol config
 (``engine.config.ExchangeConfig``), and refuses any value that the integer
 form cannot represent exactly (rule: no rounding at the edge).
 """
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 
 __all__ = ["Product", "Asset", "Catalog", "ConversionError"]
 
@@ -20,18 +20,24 @@ def _decimal(text, what):
     if isinstance(text, Decimal):
         value = text
     else:
+        if len(str(text)) > 64:
+            raise ConversionError("%s is too long" % what)
         try:
             value = Decimal(str(text).strip())
         except (InvalidOperation, ValueError):
             raise ConversionError("%s %r is not a decimal number" % (what, text))
     if not value.is_finite():
         raise ConversionError("%s %r is not a finite number" % (what, text))
+    if value and not -40 <= value.adjusted() <= 40:
+        raise ConversionError("%s %s is out of range" % (what, text))
     return value
 
 
 def _to_units(text, unit, what):
     value = _decimal(text, what)
-    units = value / unit
+    with localcontext() as ctx:      # exact: no rounding to 28 digits (rule above)
+        ctx.prec = 200
+        units = value / unit
     if units != units.to_integral_value():
         raise ConversionError("%s %s is not a multiple of %s" % (what, value, _fmt(unit)))
     n = int(units)

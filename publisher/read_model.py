@@ -411,6 +411,56 @@ class ReadModel(object):
                 if self.client_ids.get(key) == old_id:
                     del self.client_ids[key]
 
+    # ------------------------------------------------------------------ seeding (rule 7)
+    def seed_from_matcher(self, matcher, seq):
+        """Load the state of a restored ``engine.matcher.Matcher`` at input ``seq``.
+
+        Books, live orders (resting and waiting stops), balances, last prices and
+        halts come from the matcher snapshot; recent trades and 24h statistics
+        start empty (a snapshot has no tape).  O(orders + accounts).
+        """
+        for sid, view in self.symbols.items():
+            sym = matcher.symbols.get(sid)
+            if sym is None:
+                continue
+            view.bids.clear()
+            view.asks.clear()
+            for price, level in sym.book.bid_levels.items():
+                view.bids[price] = level.total
+            for price, level in sym.book.ask_levels.items():
+                view.asks[price] = level.total
+            view.last_price = sym.last_price or None
+            view.last_trade_id = sym.trade_id
+            view.halted = bool(sym.halted)
+        for oid in sorted(matcher.orders):
+            o = matcher.orders[oid]
+            order = OrderState.__new__(OrderState)
+            for name in ("order_id", "account_id", "symbol_id", "side", "order_type", "tif",
+                         "flags", "price", "qty", "stop_price", "funds", "filled", "remaining",
+                         "client_order_id", "hold", "fee_num"):
+                setattr(order, name, getattr(o, name))
+            order.executed_value = 0
+            order.fees = o.fee_paid
+            order.fills = 0
+            order.status = "open" if o.level is not None else "pending"
+            order.done_reason = None
+            order.reason = 0
+            order.created_ns = 0
+            order.done_ns = 0
+            order.last_seq = seq
+            self.orders[oid] = order
+            self.open_by_account.setdefault(order.account_id, {})[oid] = order
+            if order.client_order_id:
+                self.client_ids[(order.account_id, order.client_order_id)] = oid
+        accounts = matcher.accounts
+        for account_id, acct in accounts.accounts.items():
+            if account_id == getattr(accounts, "fee_account_id", None):
+                continue
+            for asset_id, i in accounts.index.items():
+                self.totals[(account_id, asset_id)] = acct.bal[i] + acct.bal[i + 1]
+        self.applied_seq = max(self.applied_seq, seq)
+        self._open_seq = max(self._open_seq, seq)
+
     # ------------------------------------------------------------------ reads
     def symbol(self, symbol_id):
         """The SymbolView of a symbol id; KeyError when unknown."""

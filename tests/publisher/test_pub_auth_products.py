@@ -102,7 +102,8 @@ def test_catalog_from_default_exchange():
     assert [p.name for p in only.products] == ["ETH-USD"]
 
 
-@pytest.mark.parametrize("value", ["0.001", "abc", "1e400000", "NaN", "Infinity", "", "9" * 30])
+@pytest.mark.parametrize("value", ["0.001", "abc", "1e400000", "NaN", "Infinity", "", "9" * 30,
+                                   "1e-400000", "0.01000000000000000000000000000001", "1" * 70])
 def test_unrepresentable_sizes_are_refused(value):
     btc = Catalog.from_exchange(DEFAULT_CONFIG).product("BTC-USD")
     with pytest.raises(ConversionError):
