@@ -319,7 +319,11 @@ def crosscheck(rows):
 
 
 def suite(argv=None):
-    """Run the whole benchmark; write perf/results/matcher_throughput.{md,json}; exit code."""
+    """1M-command one-symbol matcher: CPython vs PyPy vs cython-orderbook, fingerprint-checked.
+
+    Writes perf/results/<name>.{md,json}; returns the exit code (1 if the
+    fingerprints differ between interpreters or from cython-orderbook without STP).
+    """
     parser = argparse.ArgumentParser(prog="matcher_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=1000000)
     parser.add_argument("--seed", type=int, default=1)
