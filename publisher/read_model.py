@@ -217,9 +217,10 @@ class Changes(object):
     ``user``: account -> [(event, OrderState or None), ...] execution reports;
     ``closed_seqs``: input sequences whose LAST event was in this batch.
     """
-    __slots__ = ("level2", "trades", "ticker", "user", "closed_seqs", "status")
+    __slots__ = ("level2", "trades", "ticker", "user", "closed_seqs", "status", "ts_ns")
 
     def __init__(self):
+        self.ts_ns = 0              # newest stream time in the batch
         self.level2 = {}
         self.trades = {}
         self.ticker = set()
@@ -300,6 +301,7 @@ class ReadModel(object):
                     self.applied_seq = seq
                 changes.closed_seqs.append(seq)
         self.events_applied += len(events)
+        changes.ts_ns = self.last_timestamp_ns
         for sym, levels in l2.items():
             view = symbols[sym]
             view.level2_seq += 1

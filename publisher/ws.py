@@ -210,7 +210,7 @@ class Hub(object):
             product = catalog.by_id[sym]
             fp, fq = product.fmt_price, product.fmt_qty
             text = _dumps({"type": "l2update", "channel": "level2", "product_id": product.name,
-                           "sequence": seq, "input_seq": applied,
+                           "sequence": seq, "input_seq": applied, "ts_ns": changes.ts_ns,
                            "changes": [[_SIDE.get(side), fp(p), fq(q)] for side, p, q in levels]})
             self._deliver(clients, text)
         for sym, (seq, trades) in changes.trades.items():
