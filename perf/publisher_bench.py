@@ -158,9 +158,9 @@ def subscribers(url, n, seconds, passes):
 
 # ---------------------------------------------------------------- controller
 class Shard(object):
-    def __init__(self, tmp):
+    def __init__(self, tmp, conflate_ms=5.0):
         from ringbuf import Ring
-        self.name = "pb%d" % os.getpid()
+        self.name = "pb%d%s" % (os.getpid(), os.urandom(2).hex())
         self.tmp = tmp
         self.procs = []
         self.rings = [Ring.create("rm-%s-in" % self.name, capacity=1 << 16, record_size=64,
@@ -177,7 +177,7 @@ class Shard(object):
                            "input_capacity": 1 << 16, "output_capacity": 1 << 18}],
                "publisher": {"host": "127.0.0.1", "port": self.port, "api_keys": [KEY],
                              "rate_limit": {"per_second": 1e9, "burst": 1e9},
-                             "ws_queue": 10000}}
+                             "ws_queue": 10000, "ws_conflate_ms": conflate_ms}}
         self.config = os.path.join(tmp, "runtime.json")
         with open(self.config, "w") as f:
             json.dump(cfg, f)
@@ -352,6 +352,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--rest-orders", type=int, default=300)
+    ap.add_argument("--conflate-ms", default="0,5", help="ws_conflate_ms settings to compare")
     ap.add_argument("--out", default=os.path.join(ROOT, "perf", "results", "publisher_bench.txt"))
     args = ap.parse_args(argv)
     lines = ["# perf/publisher_bench.py  %s" % time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -359,7 +360,7 @@ def main(argv=None):
              % (platform.python_implementation(), platform.python_version(), platform.node(),
                 os.cpu_count()),
              "# settings: rate=%g cmds/s on BTC-USD, %gs per pass, %d passes after a warm-up; "
-             "subscribers on level2+trades; ws_queue=10000"
+             "subscribers on level2+trades; ws_queue=10000; one subscriber process (asyncio)"
              % (args.rate, args.seconds, args.passes), ""]
     with tempfile.TemporaryDirectory() as tmp:
         shard = Shard(tmp)
@@ -379,20 +380,30 @@ def main(argv=None):
                 lines.append("  %-36s p50 median %8.0f (min %.0f max %.0f)   p99 median %8.0f "
                              "(min %.0f max %.0f)" % ((label,) + p50 + p99))
                 print(lines[-1], flush=True)
-            lines.append("")
-            lines.append("fanout_N (messages/s over all subscribers; latency command stamp -> "
-                         "client receipt, us)")
-            for n in [int(x) for x in args.subscribers.split(",")]:
-                res = bench_fanout(shard, n, args.rate, args.seconds, args.passes)
-                rate = _stats([r["messages"] / r["seconds"] for r in res])
-                p50 = _stats([r["p50_us"] for r in res])
-                p99 = _stats([r["p99_us"] for r in res])
-                lines.append("  N=%-5d msgs/s median %9.0f (min %.0f max %.0f)  p50 median %8.0f "
-                             "(min %.0f max %.0f)  p99 median %8.0f (min %.0f max %.0f)  resyncs %d"
-                             % ((n,) + rate + p50 + p99 + (sum(r["resyncs"] for r in res),)))
-                print(lines[-1], flush=True)
         finally:
             shard.close()
+    lines.append("")
+    lines.append("fanout_N (messages/s over all subscribers; latency command stamp -> "
+                 "client receipt, us); ws_conflate_ms 0 = every batch published at once "
+                 "(the plain alternative), 5 = default leading-edge throttle")
+    for conflate in [float(x) for x in args.conflate_ms.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            shard = Shard(tmp, conflate_ms=conflate)
+            try:
+                fund(shard)
+                for n in [int(x) for x in args.subscribers.split(",")]:
+                    res = bench_fanout(shard, n, args.rate, args.seconds, args.passes)
+                    rate = _stats([r["messages"] / r["seconds"] for r in res])
+                    p50 = _stats([r["p50_us"] for r in res])
+                    p99 = _stats([r["p99_us"] for r in res])
+                    lines.append("  conflate=%-3g N=%-5d msgs/s median %8.0f (min %.0f max %.0f)  "
+                                 "p50 median %8.0f (min %.0f max %.0f)  p99 median %8.0f "
+                                 "(min %.0f max %.0f)  resyncs %d"
+                                 % ((conflate, n) + rate + p50 + p99
+                                    + (sum(r["resyncs"] for r in res),)))
+                    print(lines[-1], flush=True)
+            finally:
+                shard.close()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")

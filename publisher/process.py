@@ -109,7 +109,8 @@ def build_service(runtime, shard, exchange, sender=None, log=None):
                       specs={p.symbol_id: exchange.symbol_by_id(p.symbol_id)
                              for p in catalog.products})
     hub = Hub(catalog, model, max_queue=int(pub.get("ws_queue", 1000)),
-              resync_timeout_s=float(pub.get("ws_resync_timeout_s", 10.0)))
+              resync_timeout_s=float(pub.get("ws_resync_timeout_s", 10.0)),
+              conflate_ms=float(pub.get("ws_conflate_ms", 5.0)))
     return PublisherService(catalog, model, hub, sender=sender, log=log)
 
 

@@ -12,10 +12,10 @@ Theory of operation (numbered rules; the code refers to them):
    (``qty`` is the new level total; 0 removes the level).  A BOOK_DELTA is the
    only thing that changes a book.
 4. Every market-data stream of a symbol has its own message sequence
-   (``level2``, ``trades``, ``ticker``) which grows by exactly one per published
-   message, so a WebSocket client can detect a gap.  ``apply`` returns one
-   ``Changes`` per call: the per-symbol messages of that batch (book levels
-   coalesced to their final value), and the sequences they were given.
+   (``level2_seq``, ``trades_seq``, ``ticker_seq`` on the SymbolView), which
+   the WebSocket hub increments by exactly one per message it publishes, so a
+   client can detect a gap.  ``apply`` returns one ``Changes`` per call: the
+   per-symbol changes of that batch, book levels coalesced to their final value.
 5. Orders: ACCEPTED (of a NEW_ORDER) creates the order state; FILL, AMENDED,
    TRIGGERED, CANCELLED and EXPIRED update it; a REJECTED NEW_ORDER is kept as
    a rejected order so a status query can say why.  Done orders are kept up to
@@ -211,13 +211,31 @@ class SymbolView(object):
 class Changes(object):
     """What one ``ReadModel.apply`` call changed, ready for the WebSocket fan-out (rule 4).
 
-    ``level2``: symbol -> (level2_seq, [(side, price, qty), ...]) coalesced;
-    ``trades``: symbol -> (trades_seq, [Trade, ...]);
+    ``level2``: symbol -> {(side, price): qty} coalesced to final values;
+    ``trades``: symbol -> [Trade, ...];
     ``ticker``: set of symbols whose best bid/ask or last trade changed;
     ``user``: account -> [(event, OrderState or None), ...] execution reports;
     ``closed_seqs``: input sequences whose LAST event was in this batch.
     """
     __slots__ = ("level2", "trades", "ticker", "user", "closed_seqs", "status", "ts_ns")
+
+    def merge(self, later):
+        """Fold a later batch's changes into this one (the hub's conflation)."""
+        for sym, levels in later.level2.items():
+            mine = self.level2.get(sym)
+            if mine is None:
+                self.level2[sym] = levels
+            else:
+                mine.update(levels)
+        for sym, tlist in later.trades.items():
+            self.trades.setdefault(sym, []).extend(tlist)
+        self.ticker.update(later.ticker)
+        for account, reports in later.user.items():
+            self.user.setdefault(account, []).extend(reports)
+        self.closed_seqs.extend(later.closed_seqs)
+        self.status.extend(later.status)
+        self.ts_ns = max(self.ts_ns, later.ts_ns)
+        return self
 
     def __init__(self):
         self.ts_ns = 0              # newest stream time in the batch
@@ -302,19 +320,10 @@ class ReadModel(object):
                 changes.closed_seqs.append(seq)
         self.events_applied += len(events)
         changes.ts_ns = self.last_timestamp_ns
-        for sym, levels in l2.items():
-            view = symbols[sym]
-            view.level2_seq += 1
-            changes.level2[sym] = (view.level2_seq,
-                                   [(side, price, qty) for (side, price), qty in levels.items()])
-            changes.ticker.add(sym)
-        for sym, tlist in trades.items():
-            view = symbols[sym]
-            view.trades_seq += 1
-            changes.trades[sym] = (view.trades_seq, tlist)
-            changes.ticker.add(sym)
-        for sym in changes.ticker:
-            symbols[sym].ticker_seq += 1
+        changes.level2 = l2
+        changes.trades = trades
+        changes.ticker.update(l2)
+        changes.ticker.update(trades)
         return changes
 
     def _apply_order_event(self, e):

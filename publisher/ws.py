@@ -21,6 +21,13 @@ Theory of operation (numbered rules; the code refers to them):
    writer sends a ``resync`` notice and then fresh level2 snapshots built at
    that moment (so the client never gets stale deltas).  A client still
    resyncing after ``resync_timeout_s`` is disconnected.
+5. Conflation (``conflate_ms``, leading-edge throttle): a batch is published at
+   once if the previous publication is at least ``conflate_ms`` old; otherwise
+   it is merged into one pending set of changes published when that interval
+   ends.  Idle feeds have no added latency; under load every product gets at
+   most one l2update/trades/ticker message per interval, which is what keeps
+   many subscribers cheap.  Level sizes are absolute, so a snapshot taken while
+   changes are pending stays consistent with the next l2update.
 """
 import asyncio
 import json
@@ -136,7 +143,8 @@ class WsClient(object):
 class Hub(object):
     """Subscriptions and fan-out of read-model changes (rules 2-4)."""
 
-    def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None):
+    def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None,
+                 conflate_ms=0.0):
         self.catalog = catalog
         self.model = model
         self.max_queue = max_queue
@@ -147,6 +155,9 @@ class Hub(object):
         self.messages = 0
         self.disconnects = 0
         self.clock = time.monotonic if clock is None else clock
+        self.conflate_s = conflate_ms / 1000.0
+        self.pending = None             # conflated Changes waiting for flush (rule 5)
+        self.last_flush = 0.0
 
     # -------------------------------------------------------------- registry
     def add(self, client):
@@ -197,23 +208,54 @@ class Hub(object):
         return _dumps(msg)
 
     def publish(self, changes):
-        """Fan one batch of changes out to subscribers (rule 3).  O(messages + deliveries)."""
-        if changes is None or not self.clients:
+        """Take one batch of changes (rule 5: now, or conflated into the next flush)."""
+        if changes is None:
             return
+        if self.pending is not None:
+            self.pending.merge(changes)
+            return
+        now = self.clock()
+        if self.conflate_s <= 0 or now - self.last_flush >= self.conflate_s:
+            self.last_flush = now
+            self._publish_now(changes)
+            return
+        self.pending = changes
+        loop = asyncio.get_event_loop()
+        loop.call_later(self.conflate_s - (now - self.last_flush), self.flush)
+
+    def flush(self):
+        """Publish conflated changes now (also before answering a ping: ordering)."""
+        changes, self.pending = self.pending, None
+        if changes is not None:
+            self.last_flush = self.clock()
+            self._publish_now(changes)
+
+    def _publish_now(self, changes):
+        """Fan one set of changes out to subscribers (rules 2, 3).  O(messages + deliveries)."""
         catalog = self.catalog
         subs = self.subs
-        applied = self.model.applied_seq
-        for sym, (seq, levels) in changes.level2.items():
+        model = self.model
+        applied = model.applied_seq
+        for sym, levels in changes.level2.items():
+            view = model.symbol(sym)
+            view.level2_seq += 1                       # rule 2: every message, subscribed or not
             clients = subs.get(("level2", sym))
             if not clients:
                 continue
             product = catalog.by_id[sym]
             fp, fq = product.fmt_price, product.fmt_qty
             text = _dumps({"type": "l2update", "channel": "level2", "product_id": product.name,
-                           "sequence": seq, "input_seq": applied, "ts_ns": changes.ts_ns,
-                           "changes": [[_SIDE.get(side), fp(p), fq(q)] for side, p, q in levels]})
+                           "sequence": view.level2_seq, "input_seq": applied,
+                           "ts_ns": changes.ts_ns,
+                           "changes": [[_SIDE.get(side), fp(p), fq(q)]
+                                       for (side, p), q in levels.items()]})
             self._deliver(clients, text)
-        for sym, (seq, trades) in changes.trades.items():
+        for sym in changes.ticker:
+            model.symbol(sym).ticker_seq += 1
+        for sym, trades in changes.trades.items():
+            view = model.symbol(sym)
+            view.trades_seq += 1
+            seq = view.trades_seq
             clients = subs.get(("trades", sym))
             if not clients:
                 continue
@@ -296,6 +338,7 @@ def _error(client, message):
 
 def _handle(client, hub, keystore, msg):
     kind = msg.get("type")
+    hub.flush()       # rule 5: whatever was applied before this message is sent before the reply
     if kind == "ping":
         client.queue.append(_dumps({"type": "pong", "input_seq": hub.model.applied_seq}))
         client.wakeup.set()
