@@ -26,14 +26,15 @@ Example::
 """
 from collections import namedtuple
 
-from ringbuf.records import EVENT_SIZE, EVENT_SLOTS, EventFlags, event_struct
+from ringbuf.records import EVENT_SIZE, EVENT_SLOTS, EventFlags, EventKind, event_struct
 
 try:
     from typing import Protocol
 except ImportError:  # pragma: no cover - 3.7
     Protocol = object
 
-__all__ = ["Event", "EventSink", "ListSink", "BytesSink", "CountingSink", "NullSink"]
+__all__ = ["Event", "EventSink", "EventWriter", "SinkWriter", "writer_for", "ListSink",
+           "BytesSink", "CountingSink", "NullSink"]
 
 _LAST = int(EventFlags.LAST)
 _FLAGS_OFFSET = 4      # byte offset of the flags slot in the event record
@@ -99,38 +100,240 @@ class ListSink(object):
         self.events = []
 
 
+_pack_into = event_struct.pack_into
+_E_FILL, _E_TRADE, _E_DELTA = int(EventKind.FILL), int(EventKind.TRADE), \
+    int(EventKind.BOOK_DELTA)
+_EF_MAKER, _EF_TAKER = int(EventFlags.MAKER), int(EventFlags.TAKER)
+_E2 = 2 * EVENT_SIZE
+_E3 = 3 * EVENT_SIZE
+
+
+class EventWriter(Protocol):
+    """Role: the matcher's specialised, per-event-shape emission interface.
+
+    A sink offering ``event_writer()`` returns an object with these methods and the
+    matcher calls them instead of ``emit_event`` (fewer arguments per event, three
+    records per fill in one call, no tuple building).  Any other sink is wrapped in
+    :class:`SinkWriter`, which turns each call back into ``emit_event`` calls, so both
+    paths produce the same events (tests/engine/test_matcher_golden.py).
+
+    Per-command context: ``begin(seq, timestamp_ns, command_kind)`` sets the ``seq``,
+    ``timestamp_ns`` and ``command_kind`` slots of the command's events and resets
+    ``event_index`` (attribute ``ei``, incremented per event; ``ck`` may be set
+    directly).  Shapes (``o``/``m``: an order with the :class:`engine.order_book.Order`
+    attributes):
+
+    * ``order(kind, o, flags, reason, price, qty, fee, amount, trade_id, counter_order_id,
+      counter_account_id, aux)`` -- an event about order ``o`` (side, type, tif, symbol,
+      producer, account, order id, remaining, filled, client order id from ``o``);
+    * ``delta(symbol_id, side, price, total)`` -- BOOK_DELTA;
+    * ``fill(m, o, price, qty, maker_fee, taker_fee, notional, trade_id)`` -- FILL (maker
+      ``m``), FILL (taker ``o``), TRADE, in that order;
+    * ``event(kind, side, order_type, tif, flags, symbol_id, reason, producer_id,
+      account_id, order_id, price, qty, remaining, filled, fee, amount, trade_id,
+      counter_order_id, counter_account_id, client_order_id, aux)`` -- anything else;
+    * ``mark_last()``.
+    """
+
+
+class SinkWriter(object):
+    """:class:`EventWriter` over any sink with ``emit_event`` and ``mark_last``.  O(1)/event."""
+
+    def __init__(self, sink):
+        self.sink = sink
+        self._emit = sink.emit_event
+        self.mark_last = sink.mark_last
+        self.seq = 0
+        self.ts = 0
+        self.ck = 0
+        self.ei = 0
+
+    def begin(self, seq, ts, ck):
+        self.seq = seq
+        self.ts = ts
+        self.ck = ck
+        self.ei = 0
+
+    def order(self, kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
+              aux):
+        ei = self.ei
+        self.ei = ei + 1
+        self._emit(kind, o.side, o.order_type, o.tif, flags, self.ck, o.symbol_id, reason,
+                   o.producer_id, o.account_id, self.seq, o.order_id, price, qty, o.remaining,
+                   o.filled, fee, amount, trade_id, c_oid, c_acct, ei, self.ts,
+                   o.client_order_id, aux)
+
+    def delta(self, symbol_id, side, price, total):
+        ei = self.ei
+        self.ei = ei + 1
+        self._emit(_E_DELTA, side, 0, 0, 0, self.ck, symbol_id, 0, 0, 0, self.seq, 0, price,
+                   total, 0, 0, 0, 0, 0, 0, 0, ei, self.ts, 0, 0)
+
+    def fill(self, m, o, price, q, mfee, tfee, n, trade_id):
+        ei = self.ei
+        self.ei = ei + 3
+        emit = self._emit
+        ck = self.ck
+        seq = self.seq
+        ts = self.ts
+        symbol_id = o.symbol_id
+        emit(_E_FILL, m.side, m.order_type, m.tif, _EF_MAKER, ck, symbol_id, 0, m.producer_id,
+             m.account_id, seq, m.order_id, price, q, m.remaining, m.filled, mfee, n, trade_id,
+             o.order_id, o.account_id, ei, ts, m.client_order_id, 0)
+        emit(_E_FILL, o.side, o.order_type, o.tif, _EF_TAKER, ck, symbol_id, 0, o.producer_id,
+             o.account_id, seq, o.order_id, price, q, o.remaining, o.filled, tfee, n, trade_id,
+             m.order_id, m.account_id, ei + 1, ts, o.client_order_id, 0)
+        emit(_E_TRADE, o.side, 0, 0, 0, ck, symbol_id, 0, 0, o.account_id, seq, o.order_id,
+             price, q, 0, 0, 0, n, trade_id, m.order_id, m.account_id, ei + 2, ts, 0, 0)
+
+    def event(self, kind, side, order_type, tif, flags, symbol_id, reason, producer_id,
+              account_id, order_id, price, qty, remaining, filled, fee, amount, trade_id,
+              c_oid, c_acct, client_order_id, aux):
+        ei = self.ei
+        self.ei = ei + 1
+        self._emit(kind, side, order_type, tif, flags, self.ck, symbol_id, reason, producer_id,
+                   account_id, self.seq, order_id, price, qty, remaining, filled, fee, amount,
+                   trade_id, c_oid, c_acct, ei, self.ts, client_order_id, aux)
+
+
+def writer_for(sink):
+    """The :class:`EventWriter` the matcher uses for ``sink``: its own if it offers
+    ``event_writer()``, else a :class:`SinkWriter` around it."""
+    make = getattr(sink, "event_writer", None)
+    if make is not None:
+        return make()
+    return SinkWriter(sink)
+
+
 class BytesSink(object):
     """Packs each event into a 128-byte record in a growing bytearray.
 
     ``take()`` returns ``bytes`` of all records since the last take and clears.
     Amortised O(1) per event; raises struct.error if a value does not fit its slot
     (a matcher bug: every value the matcher emits is range-checked first).
+
+    Besides the generic ``emit_event`` it is its own :class:`EventWriter`
+    (``event_writer()`` returns self): the matcher then packs each record with one
+    precompiled ``struct.pack_into`` call straight into the buffer.  The buffer is
+    replaced (never resized in place) when it fills up, so a view of it left alive
+    cannot make a later write fail.
     """
 
     def __init__(self, initial_events=4096):
-        self._buf = bytearray(EVENT_SIZE * max(1, initial_events))
+        self._buf = bytearray(EVENT_SIZE * max(4, initial_events))
+        self._limit = len(self._buf) - _E3     # room for 3 more records while end <= limit
         self._end = 0
         self.count = 0
-        self._pack_into = event_struct.pack_into
+        self.seq = 0
+        self.ts = 0
+        self.ck = 0
+        self.ei = 0
+
+    def _grow(self):
+        old = self._buf
+        buf = bytearray(2 * len(old))
+        buf[:self._end] = memoryview(old)[:self._end]
+        self._buf = buf
+        self._limit = len(buf) - _E3
 
     def emit_event(self, *fields):
         end = self._end
-        buf = self._buf
-        if end + EVENT_SIZE > len(buf):
-            buf.extend(bytes(len(buf)))
-        self._pack_into(buf, end, *fields)
+        if end > self._limit:
+            self._grow()
+        _pack_into(self._buf, end, *fields)
         self._end = end + EVENT_SIZE
         self.count += 1
 
     def mark_last(self):
         self._buf[self._end - EVENT_SIZE + _FLAGS_OFFSET] |= _LAST
 
+    # -- EventWriter ------------------------------------------------------------------
+    def event_writer(self):
+        return self
+
+    def begin(self, seq, ts, ck):
+        self.seq = seq
+        self.ts = ts
+        self.ck = ck
+        self.ei = 0
+
+    def order(self, kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
+              aux):
+        end = self._end
+        if end > self._limit:
+            self._grow()
+        ei = self.ei
+        _pack_into(self._buf, end, kind, o.side, o.order_type, o.tif, flags, self.ck,
+                   o.symbol_id, reason, o.producer_id, o.account_id, self.seq, o.order_id,
+                   price, qty, o.remaining, o.filled, fee, amount, trade_id, c_oid, c_acct, ei,
+                   self.ts, o.client_order_id, aux)
+        self.ei = ei + 1
+        self._end = end + EVENT_SIZE
+        self.count += 1
+
+    def delta(self, symbol_id, side, price, total):
+        end = self._end
+        if end > self._limit:
+            self._grow()
+        ei = self.ei
+        _pack_into(self._buf, end, _E_DELTA, side, 0, 0, 0, self.ck, symbol_id, 0, 0, 0,
+                   self.seq, 0, price, total, 0, 0, 0, 0, 0, 0, 0, ei, self.ts, 0, 0)
+        self.ei = ei + 1
+        self._end = end + EVENT_SIZE
+        self.count += 1
+
+    def fill(self, m, o, price, q, mfee, tfee, n, trade_id):
+        end = self._end
+        if end > self._limit:
+            self._grow()
+        buf = self._buf
+        ei = self.ei
+        ck = self.ck
+        seq = self.seq
+        ts = self.ts
+        symbol_id = o.symbol_id
+        taker_side = o.side
+        taker_id = o.order_id
+        taker_acct = o.account_id
+        maker_id = m.order_id
+        maker_acct = m.account_id
+        _pack_into(buf, end, _E_FILL, m.side, m.order_type, m.tif, _EF_MAKER, ck, symbol_id,
+                   0, m.producer_id, maker_acct, seq, maker_id, price, q, m.remaining,
+                   m.filled, mfee, n, trade_id, taker_id, taker_acct, ei, ts,
+                   m.client_order_id, 0)
+        _pack_into(buf, end + EVENT_SIZE, _E_FILL, taker_side, o.order_type, o.tif, _EF_TAKER,
+                   ck, symbol_id, 0, o.producer_id, taker_acct, seq, taker_id, price, q,
+                   o.remaining, o.filled, tfee, n, trade_id, maker_id, maker_acct, ei + 1, ts,
+                   o.client_order_id, 0)
+        _pack_into(buf, end + _E2, _E_TRADE, taker_side, 0, 0, 0, ck, symbol_id, 0, 0,
+                   taker_acct, seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id,
+                   maker_acct, ei + 2, ts, 0, 0)
+        self.ei = ei + 3
+        self._end = end + _E3
+        self.count += 3
+
+    def event(self, kind, side, order_type, tif, flags, symbol_id, reason, producer_id,
+              account_id, order_id, price, qty, remaining, filled, fee, amount, trade_id,
+              c_oid, c_acct, client_order_id, aux):
+        end = self._end
+        if end > self._limit:
+            self._grow()
+        ei = self.ei
+        _pack_into(self._buf, end, kind, side, order_type, tif, flags, self.ck, symbol_id,
+                   reason, producer_id, account_id, self.seq, order_id, price, qty, remaining,
+                   filled, fee, amount, trade_id, c_oid, c_acct, ei, self.ts, client_order_id,
+                   aux)
+        self.ei = ei + 1
+        self._end = end + EVENT_SIZE
+        self.count += 1
+
+    # -- output -------------------------------------------------------------------------
     def getvalue(self):
         """The records since the last take (does not clear)."""
-        return bytes(self._buf[:self._end])
+        return bytes(memoryview(self._buf)[:self._end])
 
     def take(self):
-        out = bytes(self._buf[:self._end])
+        out = bytes(memoryview(self._buf)[:self._end])
         self._end = 0
         return out
 

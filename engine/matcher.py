@@ -43,6 +43,7 @@ import heapq
 import struct
 
 from engine.accounts import Accounts
+from engine.events import writer_for
 from engine.order_book import NO_ASK, NO_BID, Order, OrderBook
 from engine.stop_book import StopBook
 
@@ -159,8 +160,14 @@ class Matcher(object):
     def __init__(self, config, sink):
         self.config = config
         self.sink = sink
-        self._emit = sink.emit_event
-        self._mark_last = sink.mark_last
+        w = writer_for(sink)
+        self._w = w
+        self._w_begin = w.begin
+        self._w_order = w.order
+        self._w_delta = w.delta
+        self._w_fill = w.fill
+        self._w_event = w.event
+        self._mark_last = w.mark_last
         self.accounts = Accounts(sorted(config.assets), config.fee_account_id)
         self._acct = self.accounts.accounts
         self.fee_account_id = config.fee_account_id
@@ -173,11 +180,6 @@ class Matcher(object):
         self.now = 0
         self.last_seq = 0
         self.commands = 0
-        # per-command emission state
-        self._seq = 0
-        self._ts = 0
-        self._ck = 0
-        self._ei = 0
 
     # ==================================================================
     # dispatch
@@ -195,10 +197,7 @@ class Matcher(object):
         now = self.now
         if ts > now and ts <= _MAX_TS:
             self.now = now = ts
-        self._seq = seq
-        self._ts = now
-        self._ck = kind
-        self._ei = 0
+        self._w_begin(seq, now, kind)
         expiry = self.expiry
         if expiry and expiry[0][0] <= now:
             self._expire(now)
@@ -217,46 +216,35 @@ class Matcher(object):
         elif kind == K_SNAPSHOT or kind == K_HASH:
             self._ack(cmd)
             h = self.state_hash() & _MASK63
-            self._emit(E_SNAPSHOT if kind == K_SNAPSHOT else E_HASH, 0, 0, 0, 0, kind, 0, 0,
-                       cmd.producer_id, 0, seq, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, self._ei,
-                       now, 0, h)
-            self._ei += 1
+            self._w_event(E_SNAPSHOT if kind == K_SNAPSHOT else E_HASH, 0, 0, 0, 0, 0, 0,
+                          cmd.producer_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, h)
         else:
-            self._ck = kind & 0xFF
+            self._w.ck = kind & 0xFF
             self._reject(cmd, R_UNKNOWN_COMMAND, 0)
         self._mark_last()
 
     # ------------------------------------------------------------------
     def _reject(self, cmd, reason, order_id):
         """REJECTED outcome echoing the command's fields (masked to their slots)."""
-        self._emit(E_REJECTED, cmd.side & 0xFF, cmd.order_type & 0xFF, cmd.tif & 0xFF, 0,
-                   self._ck, cmd.symbol_id & 0xFFFF, reason, cmd.producer_id & 0xFFFF,
-                   cmd.account_id & 0xFFFFFFFF, self._seq, _i64(order_id), _i64(cmd.price),
-                   _i64(cmd.qty), 0, 0, 0, 0, 0, 0, 0, self._ei, self._ts,
-                   cmd.client_order_id & 0xFFFFFFFFFFFFFFFF, 0)
-        self._ei += 1
+        self._w_event(E_REJECTED, cmd.side & 0xFF, cmd.order_type & 0xFF, cmd.tif & 0xFF, 0,
+                      cmd.symbol_id & 0xFFFF, reason, cmd.producer_id & 0xFFFF,
+                      cmd.account_id & 0xFFFFFFFF, _i64(order_id), _i64(cmd.price),
+                      _i64(cmd.qty), 0, 0, 0, 0, 0, 0, 0,
+                      cmd.client_order_id & 0xFFFFFFFFFFFFFFFF, 0)
 
     def _ack(self, cmd, order_id=0, qty=0, amount=0, aux=0):
         """ACCEPTED outcome for a non-order command."""
-        self._emit(E_ACCEPTED, 0, 0, 0, 0, self._ck, cmd.symbol_id, 0, cmd.producer_id,
-                   cmd.account_id, self._seq, order_id, 0, qty, 0, 0, 0, amount, 0, 0, 0,
-                   self._ei, self._ts, cmd.client_order_id, aux)
-        self._ei += 1
+        self._w_event(E_ACCEPTED, 0, 0, 0, 0, cmd.symbol_id, 0, cmd.producer_id,
+                      cmd.account_id, order_id, 0, qty, 0, 0, 0, amount, 0, 0, 0,
+                      cmd.client_order_id, aux)
 
     def _oev(self, kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct, aux):
         """Emit an event about order ``o``."""
-        ei = self._ei
-        self._ei = ei + 1
-        self._emit(kind, o.side, o.order_type, o.tif, flags, self._ck, o.symbol_id, reason,
-                   o.producer_id, o.account_id, self._seq, o.order_id, price, qty, o.remaining,
-                   o.filled, fee, amount, trade_id, c_oid, c_acct, ei, self._ts,
-                   o.client_order_id, aux)
+        self._w_order(kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
+                      aux)
 
     def _delta(self, symbol_id, side, price, total):
-        ei = self._ei
-        self._ei = ei + 1
-        self._emit(E_DELTA, side, 0, 0, 0, self._ck, symbol_id, 0, 0, 0, self._seq, 0, price,
-                   total, 0, 0, 0, 0, 0, 0, 0, ei, self._ts, 0, 0)
+        self._w_delta(symbol_id, side, price, total)
 
     # ==================================================================
     # NEW_ORDER
@@ -535,7 +523,7 @@ class Matcher(object):
     def _match(self, o, sym, acct):
         """Match taker ``o``; returns 0 or the reason its remainder must be cancelled."""
         book = sym.book
-        emit = self._emit
+        w_fill = self._w_fill
         accounts = self._acct
         fee_bal = self._fee_bal
         side = o.side
@@ -551,9 +539,6 @@ class Matcher(object):
         tbal = acct.bal
         account_id = o.account_id
         symbol_id = sym.symbol_id
-        seq = self._seq
-        ts = self._ts
-        ck = self._ck
         if side == BUY:
             levels = book.ask_levels
             limit = o.price or NO_ASK - 1
@@ -664,18 +649,7 @@ class Matcher(object):
                 trade_id = sym.trade_id + 1
                 sym.trade_id = trade_id
                 last = price
-                ei = self._ei
-                self._ei = ei + 3
-                emit(E_FILL, mside, m.order_type, m.tif, EF_MAKER, ck, symbol_id, 0,
-                     m.producer_id, m.account_id, seq, m.order_id, price, q, mrem, m.filled,
-                     mfee, n, trade_id, o.order_id, account_id, ei, ts, m.client_order_id, 0)
-                emit(E_FILL, side, o.order_type, o.tif, EF_TAKER, ck, symbol_id, 0,
-                     o.producer_id, account_id, seq, o.order_id, price, q, o.remaining,
-                     o.filled, tfee, n, trade_id, m.order_id, m.account_id, ei + 1, ts,
-                     o.client_order_id, 0)
-                emit(E_TRADE, side, 0, 0, 0, ck, symbol_id, 0, 0, account_id, seq,
-                     o.order_id, price, q, 0, 0, 0, n, trade_id, m.order_id, m.account_id,
-                     ei + 2, ts, 0, 0)
+                w_fill(m, o, price, q, mfee, tfee, n, trade_id)
                 if mrem == 0:
                     # maker done: unlink the head (its hold is exactly 0 now, rule M4/M5)
                     level.head = nxt
@@ -976,11 +950,8 @@ class Matcher(object):
                 return self._reject(cmd, R_INSUFFICIENT_FUNDS, 0)
             accounts.withdraw(acct, asset_id, amount)
         self._ack(cmd, 0, amount)
-        ei = self._ei
-        self._ei = ei + 1
-        self._emit(E_BALANCE, 0, 0, 0, 0, kind, asset_id, 0, cmd.producer_id, account_id,
-                   self._seq, 0, 0, amount, 0, 0, 0, acct.bal[i], 0, 0, 0, ei, self._ts, 0,
-                   acct.bal[i + 1])
+        self._w_event(E_BALANCE, 0, 0, 0, 0, asset_id, 0, cmd.producer_id, account_id, 0, 0,
+                      amount, 0, 0, 0, acct.bal[i], 0, 0, 0, 0, acct.bal[i + 1])
 
     def _halt(self, kind, cmd):
         sym = self.symbols.get(cmd.symbol_id)
@@ -995,11 +966,8 @@ class Matcher(object):
                 return self._reject(cmd, R_NOT_HALTED, 0)
             sym.halted = False
         self._ack(cmd)
-        ei = self._ei
-        self._ei = ei + 1
-        self._emit(E_STATUS, 0, 0, 0, 0, kind, sym.symbol_id, R_SYMBOL_HALTED if sym.halted
-                   else R_OK, cmd.producer_id, 0, self._seq, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ei,
-                   self._ts, 0, 0)
+        self._w_event(E_STATUS, 0, 0, 0, 0, sym.symbol_id, R_SYMBOL_HALTED if sym.halted
+                      else R_OK, cmd.producer_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
     # ==================================================================
     # queries
