@@ -455,7 +455,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         import time as _time
         now = _time.time()
         return _ok({"epoch": now, "input_seq": model.applied_seq,
-                    "events_applied": model.events_applied})
+                    "events_applied": model.events_applied, "pid": os.getpid()})
 
     # ---------------------------------------------------------------- ws + page
     @app.websocket("/ws")

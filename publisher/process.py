@@ -168,7 +168,7 @@ def main(argv=None):
     keystore = KeyStore.from_config(pub)
     app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)))
     config = uvicorn.Config(app, host=pub.get("host", "127.0.0.1"), port=int(pub.get("port", 8080)),
-                            ws="websockets", log_level=pub.get("log_level", "warning"),
+                            ws=pub.get("ws_impl", "websockets-sansio"), log_level=pub.get("log_level", "warning"),
                             lifespan="off", access_log=False, ws_ping_interval=20,
                             ws_max_queue=64)
     server = uvicorn.Server(config)
@@ -183,6 +183,12 @@ def main(argv=None):
         log.event("serving", host=config.host, port=config.port)
         await server.serve(sockets=[listener])
 
+    # uvicorn captures SIGINT/SIGTERM during serve() (graceful shutdown) and then
+    # re-raises the signal to the handlers that were installed before: these
+    # note it, so that rule 4's cleanup runs and the process exits 0
+    stop_signals = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda s, f: stop_signals.append(s))
     code = 0
     try:
         asyncio.run(serve())
@@ -196,11 +202,11 @@ def main(argv=None):
         finally:
             ring_in.close()
             ring_out.close()
-        log.event("stopped", events=sum(f.events for f in feed_box),
+        log.event("stopped", signal=stop_signals[0] if stop_signals else "-",
+                  events=sum(f.events for f in feed_box),
                   input_seq=service.model.applied_seq, exit_code=code)
     return code
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())

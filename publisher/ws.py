@@ -72,8 +72,9 @@ class WsClient(object):
     def disconnect(self):
         """Drop a client that stays stuck (rule 4): stop its writer and close the socket."""
         self.closing = True
-        self.hub.remove(self)
         self.hub.disconnects += 1
+        # the hub may be iterating a subscriber set right now: leave it on the next step
+        asyncio.get_running_loop().call_soon(self.hub.remove, self)
         if self.writer is not None:
             self.writer.cancel()
 
@@ -86,6 +87,8 @@ class WsClient(object):
 
     def push(self, message):
         """Queue a serialized message (hub side; never blocks)."""
+        if self.closing:
+            return
         if self.resyncing:
             self.dropped += 1
             if (not self.closing and self.hub.clock() - self.resync_started
@@ -215,12 +218,15 @@ class Hub(object):
             self.pending.merge(changes)
             return
         now = self.clock()
-        if self.conflate_s <= 0 or now - self.last_flush >= self.conflate_s:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:            # no loop yet (the rebuild at start): nothing to defer to
+            loop = None
+        if loop is None or self.conflate_s <= 0 or now - self.last_flush >= self.conflate_s:
             self.last_flush = now
             self._publish_now(changes)
             return
         self.pending = changes
-        loop = asyncio.get_event_loop()
         loop.call_later(self.conflate_s - (now - self.last_flush), self.flush)
 
     def flush(self):
