@@ -258,15 +258,8 @@ class Matcher(object):
         if acct is None or account_id == self.fee_account_id:
             return self._reject(cmd, R_UNKNOWN_ACCOUNT, seq)
         side = cmd.side
-        if side != BUY and side != SELL:
-            return self._reject(cmd, R_INVALID_SIDE, seq)
         otype = cmd.order_type
-        allowed_tif = _ALLOWED_TIF.get(otype)
-        if allowed_tif is None:
-            return self._reject(cmd, R_INVALID_ORDER_TYPE, seq)
         tif = cmd.tif
-        if tif not in allowed_tif:
-            return self._reject(cmd, R_INVALID_TIF, seq)
         flags = cmd.flags
         stp = cmd.stp
         price = cmd.price
@@ -274,53 +267,68 @@ class Matcher(object):
         funds = 0
         expire_ns = 0
         stop_price = cmd.stop_price
-        if flags:
-            if flags & ~(F_POST | F_REPRICE | F_FUNDS):
-                return self._reject(cmd, R_INVALID_FLAGS, seq)
-            if flags & F_POST:
-                if otype != LIMIT or tif == IOC or tif == FOK:
+        # Fast test: a plain (no flags) non-GTT limit or market order whose fields pass
+        # every check below.  It implies each of them, so the outcome is the same; any
+        # other command goes through the checks in their documented order.
+        if not (flags == 0 and stop_price == 0 and (side == BUY or side == SELL)
+                and 0 <= stp <= 3 and sym.min_qty <= qty <= sym.max_qty
+                and (tif == GTC or tif == IOC or tif == FOK)
+                and ((otype == LIMIT and 0 < price <= MAX_VALUE)
+                     or (otype == MARKET and price == 0))):
+            if side != BUY and side != SELL:
+                return self._reject(cmd, R_INVALID_SIDE, seq)
+            allowed_tif = _ALLOWED_TIF.get(otype)
+            if allowed_tif is None:
+                return self._reject(cmd, R_INVALID_ORDER_TYPE, seq)
+            if tif not in allowed_tif:
+                return self._reject(cmd, R_INVALID_TIF, seq)
+            if flags:
+                if flags & ~(F_POST | F_REPRICE | F_FUNDS):
                     return self._reject(cmd, R_INVALID_FLAGS, seq)
-            elif flags & F_REPRICE:
-                return self._reject(cmd, R_INVALID_FLAGS, seq)
-            if flags & F_FUNDS:
-                if side != BUY or (otype != MARKET and otype != STOP_LOSS
-                                   and otype != TAKE_PROFIT):
+                if flags & F_POST:
+                    if otype != LIMIT or tif == IOC or tif == FOK:
+                        return self._reject(cmd, R_INVALID_FLAGS, seq)
+                elif flags & F_REPRICE:
                     return self._reject(cmd, R_INVALID_FLAGS, seq)
-                if tif == GTT or tif == FOK:
-                    return self._reject(cmd, R_INVALID_TIF, seq)
-        if stp < 0 or stp > 3:
-            return self._reject(cmd, R_INVALID_STP, seq)
-        if otype == LIMIT or otype == STOP_LIMIT or otype == TAKE_PROFIT_LIMIT:
-            if price <= 0:
+                if flags & F_FUNDS:
+                    if side != BUY or (otype != MARKET and otype != STOP_LOSS
+                                       and otype != TAKE_PROFIT):
+                        return self._reject(cmd, R_INVALID_FLAGS, seq)
+                    if tif == GTT or tif == FOK:
+                        return self._reject(cmd, R_INVALID_TIF, seq)
+            if stp < 0 or stp > 3:
+                return self._reject(cmd, R_INVALID_STP, seq)
+            if otype == LIMIT or otype == STOP_LIMIT or otype == TAKE_PROFIT_LIMIT:
+                if price <= 0:
+                    return self._reject(cmd, R_INVALID_PRICE, seq)
+                if price > MAX_VALUE:
+                    return self._reject(cmd, R_VALUE_OVERFLOW, seq)
+            elif price != 0:
                 return self._reject(cmd, R_INVALID_PRICE, seq)
-            if price > MAX_VALUE:
-                return self._reject(cmd, R_VALUE_OVERFLOW, seq)
-        elif price != 0:
-            return self._reject(cmd, R_INVALID_PRICE, seq)
-        if flags & F_FUNDS:
-            if qty != 0:
-                return self._reject(cmd, R_INVALID_QTY, seq)
-            funds = cmd.funds
-            if funds <= 0:
-                return self._reject(cmd, R_INVALID_FUNDS, seq)
-            if funds > MAX_VALUE:
-                return self._reject(cmd, R_VALUE_OVERFLOW, seq)
-        else:
-            if qty <= 0:
-                return self._reject(cmd, R_INVALID_QTY, seq)
-            if qty < sym.min_qty:
-                return self._reject(cmd, R_QTY_BELOW_MIN, seq)
-            if qty > sym.max_qty:
-                return self._reject(cmd, R_QTY_ABOVE_MAX, seq)
-        if otype >= STOP_LOSS:
-            if stop_price <= 0 or stop_price > MAX_VALUE:
+            if flags & F_FUNDS:
+                if qty != 0:
+                    return self._reject(cmd, R_INVALID_QTY, seq)
+                funds = cmd.funds
+                if funds <= 0:
+                    return self._reject(cmd, R_INVALID_FUNDS, seq)
+                if funds > MAX_VALUE:
+                    return self._reject(cmd, R_VALUE_OVERFLOW, seq)
+            else:
+                if qty <= 0:
+                    return self._reject(cmd, R_INVALID_QTY, seq)
+                if qty < sym.min_qty:
+                    return self._reject(cmd, R_QTY_BELOW_MIN, seq)
+                if qty > sym.max_qty:
+                    return self._reject(cmd, R_QTY_ABOVE_MAX, seq)
+            if otype >= STOP_LOSS:
+                if stop_price <= 0 or stop_price > MAX_VALUE:
+                    return self._reject(cmd, R_INVALID_STOP_PRICE, seq)
+            elif stop_price != 0:
                 return self._reject(cmd, R_INVALID_STOP_PRICE, seq)
-        elif stop_price != 0:
-            return self._reject(cmd, R_INVALID_STOP_PRICE, seq)
-        if tif == GTT:
-            expire_ns = cmd.expire_ns
-            if expire_ns <= self.now or expire_ns > _MAX_TS:
-                return self._reject(cmd, R_INVALID_EXPIRY, seq)
+            if tif == GTT:
+                expire_ns = cmd.expire_ns
+                if expire_ns <= self.now or expire_ns > _MAX_TS:
+                    return self._reject(cmd, R_INVALID_EXPIRY, seq)
         if sym.halted:
             return self._reject(cmd, R_SYMBOL_HALTED, seq)
         coid = cmd.client_order_id
@@ -483,10 +491,15 @@ class Matcher(object):
             bal[hi + 1] -= extra
             bal[hi] += extra
             o.hold = need
-        book = sym.book
-        book.insert(o)
-        self._register(o, acct)
-        self._delta(sym.symbol_id, o.side, o.price, o.level.total)
+        sym.book.insert(o)
+        oid = o.order_id
+        self.orders[oid] = o
+        acct.orders[oid] = o
+        if o.client_order_id:
+            acct.by_coid[o.client_order_id] = o
+        if o.tif == GTT:
+            heapq.heappush(self.expiry, (o.expire_ns, oid))
+        self._w_delta(sym.symbol_id, o.side, o.price, o.level.total)
 
     def _release(self, o, sym, acct):
         hold = o.hold
@@ -500,7 +513,14 @@ class Matcher(object):
 
     def _take(self, o, sym, acct):
         """Taker phase: match ``o`` against the opposite side, then rest or finish it."""
-        stop_reason = self._match(o, sym, acct)
+        book = sym.book
+        # _match would stop at once (no trade, reason 0) if the best opposite price is
+        # beyond the limit: skip the call
+        if o.side == BUY:
+            crosses = book.best_ask <= (o.price or NO_ASK - 1)
+        else:
+            crosses = book.best_bid >= (o.price or 1)
+        stop_reason = self._match(o, sym, acct) if crosses else 0
         if o.remaining > 0 and stop_reason == 0 and o.order_type != MARKET and \
                 o.order_type != STOP_LOSS and o.order_type != TAKE_PROFIT and \
                 (o.tif == GTC or o.tif == GTT):
@@ -524,6 +544,7 @@ class Matcher(object):
         """Match taker ``o``; returns 0 or the reason its remainder must be cancelled."""
         book = sym.book
         w_fill = self._w_fill
+        orders = self.orders
         accounts = self._acct
         fee_bal = self._fee_bal
         side = o.side
@@ -615,7 +636,8 @@ class Matcher(object):
                 m.fee_num = fn
                 m.fee_paid = fp
                 b = q * bpl
-                mbal = accounts[m.account_id].bal
+                macct = accounts[m.account_id]
+                mbal = macct.bal
                 if side == BUY:
                     cost = n + tfee
                     o.hold -= cost
@@ -659,10 +681,17 @@ class Matcher(object):
                         nxt.prev = None
                     level.count -= 1
                     m.next = m.level = None
-                    macct = accounts[m.account_id]
-                    if m.hold:
-                        self._release(m, sym, macct)
-                    self._unregister(m, macct)
+                    mhold = m.hold
+                    if mhold:
+                        hi = qi if mside == BUY else bi
+                        mbal[hi + 1] -= mhold
+                        mbal[hi] += mhold
+                        m.hold = 0
+                    oid = m.order_id
+                    del orders[oid]
+                    del macct.orders[oid]
+                    if m.client_order_id:
+                        del macct.by_coid[m.client_order_id]
                     m = nxt
                     if rem == 0:
                         break
@@ -792,8 +821,18 @@ class Matcher(object):
             sym.stops.remove(o)
         cancelled = o.remaining
         o.remaining = 0
-        released = self._release(o, sym, acct)
-        self._unregister(o, acct)
+        released = o.hold
+        if released:
+            hi = sym.quote_i if o.side == BUY else sym.base_i
+            bal = acct.bal
+            bal[hi + 1] -= released
+            bal[hi] += released
+            o.hold = 0
+        oid = o.order_id
+        del self.orders[oid]
+        del acct.orders[oid]
+        if o.client_order_id:
+            del acct.by_coid[o.client_order_id]
         flags = EF_STOP if level is None else 0
         self._oev(kind, o, flags, reason, o.price, cancelled, 0, released, 0, 0, 0, 0)
         if level is not None:
