@@ -96,7 +96,7 @@ def test_duplicate_events_after_matcher_restart_are_skipped():
     _compare(model, matcher)
 
 
-@pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_read_model_equals_matcher_100k():
     _run(100_000, seed=12, checkpoints=20)
 
