@@ -242,6 +242,7 @@ def _one_to_one(opts, batched):
             try:
                 go = CTX.Event()
                 total = n * (20 if batched else 1)
+                total -= total % b if batched else 0
                 if batched:
                     kids.start(_produce_batched, ring.name, total, b, go)
                 else:
@@ -270,10 +271,12 @@ def _one_to_one(opts, batched):
                 ring.unlink()
                 ring.close()
         rows.append(measure(suite, "ring (%s)" % strategy, ring_pass, opts.passes, opts.warmup,
-                            {"records": n * (20 if batched else 1), "batch": b if batched else 1,
+                            {"records": n * 20 - n * 20 % b if batched else n,
+                             "batch": b if batched else 1,
                              "capacity": opts.capacity, "single_producer": True}))
     for label, make in _queue_kinds():
         qn = opts.queue_records
+        qn -= qn % b if batched else 0
 
         def queue_pass(make=make):
             q = make()
@@ -584,6 +587,9 @@ SUITES = {
 
 
 if __name__ == "__main__":
+    import signal
+    # a killed run (timeout, ^C) still unlinks its segments: finally blocks run on SIGTERM
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if len(sys.argv) < 2 or sys.argv[1] not in SUITES:
         print("usage: python -m perf.ring_bench {%s} [options]" % ",".join(SUITES))
         sys.exit(2)

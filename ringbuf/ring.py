@@ -503,17 +503,20 @@ class Producer(object):
                         % (ring.name, H.MAX_PRODUCERS))
 
     def _detach(self):
-        if self._entry is not None and self._ring._producer_table:
-            self.close()
-        self._records = self._data = self._data_view = self._sequencer = None
-        self.try_claim_n = self._publish = self.claim = self.publish = self.record = None
+        self.close()
 
     def close(self):
-        """Leave the producer table.  Idempotent; the Ring stays open."""
+        """Leave the producer table; later calls on this producer raise.  Idempotent.
+
+        The Ring stays open.  Close only after publishing every claim (an
+        unpublished claim of a closed producer is never repaired).
+        """
         e, self._entry = self._entry, None
         if e is not None and self._ring._producer_table:
             lib.rm_store_release(e + H.P_STATE, H.P_FREE)
             lib.rm_store_release(e + H.P_PID, 0)
+        self._records = self._data = self._data_view = self._sequencer = None
+        self.try_claim_n = self._publish = self.claim = self.publish = self.record = None
 
     # ---------------------------------------------------------------- per record
     def try_claim(self):

@@ -232,6 +232,11 @@ def test_single_producer_ring_refuses_second_live_producer(make_ring):
     with pytest.raises(RingError, match="single-producer"):
         r.producer()
     p.close()
+    p.close()
+    with pytest.raises((TypeError, RingClosedError)):
+        p.claim()       # a closed producer cannot claim (its table entry is gone)
+    with pytest.raises(RingClosedError):
+        p.try_claim()
     r.producer()    # after close the slot is free
 
 
