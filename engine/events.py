@@ -223,7 +223,7 @@ class BytesSink(object):
         self._buf = bytearray(EVENT_SIZE * max(4, initial_events))
         self._limit = len(self._buf) - _E3     # room for 3 more records while end <= limit
         self._end = 0
-        self.count = 0
+        self._taken = 0
         self.seq = 0
         self.ts = 0
         self.ck = 0
@@ -242,7 +242,6 @@ class BytesSink(object):
             self._grow()
         _pack_into(self._buf, end, *fields)
         self._end = end + EVENT_SIZE
-        self.count += 1
 
     def mark_last(self):
         self._buf[self._end - EVENT_SIZE + _FLAGS_OFFSET] |= _LAST
@@ -269,7 +268,6 @@ class BytesSink(object):
                    self.ts, o.client_order_id, aux)
         self.ei = ei + 1
         self._end = end + EVENT_SIZE
-        self.count += 1
 
     def delta(self, symbol_id, side, price, total):
         end = self._end
@@ -280,7 +278,6 @@ class BytesSink(object):
                    self.seq, 0, price, total, 0, 0, 0, 0, 0, 0, 0, ei, self.ts, 0, 0)
         self.ei = ei + 1
         self._end = end + EVENT_SIZE
-        self.count += 1
 
     def fill(self, m, o, price, q, mfee, tfee, n, trade_id):
         end = self._end
@@ -310,7 +307,6 @@ class BytesSink(object):
                    maker_acct, ei + 2, ts, 0, 0)
         self.ei = ei + 3
         self._end = end + _E3
-        self.count += 3
 
     def event(self, kind, side, order_type, tif, flags, symbol_id, reason, producer_id,
               account_id, order_id, price, qty, remaining, filled, fee, amount, trade_id,
@@ -325,7 +321,6 @@ class BytesSink(object):
                    aux)
         self.ei = ei + 1
         self._end = end + EVENT_SIZE
-        self.count += 1
 
     # -- output -------------------------------------------------------------------------
     def getvalue(self):
@@ -333,9 +328,16 @@ class BytesSink(object):
         return bytes(memoryview(self._buf)[:self._end])
 
     def take(self):
-        out = bytes(memoryview(self._buf)[:self._end])
+        end = self._end
+        out = bytes(memoryview(self._buf)[:end])
+        self._taken += end // EVENT_SIZE
         self._end = 0
         return out
+
+    @property
+    def count(self):
+        """Events emitted so far (taken or not)."""
+        return self._taken + self._end // EVENT_SIZE
 
     def __len__(self):
         return self._end // EVENT_SIZE

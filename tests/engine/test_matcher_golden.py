@@ -165,20 +165,72 @@ def test_golden_stream(name):
 
 
 @pytest.mark.parametrize("name", ["adversarial", "bench"])
-def test_generic_sinks_give_the_same_bytes(name):
+@pytest.mark.parametrize("fast_sink", [BytesSink])
+def test_generic_sinks_give_the_same_bytes(name, fast_sink):
+    """The record writer's fast path equals the generic emit_event path."""
     cmds = stream(name)[:12000]
-    fast = BytesSink()
+    fast = fast_sink(initial_events=16)           # small: exercises buffer growth
     a = Matcher(DEFAULT_CONFIG, fast)
     lst = ListSink()
     b = Matcher(DEFAULT_CONFIG, lst)
     pk = PackingSink()
     c = Matcher(DEFAULT_CONFIG, pk)
+    chunks = []
     for seq, cmd in enumerate(cmds, 1):
         a.process(seq, cmd)
         b.process(seq, cmd)
         c.process(seq, cmd)
-    data = fast.take()
+        if seq % 1000 == 0:
+            chunks.append(fast.take())
+    chunks.append(fast.take())
+    data = b"".join(chunks)
+    assert fast.count == len(lst.events)
     assert data == b"".join(e.pack() for e in lst.events)
     assert data == pk.take()
     assert Event.unpack_all(data) == lst.events
     assert a.state_hash() == b.state_hash() == c.state_hash()
+
+
+@pytest.mark.parametrize("sink_cls", [BytesSink])
+def test_record_writers_extreme_values(sink_cls):
+    """Every slot at its limits round-trips through each sink's generic and fast paths."""
+    from engine.order_book import Order
+    lo = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, -(1 << 63), -(1 << 63), -(1 << 63), -(1 << 63),
+          -(1 << 63), -(1 << 63), -(1 << 63), -(1 << 63), -(1 << 63), -(1 << 63), 0, 0,
+          -(1 << 63), 0, -(1 << 63)]
+    hi = [255, 255, 255, 255, 255, 255, 65535, 65535, 65535, (1 << 32) - 1] + \
+        [(1 << 63) - 1] * 10 + [(1 << 32) - 1, (1 << 32) - 1, (1 << 63) - 1, (1 << 64) - 1,
+                                (1 << 63) - 1]
+    mid = [3, 2, 1, 4, 16, 1, 32767, 301, 32768, 1 << 31, 7, 8, 9, 10, 11, 12, -13, 14, 15,
+           16, (1 << 31) + 5, 6, 17, 1 << 63, -1]
+    sink = sink_cls()
+    for fields in (lo, hi, mid):
+        sink.emit_event(*fields)
+        sink.mark_last()
+    o = Order(8, (1 << 32) - 1, 65535, 2, 4, 3, 0, 1, 100, 50, (1 << 64) - 1, 65535, 0, 0, 0)
+    m = Order(9, 1 << 31, 65535, 1, 1, 1, 0, 0, 100, 50, 1 << 63, 7, 0, 0, 0)
+    w = sink.event_writer()
+    w.begin(12, (1 << 63) - 1, 255)
+    w.order(1, o, 8, 65535, -5, 6, -7, 8, 9, 10, (1 << 32) - 1, -(1 << 63))
+    w.delta(65535, 2, (1 << 63) - 1, 0)
+    w.fill(m, o, 100, 5, -3, 4, 5000, 77)
+    w.event(2, 255, 255, 255, 0, 40000, 65535, 65535, (1 << 32) - 1, -1, -2, -3, 0, 0, 0, 0,
+            0, 0, 0, (1 << 64) - 1, 0)
+    w.mark_last()
+    got = Event.unpack_all(sink.take())
+    ref = ListSink()
+    for fields in (lo, hi, mid):
+        ref.emit_event(*fields)
+        ref.mark_last()
+    from engine.events import SinkWriter
+    rw = SinkWriter(ref)
+    rw.begin(12, (1 << 63) - 1, 255)
+    rw.order(1, o, 8, 65535, -5, 6, -7, 8, 9, 10, (1 << 32) - 1, -(1 << 63))
+    rw.delta(65535, 2, (1 << 63) - 1, 0)
+    rw.fill(m, o, 100, 5, -3, 4, 5000, 77)
+    rw.event(2, 255, 255, 255, 0, 40000, 65535, 65535, (1 << 32) - 1, -1, -2, -3, 0, 0, 0,
+             0, 0, 0, 0, (1 << 64) - 1, 0)
+    rw.mark_last()
+    assert got == ref.events
+    assert [tuple(e) for e in got[:3]] == [tuple(f[:4]) + (f[4] | 4,) + tuple(f[5:])
+                                          for f in (lo, hi, mid)]
