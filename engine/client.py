@@ -48,10 +48,8 @@ def pack_command(kind, side=0, order_type=0, tif=0, stp=0, flags=0, symbol_id=0,
 
 
 def _write_and_publish(producer, data):
-    seq = producer.claim()
-    producer.write(seq, data)
-    producer.publish(seq)
-    return seq
+    """Claim one slot, copy the packed record in, publish; return the sequence."""
+    return producer.write(data)
 
 
 def publish_admin(ring, kind, symbol_id=0, producer_id=0):

@@ -43,9 +43,8 @@ def _ring_view(name):
         return {"name": name, "error": str(exc)}
     try:
         cursor = ring.cursor
-        consumers = {}
-        for cname, seq in ring.consumer_sequences().items():
-            consumers[cname] = {"sequence": seq, "lag": cursor - seq}
+        consumers = {c["name"]: {"sequence": c["sequence"], "lag": cursor - c["sequence"]}
+                     for c in ring.consumers()}
         return {"name": name, "capacity": ring.capacity, "cursor": cursor, "consumers": consumers}
     finally:
         ring.close()

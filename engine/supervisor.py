@@ -188,7 +188,7 @@ class Supervisor(object):
     def _unlink_stale(self, name):
         import posix_ipc
         try:
-            posix_ipc.unlink_shared_memory(name)
+            posix_ipc.unlink_shared_memory("/" + name)
         except posix_ipc.ExistentialError:
             return
         self.log.warning("stale_segment_unlinked", name=name)

@@ -152,8 +152,12 @@ class Ring(object):
     @classmethod
     def create(cls, name, capacity, record_size=64, consumers=None, wait_strategy="backoff",
                single_producer=False, claim_timeout=1.0, mode=0o600, record_kind=None,
-               schema_hash=None):
+               schema_hash=None, initial_sequence=0):
         """Create and map a new ring segment ``name`` (must not exist).
+
+        ``initial_sequence`` S makes the first published record S + 1 and every
+        consumer start at S (a ring re-created after a restart continues the
+        journal's sequences: sequence = order id).
 
         ``consumers`` maps each consumer name to the names it depends on
         (``{"journaler": [], "matcher": ["journaler"]}``).  ``record_kind``
@@ -201,8 +205,15 @@ class Ring(object):
         magic = hdr.magic
         hdr.magic = b"\0" * 8          # published last: attachers wait for it
         H.pack_header(mm, hdr)
+        if not isinstance(initial_sequence, int) or initial_sequence < 0:
+            raise RingConfigError("initial_sequence must be an int >= 0, got %r"
+                                  % (initial_sequence,))
+        start = initial_sequence.to_bytes(8, "little", signed=True)
+        mm[H.CURSOR_OFFSET:H.CURSOR_OFFSET + 8] = start
         for i, (n, deps) in enumerate(table):
             H.pack_consumer(mm, i, n, sum(1 << d for d in deps))
+            off = H.cache_line(i, H.CONSUMER_SEQ_OFFSET)
+            mm[off:off + 8] = start
         mm[layout.avail_offset:layout.avail_offset + 8 * capacity] = b"\xff" * (8 * capacity)
         for i in range(H.MAX_PRODUCERS):
             off = H.cache_line(i, H.PRODUCER_OFFSET)
@@ -368,6 +379,17 @@ class Ring(object):
         low = lib.rm_min_sequence(self._gating, len(self._leaves), claimed)
         return lib.rm_highest_published(self._avail, self._layout.mask, self._layout.shift,
                                         low + 1, claimed)
+
+    def read(self, seq):
+        """A copy (bytes) of slot ``seq`` as it is now.  O(record size).
+
+        No gating: for non-gating followers (engine.client) that validate
+        afterwards that the producer has not lapped ``seq`` (cursor - seq < capacity).
+        """
+        self._check_open()
+        rs = self._layout.record_size
+        off = (seq & self._layout.mask) * rs
+        return bytes(self._data_ro[off:off + rs])
 
     def consumer_sequence(self, name):
         """Committed sequence of consumer ``name`` (acquire load)."""

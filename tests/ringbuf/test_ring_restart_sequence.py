@@ -1,0 +1,44 @@
+"""Rings re-created after a restart continue the journal's sequences; non-gating reads."""
+import pytest
+
+from ringbuf import Ring
+from ringbuf.errors import RingConfigError
+
+
+@pytest.mark.pypy
+@pytest.mark.parametrize("single_producer", [False, True])
+def test_initial_sequence_continues_numbering(make_ring, single_producer):
+    ring = make_ring(capacity=8, consumers={"j": [], "m": ["j"]},
+                     single_producer=single_producer, initial_sequence=1000)
+    assert ring.cursor == 1000
+    assert ring.consumer_sequence("j") == ring.consumer_sequence("m") == 1000
+    p = ring.producer(3)
+    seqs = [p.write(bytes([i]) * 64) for i in range(8)]
+    assert seqs == list(range(1001, 1009))
+    assert p.try_claim() is None            # full: gated by the slowest leaf at 1000
+    j = ring.consumer("j")
+    batch = j.poll(100, timeout=0)
+    assert (batch.first_seq, batch.count) == (1001, 8)
+    assert b"".join(bytes(v) for _, v in batch.chunks) == b"".join(bytes([i]) * 64 for i in range(8))
+    j.commit(1008)
+    assert p.try_claim() is None            # m (depends on j) has not moved
+    m = ring.consumer("m")
+    assert m.poll(100, timeout=0).count == 8
+    m.commit(1008)
+    assert p.try_claim() == 1009
+
+
+@pytest.mark.pypy
+def test_read_copies_slot_without_gating(make_ring):
+    ring = make_ring(capacity=4, consumers={"a": []})
+    p = ring.producer(1)
+    seq = p.write(b"\x07" * 64)
+    data = ring.read(seq)
+    assert data == b"\x07" * 64 and isinstance(data, bytes)
+    assert ring.consumer_sequence("a") == 0          # reading did not consume
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5])
+def test_initial_sequence_must_be_non_negative_int(make_ring, bad):
+    with pytest.raises(RingConfigError, match="initial_sequence"):
+        make_ring(initial_sequence=bad)
