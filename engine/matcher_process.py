@@ -114,6 +114,7 @@ def main(argv=None):
         snap_seq, args.max_batch)
     # rule 2
     if last_seq > consumer.sequence:
+        consumer.seek(last_seq)
         consumer.commit(last_seq)
     elif last_seq < consumer.sequence:
         log.error("journal_behind_matcher", journal=last_seq, matcher=consumer.sequence)

@@ -786,6 +786,22 @@ class Consumer(object):
                             % (self.name, last_seq, self._polled))
         lib.rm_publish_sp(self._seq_ptr, last_seq, self._ring._futex, self._signal_commit)
 
+    def seek(self, seq):
+        """Continue after ``seq``: records up to it were consumed by other means.
+
+        Used by a restarted matcher that replayed them from the journal.  The
+        next ``poll`` starts at ``seq + 1``; ``commit(seq)`` is then allowed.
+        Raises RingError if ``seq`` is behind the committed sequence or not
+        yet available to this consumer.  O(1).
+        """
+        committed = lib.rm_load_acquire(self._seq_ptr)
+        if seq < committed:
+            raise RingError("consumer %r: seek(%d) behind the committed seq %d"
+                            % (self.name, seq, committed))
+        if seq > self._polled and self._barrier.available(self._polled + 1) < seq:
+            raise RingError("consumer %r: seek(%d) past what is available" % (self.name, seq))
+        self._polled = seq
+
     def rewind(self):
         """Forget uncommitted polls: the next poll starts after ``sequence``."""
         self._polled = lib.rm_load_acquire(self._seq_ptr)

@@ -2,7 +2,7 @@
 import pytest
 
 from ringbuf import Ring
-from ringbuf.errors import RingConfigError
+from ringbuf.errors import RingConfigError, RingError
 
 
 @pytest.mark.pypy
@@ -42,3 +42,22 @@ def test_read_copies_slot_without_gating(make_ring):
 def test_initial_sequence_must_be_non_negative_int(make_ring, bad):
     with pytest.raises(RingConfigError, match="initial_sequence"):
         make_ring(initial_sequence=bad)
+
+
+@pytest.mark.pypy
+def test_seek_skips_records_consumed_elsewhere(make_ring):
+    ring = make_ring(capacity=8, consumers={"j": [], "m": ["j"]})
+    p = ring.producer(1)
+    for i in range(5):
+        p.write(bytes([i]) * 64)
+    j, m = ring.consumer("j"), ring.consumer("m")
+    with pytest.raises(RingError, match="past what is available"):
+        m.seek(3)                       # j has not released anything yet
+    j.poll(10, timeout=0)
+    j.commit(5)
+    m.seek(3)                           # e.g. replayed 1..3 from the journal
+    m.commit(3)
+    batch = m.poll(10, timeout=0)
+    assert (batch.first_seq, batch.count) == (4, 2)
+    with pytest.raises(RingError, match="behind the committed"):
+        m.seek(2)

@@ -1,0 +1,67 @@
+"""The engine as a user runs it: ``ringmatch run``, two producer processes, fills, stop."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.pipeline.conftest import pid_alive, ROOT
+
+PRODUCER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_producer.py")
+N = 20
+
+
+def _start_producer(run, role, account):
+    return subprocess.Popen([sys.executable, PRODUCER, run.config, run.shard, role,
+                             str(account), str(N)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.timeout(240)
+def test_run_two_producers_fill_and_stop_cleanly(engine_factory):
+    run = engine_factory().start()
+    maker = _start_producer(run, "maker", 101)
+    taker = None
+    try:
+        line = maker.stdout.readline().decode()
+        assert line.strip() == "ready", (line, maker.stderr.read().decode())
+        taker = _start_producer(run, "taker", 202)
+        t_out, t_err = taker.communicate(timeout=120)
+        m_out, m_err = maker.communicate(timeout=120)
+    finally:
+        for p in (maker, taker):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    assert taker.returncode == 0, t_err.decode()
+    assert maker.returncode == 0, m_err.decode()
+    maker_res = json.loads(m_out.decode().strip().splitlines()[-1])
+    taker_res = json.loads(t_out.decode().strip().splitlines()[-1])
+    assert len(maker_res["accepted"]) == N and not maker_res["rejected"]
+    assert len(taker_res["accepted"]) == N and not taker_res["rejected"]
+    # every taker buy of 1 lot-unit filled against one maker sell; both sides saw their fills
+    assert sorted(o for o, _ in taker_res["fills"]) == sorted(taker_res["accepted"])
+    assert sorted(o for o, _ in maker_res["fills"]) == sorted(maker_res["accepted"])
+    assert sum(q for _, q in taker_res["fills"]) == sum(q for _, q in maker_res["fills"])
+
+    children = run.all_pids()
+    assert {"journaler", "matcher", "publisher"} <= set(run.child_pids())
+    assert run.stop() == 0, "\n".join(run.log()[-40:])
+    run.wait_for(r"proc=supervisor .*event=stopped", timeout=5)
+    assert [p for p in children if pid_alive(p)] == []
+    assert run.segments() == []
+    # the drain took a snapshot at shutdown
+    snap_dir = os.path.join(run.data_dir, "snapshots")
+    assert os.path.isdir(snap_dir) and os.listdir(snap_dir), "\n".join(run.log())
+
+
+@pytest.mark.timeout(120)
+def test_second_instance_on_same_shard_is_refused(engine_factory):
+    run = engine_factory().start()
+    second = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ringmatch"), "run",
+                             "--config", run.config], cwd=ROOT, capture_output=True, timeout=60)
+    assert second.returncode == 3
+    assert b"already run by pid" in second.stderr
+    assert run.proc.poll() is None      # the first one is unharmed
+    assert run.stop() == 0
