@@ -119,8 +119,9 @@ class EventWriter(Protocol):
 
     Per-command context: ``begin(seq, timestamp_ns, command_kind)`` sets the ``seq``,
     ``timestamp_ns`` and ``command_kind`` slots of the command's events and resets
-    ``event_index`` (attribute ``ei``, incremented per event; ``ck`` may be set
-    directly).  Shapes (``o``/``m``: an order with the :class:`engine.order_book.Order`
+    ``event_index``; it only stores the attributes ``seq``, ``ts``, ``ck`` and ``ei``
+    (= 0), which the matcher may also set directly (it does, per command); ``ei`` is
+    incremented per event.  Shapes (``o``/``m``: an order with the :class:`engine.order_book.Order`
     attributes):
 
     * ``order(kind, o, flags, reason, price, qty, fee, amount, trade_id, counter_order_id,

@@ -197,7 +197,11 @@ class Matcher(object):
         now = self.now
         if ts > now and ts <= _MAX_TS:
             self.now = now = ts
-        self._w_begin(seq, now, kind)
+        w = self._w                   # EventWriter.begin(seq, now, kind), inlined
+        w.seq = seq
+        w.ts = now
+        w.ck = kind
+        w.ei = 0
         expiry = self.expiry
         if expiry and expiry[0][0] <= now:
             self._expire(now)
@@ -238,13 +242,10 @@ class Matcher(object):
                       cmd.account_id, order_id, 0, qty, 0, 0, 0, amount, 0, 0, 0,
                       cmd.client_order_id, aux)
 
-    def _oev(self, kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct, aux):
-        """Emit an event about order ``o``."""
-        self._w_order(kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
-                      aux)
-
-    def _delta(self, symbol_id, side, price, total):
-        self._w_delta(symbol_id, side, price, total)
+    # Events about an order go straight to the writer: ``self._w_order(kind, o, flags,
+    # reason, price, qty, fee, amount, trade_id, counter_order_id, counter_account_id,
+    # aux)``; book deltas: ``self._w_delta(symbol_id, side, price, total)`` (see
+    # engine.events.EventWriter).
 
     # ==================================================================
     # NEW_ORDER
@@ -395,7 +396,7 @@ class Matcher(object):
         bal[hi] -= hold
         bal[hi + 1] += hold
         o.hold = hold
-        self._oev(E_ACCEPTED, o, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
+        self._w_order(E_ACCEPTED, o, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
         if flags & F_POST:
             self._rest(o, sym, acct)
         else:
@@ -418,7 +419,7 @@ class Matcher(object):
         o.hold = hold
         sym.stops.add(o)
         self._register(o, acct)
-        self._oev(E_ACCEPTED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, 0, 0, 0, hold)
+        self._w_order(E_ACCEPTED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, 0, 0, 0, hold)
 
     def _register(self, o, acct):
         oid = o.order_id
@@ -535,7 +536,7 @@ class Matcher(object):
             cancelled = o.remaining
             o.remaining = 0
             released = self._release(o, sym, acct)
-            self._oev(E_CANCELLED, o, 0, stop_reason, o.price, cancelled, 0, released, 0, 0, 0,
+            self._w_order(E_CANCELLED, o, 0, stop_reason, o.price, cancelled, 0, released, 0, 0, 0,
                       0)
         else:
             self._release(o, sym, acct)
@@ -609,7 +610,7 @@ class Matcher(object):
                     o.qty -= d
                     o.remaining -= d
                     rem -= d
-                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, o.price, o.qty, 0, 0, 0,
+                    self._w_order(E_AMENDED, o, 0, R_CANCELLED_STP, o.price, o.qty, 0, 0, 0,
                               m.order_id, m.account_id, d)
                     m = nxt
                     continue
@@ -700,10 +701,10 @@ class Matcher(object):
                         stop_reason = R_CANCELLED_NO_FUNDS
                     break
             if level.count == 0:
-                self._delta(symbol_id, mside, price, 0)
+                self._w_delta(symbol_id, mside, price, 0)
                 book._drop_level(mside, price)
             else:
-                self._delta(symbol_id, mside, price, level.total)
+                self._w_delta(symbol_id, mside, price, level.total)
             if stop_reason:
                 break
         if last:
@@ -741,7 +742,7 @@ class Matcher(object):
         macct = self._acct[m.account_id]
         released = self._release(m, sym, macct)
         self._unregister(m, macct)
-        self._oev(E_CANCELLED, m, EF_MAKER, reason, m.price, cancelled, 0, released, 0, 0, 0, 0)
+        self._w_order(E_CANCELLED, m, EF_MAKER, reason, m.price, cancelled, 0, released, 0, 0, 0, 0)
 
     def _decrement_maker(self, m, level, sym, d):
         m.qty -= d
@@ -755,7 +756,7 @@ class Matcher(object):
             bal[hi + 1] -= extra
             bal[hi] += extra
             m.hold = need
-        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, m.price, m.qty, 0, extra, 0, 0, 0, d)
+        self._w_order(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, m.price, m.qty, 0, extra, 0, 0, 0, d)
 
     # ------------------------------------------------------------------
     def _run_triggers(self, sym):
@@ -773,7 +774,7 @@ class Matcher(object):
                 del acct.orders[oid]
                 if o.client_order_id:
                     del acct.by_coid[o.client_order_id]
-                self._oev(E_TRIGGERED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, 0, 0, 0,
+                self._w_order(E_TRIGGERED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, 0, 0, 0,
                           o.stop_price)
                 if o.side == BUY and o.price == 0 and not o.funds:
                     # market buy by size: fund from whole available quote (rule M4)
@@ -794,7 +795,7 @@ class Matcher(object):
         cancelled = o.remaining
         o.remaining = 0
         released = self._release(o, sym, acct)
-        self._oev(E_CANCELLED, o, EF_STOP, reason, o.price, cancelled, 0, released, 0, 0, 0, 0)
+        self._w_order(E_CANCELLED, o, EF_STOP, reason, o.price, cancelled, 0, released, 0, 0, 0, 0)
 
     # ------------------------------------------------------------------
     def _expire(self, now):
@@ -834,9 +835,9 @@ class Matcher(object):
         if o.client_order_id:
             del acct.by_coid[o.client_order_id]
         flags = EF_STOP if level is None else 0
-        self._oev(kind, o, flags, reason, o.price, cancelled, 0, released, 0, 0, 0, 0)
+        self._w_order(kind, o, flags, reason, o.price, cancelled, 0, released, 0, 0, 0, 0)
         if level is not None:
-            self._delta(sym.symbol_id, o.side, price, total)
+            self._w_delta(sym.symbol_id, o.side, price, total)
 
     # ==================================================================
     # CANCEL / AMEND / MASS_CANCEL
@@ -927,8 +928,8 @@ class Matcher(object):
         level = o.level
         if new_price == old_price and new_qty < old_qty:
             level.total -= old_rem - o.remaining          # keeps priority
-            self._oev(E_AMENDED, o, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, o.hold)
-            self._delta(sym.symbol_id, o.side, new_price, level.total)
+            self._w_order(E_AMENDED, o, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, o.hold)
+            self._w_delta(sym.symbol_id, o.side, new_price, level.total)
         else:
             new_rem = o.remaining
             o.remaining = old_rem
@@ -938,10 +939,10 @@ class Matcher(object):
             o.price = new_price
             o.remaining = new_rem
             book.insert(o)
-            self._oev(E_AMENDED, o, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, o.hold)
+            self._w_order(E_AMENDED, o, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, o.hold)
             if new_price != old_price:
-                self._delta(sym.symbol_id, o.side, old_price, old_total)
-            self._delta(sym.symbol_id, o.side, new_price, o.level.total)
+                self._w_delta(sym.symbol_id, o.side, old_price, old_total)
+            self._w_delta(sym.symbol_id, o.side, new_price, o.level.total)
 
     def _mass_cancel(self, cmd):
         account_id = cmd.account_id
