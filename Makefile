@@ -25,7 +25,7 @@ venv-pypy: $(PYPY_VENV)/.installed
 
 test: test-cpython test-pypy
 
-test-cpython: venv
+test-cpython: venv venv-pypy
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-pypy: venv-pypy

@@ -19,8 +19,15 @@ def _start_producer(run, role, account):
 
 
 @pytest.mark.timeout(240)
-def test_run_two_producers_fill_and_stop_cleanly(engine_factory):
-    run = engine_factory().start()
+@pytest.mark.parametrize("interpreter", ["cpython", "pypy"])
+def test_run_two_producers_fill_and_stop_cleanly(engine_factory, interpreter):
+    from engine.supervisor import find_matcher_interpreter
+    if interpreter == "pypy":
+        try:
+            find_matcher_interpreter("pypy")
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+    run = engine_factory(matcher_interpreter=interpreter).start()
     maker = _start_producer(run, "maker", 101)
     taker = None
     try:
@@ -45,6 +52,7 @@ def test_run_two_producers_fill_and_stop_cleanly(engine_factory):
     assert sorted(o for o, _ in maker_res["fills"]) == sorted(maker_res["accepted"])
     assert sum(q for _, q in taker_res["fills"]) == sum(q for _, q in maker_res["fills"])
 
+    run.wait_for(r"proc=matcher .*event=ready interpreter=%s" % interpreter, timeout=1)
     children = run.all_pids()
     assert {"journaler", "matcher", "publisher"} <= set(run.child_pids())
     assert run.stop() == 0, "\n".join(run.log()[-40:])
