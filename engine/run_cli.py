@@ -38,6 +38,8 @@ def run(args):
     except AlreadyRunningError as exc:
         print("ringmatch run: %s" % exc, file=sys.stderr)
         return 3
+    if not supervisor.wait_ready():
+        log.warning("not_ready", detail="publisher port not answering yet; supervising anyway")
     pub = runtime.publisher
     url = "http://%s:%s" % (pub["host"], pub["port"])
     log.event("ready", api=url, docs=url + "/docs", page=url + "/",

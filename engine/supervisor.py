@@ -104,6 +104,7 @@ class Child(object):
         self.env = env
         self.proc = None
         self.restarts = []
+        self.restart_at = None
 
     def start(self):
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=_repo_root(),
@@ -232,23 +233,56 @@ class Supervisor(object):
             self.stop()
             raise
 
+    def wait_ready(self, timeout=60.0):
+        """Wait until the publisher's port answers (it is the last to start).
+
+        Returns True when ready, False on timeout or when a child died meanwhile
+        (the caller's supervision loop then restarts it).
+        """
+        import socket
+        if "publisher" not in self.children:
+            return True
+        pub = self.runtime.publisher
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((pub["host"], pub["port"]), timeout=0.5):
+                    return True
+            except OSError:
+                pass
+            if not all(c.alive() for c in self.children.values()):
+                return False
+            time.sleep(0.05)
+        return False
+
     # -- rule 5 -------------------------------------------------------------
     def poll_children(self):
-        """Restart any child that died; return False when one gave up restarting."""
+        """Restart any child that died; return False when one gave up restarting.
+
+        The first restart in a window is immediate; each further one waits
+        twice as long (0.2 s, 0.4 s, ... at most 5 s) so a crash loop does not
+        spin the machine.
+        """
+        now = time.monotonic()
         for name, child in self.children.items():
             if child.alive() or self.stopping:
                 continue
-            code = child.proc.returncode if child.proc else None
-            now = time.monotonic()
-            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
-            if len(child.restarts) >= MAX_RESTARTS:
-                self.log.error("child_gave_up", child=name, exit_code=code,
-                               restarts=len(child.restarts))
-                return False
-            child.restarts.append(now)
-            self.log.warning("child_died", child=name, exit_code=code)
-            pid = child.start()
-            self.log.event("child_restarted", child=name, child_pid=pid)
+            if child.restart_at is None:
+                code = child.proc.returncode if child.proc else None
+                child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
+                if len(child.restarts) >= MAX_RESTARTS:
+                    self.log.error("child_gave_up", child=name, exit_code=code,
+                                   restarts=len(child.restarts))
+                    return False
+                delay = 0.0 if not child.restarts else min(0.1 * 2 ** len(child.restarts), 5.0)
+                child.restart_at = now + delay
+                self.log.warning("child_died", child=name, exit_code=code,
+                                 restart_in_s=round(delay, 2))
+            if now >= child.restart_at:
+                child.restart_at = None
+                child.restarts.append(now)
+                pid = child.start()
+                self.log.event("child_restarted", child=name, child_pid=pid)
         return True
 
     # -- rule 6 -------------------------------------------------------------
