@@ -48,7 +48,7 @@ def _merge(base, override):
 class ShardConfig(object):
     """One shard: a name, its symbols and its two rings."""
 
-    def __init__(self, name, symbols, input_capacity, output_capacity):
+    def __init__(self, name, symbols, input_capacity, output_capacity, output_consumers=None):
         if not name or not all(c.isalnum() or c in "-_" for c in name):
             raise ConfigError("shards[].name %r: use letters, digits, '-' and '_'" % (name,))
         for key, cap in (("input_capacity", input_capacity), ("output_capacity", output_capacity)):
@@ -58,6 +58,10 @@ class ShardConfig(object):
         self.symbols = list(symbols)
         self.input_capacity = input_capacity
         self.output_capacity = output_capacity
+        #: gated consumers of the output ring besides the publisher (audit, risk, benchmarks)
+        self.output_consumers = list(output_consumers or [])
+        if "publisher" in self.output_consumers:
+            raise ConfigError("shards[%s].output_consumers: 'publisher' is always there" % name)
 
     @property
     def input_ring(self):
@@ -81,7 +85,8 @@ class RuntimeConfig(object):
         self.data_dir = os.path.abspath(raw["data_dir"])
         self.shards = [ShardConfig(s["name"], s.get("symbols", []),
                                    s.get("input_capacity", 1 << 16),
-                                   s.get("output_capacity", 1 << 18))
+                                   s.get("output_capacity", 1 << 18),
+                                   s.get("output_consumers"))
                        for s in raw["shards"]]
         if not self.shards:
             raise ConfigError("shards: at least one shard is needed")

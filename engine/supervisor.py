@@ -179,7 +179,9 @@ class Supervisor(object):
                               record_size=64, consumers=consumers, initial_sequence=last)
         self.rings.append(ring_in)
         ring_out = Ring.create(self.shard.output_ring, capacity=self.shard.output_capacity,
-                               record_size=128, consumers={"publisher": []},
+                               record_size=128,
+                               consumers=dict([("publisher", [])] + [
+                                   (n, []) for n in self.shard.output_consumers]),
                                single_producer=True)
         self.rings.append(ring_out)
         self.log.event("rings_created", input=self.shard.input_ring,
