@@ -132,7 +132,7 @@ def render(snap, rates):
         if "error" in t:
             lines.append("%-10s %s" % (symbol, t["error"]))
         else:
-            lines.append("%-10s %16s %16s %16s" % (symbol, t.get("bid") or "-", t.get("ask") or "-",
+            lines.append("%-10s %16s %16s %16s" % (symbol, t.get("best_bid") or "-", t.get("best_ask") or "-",
                                                    t.get("price") or "-"))
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from decimal import Decimal
 
 import pytest
 
@@ -53,6 +54,19 @@ def test_run_two_producers_fill_and_stop_cleanly(engine_factory, interpreter):
     assert sum(q for _, q in taker_res["fills"]) == sum(q for _, q in maker_res["fills"])
 
     run.wait_for(r"proc=matcher .*event=ready interpreter=%s" % interpreter, timeout=1)
+    status = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ringmatch"), "status",
+                             "--json", "--config", run.config], cwd=ROOT, capture_output=True,
+                            timeout=60)
+    assert status.returncode == 0, status.stderr.decode()
+    snap = json.loads(status.stdout.decode())
+    ring_in = snap["rings"]["input"]
+    commands = 2 + 2 * N                          # two deposits and the orders
+    assert ring_in["cursor"] >= commands
+    lags = {name: c["lag"] for name, c in ring_in["consumers"].items()}
+    assert set(lags) == {"journaler", "matcher"} and all(lag >= 0 for lag in lags.values())
+    ticker = snap["symbols"]["BTC-USD"]
+    assert Decimal(ticker["price"]) == 30000 + N - 1  # the last buy took the highest sell
+    assert ticker["best_ask"] is None                # every sell was taken
     children = run.all_pids()
     assert {"journaler", "matcher", "publisher"} <= set(run.child_pids())
     assert run.stop() == 0, "\n".join(run.log()[-40:])
