@@ -24,6 +24,7 @@ Example::
     >>> # Matcher(DEFAULT_CONFIG, sink).process(1, Command.deposit(7, 1, 100))
     >>> # sink.events[-1].kind == EventKind.BALANCE
 """
+from array import array
 from collections import namedtuple
 
 from ringbuf.records import EVENT_SIZE, EVENT_SLOTS, EventFlags, EventKind, event_struct
@@ -207,7 +208,7 @@ def writer_for(sink):
 
 
 class BytesSink(object):
-    """Packs each event into a 128-byte record in a growing bytearray.
+    """Packs each event into a 128-byte record in a growing byte buffer.
 
     ``take()`` returns ``bytes`` of all records since the last take and clears.
     Amortised O(1) per event; raises struct.error if a value does not fit its slot
@@ -215,13 +216,14 @@ class BytesSink(object):
 
     Besides the generic ``emit_event`` it is its own :class:`EventWriter`
     (``event_writer()`` returns self): the matcher then packs each record with one
-    precompiled ``struct.pack_into`` call straight into the buffer.  The buffer is
-    replaced (never resized in place) when it fills up, so a view of it left alive
-    cannot make a later write fail.
+    precompiled ``struct.pack_into`` call straight into the buffer.  The buffer is an
+    ``array('B')`` (copied out by ``take()`` several times faster than a bytearray on
+    PyPy 3.9) and is replaced, never resized in place, when it fills up, so a view of
+    it left alive cannot make a later write fail.
     """
 
     def __init__(self, initial_events=4096):
-        self._buf = bytearray(EVENT_SIZE * max(4, initial_events))
+        self._buf = array("B", bytes(EVENT_SIZE * max(4, initial_events)))
         self._limit = len(self._buf) - _E3     # room for 3 more records while end <= limit
         self._end = 0
         self._taken = 0
@@ -232,8 +234,8 @@ class BytesSink(object):
 
     def _grow(self):
         old = self._buf
-        buf = bytearray(2 * len(old))
-        buf[:self._end] = memoryview(old)[:self._end]
+        buf = array("B", bytes(2 * len(old)))
+        buf[:self._end] = old[:self._end]
         self._buf = buf
         self._limit = len(buf) - _E3
 
@@ -326,11 +328,11 @@ class BytesSink(object):
     # -- output -------------------------------------------------------------------------
     def getvalue(self):
         """The records since the last take (does not clear)."""
-        return bytes(memoryview(self._buf)[:self._end])
+        return memoryview(self._buf)[:self._end].tobytes()
 
     def take(self):
         end = self._end
-        out = bytes(memoryview(self._buf)[:end])
+        out = memoryview(self._buf)[:end].tobytes()
         self._taken += end // EVENT_SIZE
         self._end = 0
         return out
