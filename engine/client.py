@@ -314,3 +314,115 @@ class EngineClient(object):
             if deadline is not None and loop.time() >= deadline:
                 return None
             await asyncio.sleep(poll_interval)
+
+
+def _running_shards(data_dir):
+    """Shard names with a resolved config in ``<data_dir>/run`` (written by ``ringmatch run``)."""
+    import json
+    run_dir = os.path.join(os.path.abspath(data_dir), "run")
+    names = []
+    try:
+        files = sorted(os.listdir(run_dir))
+    except OSError:
+        return names
+    for fname in files:
+        if not fname.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(run_dir, fname)) as f:
+                raw = json.load(f)
+            shards = raw.get("shards") if isinstance(raw, dict) else None
+        except (OSError, ValueError):
+            continue
+        if shards and len(shards) == 1 and shards[0].get("name") == fname[:-5] \
+                and _lock_holder_alive(os.path.join(run_dir, fname[:-5] + ".lock")):
+            names.append(fname[:-5])
+    return names
+
+
+def _lock_holder_alive(path):
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip() or 0)
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return pid > 0
+
+
+class ShardedClient(object):
+    """Route commands by symbol to the shard that trades it (one EngineClient per shard).
+
+    Order ids are input sequences, unique within a shard only, so cancel and
+    amend name the symbol too.  Balances live per shard: deposit to the shard
+    of the symbol you will trade (``deposit(..., symbol=...)``).
+
+    >>> with ShardedClient.attach(data_dir="./var", account=7) as c:      # doctest: +SKIP
+    ...     oid = c.place_order("ETH-USD", "buy", qty="1", price="2000")
+    """
+
+    def __init__(self, clients, shard_of_symbol):
+        self.clients = clients                  # shard name -> EngineClient
+        self.shard_of_symbol = shard_of_symbol  # symbol name -> shard name
+
+    @classmethod
+    def attach(cls, data_dir=None, config=None, producer_id=None, account=None):
+        """Attach to every shard of the engine whose config (or data dir) is given.
+
+        With only ``data_dir``, the shards are those the running engine wrote
+        resolved configs for (``<data_dir>/run/<shard>.json``).
+        """
+        from engine.runtime import RuntimeConfig
+        if config is None and data_dir is None:
+            raise ValueError("give data_dir or config")
+        if config is not None:
+            runtime = RuntimeConfig.load(config)
+            data_dir = data_dir or runtime.data_dir
+            names = [s.name for s in runtime.shards]
+        else:
+            names = _running_shards(data_dir)
+            if not names:
+                raise ValueError("no running shard found in %s/run" % data_dir)
+        clients, owner = {}, {}
+        try:
+            for name in names:
+                # the shard's own resolved config (run/<shard>.json): its symbols only
+                c = clients[name] = EngineClient.attach(
+                    shard=name, data_dir=data_dir, producer_id=producer_id, account=account)
+                for spec in c.exchange.symbols.values():
+                    owner[spec.name] = name
+        except BaseException:
+            for c in clients.values():
+                c.close()
+            raise
+        return cls(clients, owner)
+
+    def client(self, symbol):
+        """The EngineClient of the shard trading ``symbol``.  Raises KeyError naming it."""
+        try:
+            return self.clients[self.shard_of_symbol[symbol]]
+        except KeyError:
+            raise KeyError("no shard trades %r (symbols: %s)"
+                           % (symbol, ", ".join(sorted(self.shard_of_symbol))))
+
+    def place_order(self, symbol, *args, **kwargs):
+        return self.client(symbol).place_order(symbol, *args, **kwargs)
+
+    def cancel(self, symbol, order_id=None, client_order_id=None, account=None):
+        return self.client(symbol).cancel(order_id, client_order_id, account)
+
+    def amend(self, symbol, order_id, price=None, qty=None, account=None):
+        return self.client(symbol).amend(order_id, symbol, price, qty, account)
+
+    def deposit(self, asset, amount, symbol, account=None):
+        return self.client(symbol).deposit(asset, amount, account)
+
+    def close(self):
+        for c in self.clients.values():
+            c.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,50 +1,58 @@
-"""``ringmatch run``: start one engine shard in the foreground."""
+"""``ringmatch run``: start the engine's shards in the foreground (all, or ``--shard``)."""
 import sys
-
-from engine.log import Logger
 
 
 def add_arguments(parser):
     parser.add_argument("--config", help="runtime configuration (JSON); default: embedded")
-    parser.add_argument("--shard", help="shard to run (default: the first in the config)")
+    parser.add_argument("--shard", action="append",
+                        help="shard to run (repeatable; default: every shard in the config)")
     parser.add_argument("--data-dir", help="override data_dir")
-    parser.add_argument("--port", type=int, help="override publisher.port")
+    parser.add_argument("--port", type=int, help="override publisher.port (the first shard's)")
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
 
 
 def run(args):
     from engine.runtime import RuntimeConfig, ConfigError
-    from engine.supervisor import Supervisor, AlreadyRunningError
+    from engine.supervisor import Supervisor, AlreadyRunningError, run_supervisors
     try:
         runtime = RuntimeConfig.load(args.config)
-        override = {}
+        raw = dict(runtime.raw)
         if args.data_dir:
-            override["data_dir"] = args.data_dir
+            raw["data_dir"] = args.data_dir
         if args.port is not None:
-            override["publisher"] = dict(runtime.raw["publisher"], port=args.port)
+            raw["publisher"] = dict(raw["publisher"], port=args.port)
         if args.matcher_interpreter:
-            override["matcher"] = dict(runtime.raw["matcher"], interpreter=args.matcher_interpreter)
-        if override:
-            raw = dict(runtime.raw)
-            raw.update(override)
-            runtime = RuntimeConfig(raw)
-        supervisor = Supervisor(runtime, args.shard)
+            raw["matcher"] = dict(raw["matcher"], interpreter=args.matcher_interpreter)
+        runtime = RuntimeConfig(raw)
+        names = args.shard or [s.name for s in runtime.shards]
+        supervisors = [Supervisor(runtime, name) for name in names]
     except ConfigError as exc:
         print("ringmatch run: bad configuration: %s" % exc, file=sys.stderr)
         return 2
-    log = supervisor.log
+    started = []
     try:
-        supervisor.start()
+        for sup in supervisors:
+            sup.start()
+            started.append(sup)
     except AlreadyRunningError as exc:
         print("ringmatch run: %s" % exc, file=sys.stderr)
+        for sup in started:
+            sup.stop()
         return 3
-    if not supervisor.wait_ready():
-        log.warning("not_ready", detail="publisher port not answering yet; supervising anyway")
-    pub = runtime.publisher
-    url = "http://%s:%s" % (pub["host"], pub["port"])
-    log.event("ready", api=url, docs=url + "/docs", page=url + "/",
-              status="ringmatch status --config %s" % supervisor.config_path)
-    print("ringmatch: engine running, shard %s; API %s (docs %s/docs); "
-          "status: ringmatch status --data-dir %s; Ctrl-C to stop"
-          % (supervisor.shard.name, url, url, runtime.data_dir), file=sys.stderr)
-    return supervisor.run_forever()
+    except BaseException:
+        for sup in started:
+            sup.stop()
+        raise
+    for sup in supervisors:
+        if not sup.wait_ready():
+            sup.log.warning("not_ready", detail="publisher port not answering yet; supervising anyway")
+        pub = sup.runtime.publisher
+        url = "http://%s:%s" % (pub["host"], pub["port"])
+        sup.log.event("ready", api=url, docs=url + "/docs", page=url + "/",
+                      symbols=",".join(sup.shard.symbols),
+                      status="ringmatch status --config %s" % sup.config_path)
+        print("ringmatch: shard %s (%s) running; API %s (docs %s/docs); "
+              "status: ringmatch status --data-dir %s --shard %s; Ctrl-C to stop"
+              % (sup.shard.name, ", ".join(sup.shard.symbols), url, url,
+                 sup.runtime.data_dir, sup.shard.name), file=sys.stderr)
+    return run_supervisors(supervisors)

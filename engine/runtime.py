@@ -143,6 +143,41 @@ class RuntimeConfig(object):
             return exchange_config.DEFAULT_CONFIG
         return exchange_config.ExchangeConfig.from_dict(self.raw["exchange"])
 
+    def shard_view(self, name):
+        """The configuration one shard's processes run with (rule: one file per shard).
+
+        ``shards`` holds just this shard; ``exchange`` holds just its symbols (so
+        its matcher rejects the others' symbols as unknown and every process that
+        rebuilds its state uses the same reference data); ``publisher.port`` is
+        the shard's ``publisher_port`` or the base port plus the shard's index.
+        Raises ConfigError for a symbol the exchange does not list or a symbol
+        claimed by two shards.
+        """
+        index = [s.name for s in self.shards].index(self.shard(name).name)
+        shard_raw = dict(self.raw["shards"][index])
+        full = self.exchange()
+        owner = {}
+        for s in self.shards:
+            for symbol in s.symbols:
+                if symbol in owner:
+                    raise ConfigError("symbol %s is in shards %s and %s" % (symbol, owner[symbol], s.name))
+                owner[symbol] = s.name
+                try:
+                    full.symbol(symbol)
+                except (KeyError, ValueError):
+                    raise ConfigError("shards[%s].symbols: unknown symbol %r" % (s.name, symbol))
+        raw = copy.deepcopy(self.raw)
+        raw["shards"] = [shard_raw]
+        wanted = set(shard_raw.get("symbols") or [])
+        if wanted:
+            exchange = full.to_dict()
+            exchange["symbols"] = [s for s in exchange["symbols"] if s["name"] in wanted]
+            raw["exchange"] = exchange
+        port = shard_raw.get("publisher_port")
+        raw["publisher"] = dict(raw["publisher"],
+                                port=port if port is not None else raw["publisher"]["port"] + index)
+        return RuntimeConfig(raw)
+
     def run_dir(self):
         path = os.path.join(self.data_dir, "run")
         os.makedirs(path, exist_ok=True)

@@ -30,7 +30,7 @@ import time
 
 from engine.log import Logger
 
-__all__ = ["Supervisor", "AlreadyRunningError", "find_matcher_interpreter"]
+__all__ = ["Supervisor", "AlreadyRunningError", "find_matcher_interpreter", "run_supervisors"]
 
 MAX_RESTARTS = 5            # per child per RESTART_WINDOW_S
 RESTART_WINDOW_S = 60.0
@@ -131,8 +131,9 @@ class Supervisor(object):
     """Run one shard's processes (rules 1-6 above)."""
 
     def __init__(self, runtime, shard_name=None, log=None):
-        self.runtime = runtime
-        self.shard = runtime.shard(shard_name) if shard_name else runtime.shards[0]
+        # this shard's view: its symbols only, its own publisher port (RuntimeConfig.shard_view)
+        self.runtime = runtime.shard_view(shard_name or runtime.shards[0].name)
+        self.shard = self.runtime.shards[0]
         self.log = log or Logger("supervisor", self.shard.name)
         self.children = {}
         self.lock_fd = None
@@ -353,21 +354,31 @@ class Supervisor(object):
 
     def run_forever(self, poll_interval=0.2):
         """Block until SIGINT/SIGTERM, supervising children; then stop."""
-        stop_requested = []
+        return run_supervisors([self], poll_interval)
 
-        def _handler(signum, frame):
-            stop_requested.append(signum)
 
-        old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            while not stop_requested:
-                if not self.poll_children():
-                    break
-                self.maybe_snapshot()
-                time.sleep(poll_interval)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            self.log.event("stopping", signal=stop_requested[0] if stop_requested else "child_failure")
-            self.stop()
-        return 0 if stop_requested else 1
+def run_supervisors(supervisors, poll_interval=0.2):
+    """Supervise several started shards until SIGINT/SIGTERM or a child gives up; stop all.
+
+    Returns 0 after a signal, 1 when a child gave up restarting.
+    """
+    stop_requested = []
+
+    def _handler(signum, frame):
+        stop_requested.append(signum)
+
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop_requested:
+            if not all([sup.poll_children() for sup in supervisors]):
+                break
+            for sup in supervisors:
+                sup.maybe_snapshot()
+            time.sleep(poll_interval)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for sup in supervisors:
+            sup.log.event("stopping", signal=stop_requested[0] if stop_requested else "child_failure")
+            sup.stop()
+    return 0 if stop_requested else 1
