@@ -53,11 +53,18 @@ def _write_and_publish(producer, data):
 
 
 def publish_admin(ring, kind, symbol_id=0, producer_id=0):
-    """Publish an admin command (SNAPSHOT, HALT, RESUME, STATE_HASH); return its seq."""
+    """Publish an admin command (SNAPSHOT, HALT, RESUME, STATE_HASH); return its seq.
+
+    Registers a producer for the one write and detaches it again, so periodic
+    callers (the supervisor's snapshot timer) never fill the producer table.
+    """
     producer = ring.producer(producer_id=producer_id)
-    return _write_and_publish(producer, pack_command(
-        int(kind), symbol_id=symbol_id, producer_id=producer_id,
-        timestamp_ns=time.time_ns()))
+    try:
+        return _write_and_publish(producer, pack_command(
+            int(kind), symbol_id=symbol_id, producer_id=producer_id,
+            timestamp_ns=time.time_ns()))
+    finally:
+        producer.close()
 
 
 _SIDES = {"buy": Side.BUY, "b": Side.BUY, "sell": Side.SELL, "s": Side.SELL}
@@ -88,9 +95,10 @@ class EngineClient(object):
         self.ring_in = ring_in
         self.ring_out = ring_out
         self.exchange = exchange
-        self.producer_id = (os.getpid() & 0x7FFF) | 0x8000 if producer_id is None else producer_id
         self.account = account
-        self.producer = ring_in.producer(producer_id=self.producer_id)
+        # producer_id None: the ring hands out an id unique among its live producers
+        self.producer = ring_in.producer(producer_id=producer_id)
+        self.producer_id = self.producer.producer_id
         self._lock = threading.Lock()
         self._report_lock = threading.Lock()
         self._next_out = ring_out.cursor + 1

@@ -319,6 +319,9 @@ class Ring(object):
     def producer(self, producer_id=0, check_waiters=None):
         """A Producer registered in the producer table (dead-producer detection).
 
+        ``producer_id=None`` picks an id unique among the ring's live producers:
+        ``AUTO_PRODUCER_ID_BASE | table slot`` (fixed ids stay below the base).
+
         ``check_waiters`` (default: the ring's strategy can block) makes every
         publish wake futex waiters.  Raises RingError if the table is full or,
         on a single-producer ring, another live producer is registered.
@@ -458,6 +461,10 @@ class Ring(object):
             ", closed" if self._closed else "")
 
 
+#: automatic producer ids are this base plus the producer-table slot (< 64)
+AUTO_PRODUCER_ID_BASE = 0x8000
+
+
 class Producer(object):
     """Claims, fills and publishes slots.  Obtain with ``Ring.producer()``.
 
@@ -473,7 +480,13 @@ class Producer(object):
         self._record_size = layout.record_size
         self._data = ring._data
         self._data_view = ring._data_view
-        self._entry = self._register(ring, producer_id)
+        self._entry = self._register(ring, 0 if producer_id is None else producer_id)
+        #: index in the ring's producer table; unique among this ring's live producers
+        self.slot = [i for i, e in enumerate(ring._producer_table) if e == self._entry][0]
+        if producer_id is None:
+            # automatic id: unique among live producers of this ring (table slot)
+            self.producer_id = AUTO_PRODUCER_ID_BASE | self.slot
+            lib.rm_store_release(self._entry + H.P_ID, self.producer_id)
         self._ptr_type = ffi.typeof((ring._ctype or "char") + " *")
         self._records = ffi.cast(self._ptr_type, ring._data)
         if ring.header.single_producer:

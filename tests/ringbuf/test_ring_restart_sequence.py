@@ -61,3 +61,14 @@ def test_seek_skips_records_consumed_elsewhere(make_ring):
     assert (batch.first_seq, batch.count) == (4, 2)
     with pytest.raises(RingError, match="behind the committed"):
         m.seek(2)
+
+
+@pytest.mark.pypy
+def test_automatic_producer_ids_are_unique_among_live_producers(make_ring):
+    from ringbuf.ring import AUTO_PRODUCER_ID_BASE
+    ring = make_ring(capacity=8, consumers={"a": []})
+    producers = [ring.producer(producer_id=None) for _ in range(5)]
+    ids = [p.producer_id for p in producers]
+    assert len(set(ids)) == 5 and all(i >= AUTO_PRODUCER_ID_BASE for i in ids)
+    assert {p["producer_id"] for p in ring.producers()} >= set(ids)
+    assert ring.producer(producer_id=7).producer_id == 7
