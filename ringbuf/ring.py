@@ -187,6 +187,10 @@ class Ring(object):
                                   % (record_size, ctype, ffi.sizeof(ctype)))
         if not (claim_timeout > 0):
             raise RingConfigError("claim_timeout must be > 0, got %r" % (claim_timeout,))
+        # every check before the segment exists: a refused create leaves nothing behind
+        if not isinstance(initial_sequence, int) or initial_sequence < 0:
+            raise RingConfigError("initial_sequence must be an int >= 0, got %r"
+                                  % (initial_sequence,))
         try:
             shm = posix_ipc.SharedMemory(shm_name, posix_ipc.O_CREX, mode=mode,
                                          size=layout.total_size)
@@ -205,9 +209,6 @@ class Ring(object):
         magic = hdr.magic
         hdr.magic = b"\0" * 8          # published last: attachers wait for it
         H.pack_header(mm, hdr)
-        if not isinstance(initial_sequence, int) or initial_sequence < 0:
-            raise RingConfigError("initial_sequence must be an int >= 0, got %r"
-                                  % (initial_sequence,))
         start = initial_sequence.to_bytes(8, "little", signed=True)
         mm[H.CURSOR_OFFSET:H.CURSOR_OFFSET + 8] = start
         for i, (n, deps) in enumerate(table):
