@@ -139,9 +139,9 @@ def _consume_copy(c, total, b, sink):
     unpack = _u64.unpack_from
     while seen < total:
         batch = poll(max_batch=b * 4)
+        batch.copy_into(sink)
         for first, v in batch.chunks:
             n = len(v)
-            sink[:n] = v
             if unpack(v, COID)[0] != (first - 1) % b or \
                     unpack(v, n - REC + COID)[0] != (first + n // REC - 2) % b:
                 raise AssertionError("wrong record at seq %d" % first)
@@ -341,8 +341,7 @@ def _three_to_one(opts):
                     while seen < total:
                         batch = poll(max_batch=4096)
                         if batched:
-                            for _, v in batch.chunks:
-                                sink[:len(v)] = v
+                            batch.copy_into(sink)
                             check += rec(batch.last_seq).kind
                         else:
                             for s in range(batch.first_seq, batch.last_seq + 1):

@@ -27,6 +27,7 @@ detached pointer) instead of touching unmapped memory.
 """
 import mmap
 import os
+import platform
 import time
 import weakref
 
@@ -45,6 +46,7 @@ from .wait_strategy import make_wait_strategy
 __all__ = ["Ring", "RingSpec", "Producer", "Consumer", "Batch"]
 
 _monotonic_ns = lib.rm_monotonic_ns
+_PYPY = platform.python_implementation() == "PyPy"
 
 
 class RingSpec(object):
@@ -690,6 +692,26 @@ class Batch(object):
             dtype = self._consumer._dtype()
         # raw byte copy (np.concatenate would drop the union aliases of the dtype)
         return np.frombuffer(bytearray(self.tobytes()), dtype=dtype)
+
+    def copy_into(self, dest, offset=0):
+        """Copy the batch's bytes into the writable buffer ``dest`` at ``offset``; returns the size.
+
+        O(bytes), one memcpy per chunk (slice assignment on CPython, ``ffi.memmove``
+        on PyPy, where bytearray slice assignment from a memoryview is slow).
+        Raises ValueError if ``dest`` is too small.
+        """
+        total = self.count * self._consumer._record_size
+        if offset < 0 or offset + total > len(dest):
+            raise ValueError("destination of %d bytes cannot take %d bytes at offset %d"
+                             % (len(dest), total, offset))
+        for _, view in self.chunks:
+            n = len(view)
+            if _PYPY:
+                ffi.memmove(ffi.from_buffer(dest) + offset, view, n)
+            else:
+                dest[offset:offset + n] = view
+            offset += n
+        return total
 
     def tobytes(self):
         """The batch's bytes (a copy)."""

@@ -259,3 +259,22 @@ def test_event_ring_records(make_ring):
     p.publish(s)
     assert c.poll(timeout=0).array()["trade_id"][0] == 99
     assert c.record(s).trade_id == 99
+
+
+def test_batch_copy_into_handles_wrap_and_bounds(make_ring):
+    r = make_ring(capacity=8)
+    p, c = r.producer(), r.consumer("a")
+    first, _ = p.claim_batch(6)
+    p.publish_batch(first, 6)
+    c.commit(c.poll(timeout=0).last_seq)
+    first, views = p.claim_batch(5)
+    payload = bytes(range(64)) * 5
+    views[0][:] = payload[:len(views[0])]
+    views[1][:] = payload[len(views[0]):]
+    p.publish_batch(first, 5)
+    b = c.poll(timeout=0)
+    dest = bytearray(400)
+    assert b.copy_into(dest, offset=10) == 320
+    assert bytes(dest[10:330]) == payload and dest[:10] == bytearray(10)
+    with pytest.raises(ValueError):
+        b.copy_into(bytearray(100))
