@@ -20,20 +20,64 @@ Theory of operation (numbered; extends engine/supervisor.py's rules 1-6):
    matcher to apply everything received, then starts the publisher -- the node
    now takes orders -- and writes ``<data>/run/<S>.role`` (JSON: role, epoch,
    seq), which ``ringmatch promote`` waits for.
+5. Until promotion nobody reads the output ring, yet it is created with its
+   gated consumer ``publisher`` (the publisher started at promotion needs it).
+   A drain thread of the supervisor therefore commits ``publisher`` up to the
+   output cursor (``OutputDrain``); without it the standby's matcher would
+   block once the output ring is full (capacity events) and the standby would
+   fall behind and never finish a promotion.  The drain stops *before* the
+   publisher starts; events after its last commit stay in the ring for the
+   publisher, which rebuilds from the journal anyway (publisher rule 1).
 """
 import json
 import os
 import signal
 import sys
+import threading
 import time
 
 from engine.supervisor import Child, Supervisor, find_matcher_interpreter
 
-__all__ = ["StandbySupervisor", "role_path"]
+__all__ = ["StandbySupervisor", "OutputDrain", "role_path"]
 
 
 def role_path(data_dir, shard):
     return os.path.join(data_dir, "run", "%s.role" % shard)
+
+
+class OutputDrain(object):
+    """Rule 5: consume the standby's output ring as ``publisher`` until stopped.
+
+    A thread polls (up to 50 ms per wait) and commits every batch at once:
+    O(1) per batch, no copy.
+    """
+
+    def __init__(self, ring_out, consumer="publisher", poll_timeout=0.05):
+        self.consumer = ring_out.consumer(consumer)
+        self.poll_timeout = poll_timeout
+        self.drained = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="standby-output-drain",
+                                        daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        consumer = self.consumer
+        while not self._stop.is_set():
+            batch = consumer.poll(1 << 16, timeout=self.poll_timeout)
+            if batch is not None:
+                consumer.commit(batch.last_seq)
+                self.drained += batch.count
+
+    def stop(self, timeout=5.0):
+        """Stop and join; after this returns the consumer is never committed again."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
 
 class StandbySupervisor(Supervisor):
@@ -49,6 +93,7 @@ class StandbySupervisor(Supervisor):
         Supervisor.__init__(self, runtime, shard_name, log)
         self.promoted = False
         self._promote_requested = []
+        self.output_drain = None
 
     def start(self):
         from replicator.epoch import EpochStore
@@ -63,6 +108,7 @@ class StandbySupervisor(Supervisor):
             self.config_path = os.path.join(self.runtime.run_dir(), "%s.json" % self.shard.name)
             self.runtime.dump(self.config_path)
             self.create_rings()
+            self.output_drain = OutputDrain(self.rings[1]).start()           # rule 5
             matcher_python, interp = find_matcher_interpreter(
                 self.runtime.matcher.get("interpreter", "auto"))
             plan = [("journaler", sys.executable, "journaler.process"),
@@ -76,6 +122,16 @@ class StandbySupervisor(Supervisor):
         except BaseException:
             self.stop()
             raise
+
+    def _stop_output_drain(self):
+        if self.output_drain is not None:
+            if not self.output_drain.stop():
+                self.log.error("output_drain_stuck")
+            self.output_drain = None
+
+    def destroy_rings(self):
+        self._stop_output_drain()                                # rule 5: before unmapping
+        Supervisor.destroy_rings(self)
 
     def maybe_snapshot(self, now=None):                      # rule 2
         if self.promoted:
@@ -116,6 +172,7 @@ class StandbySupervisor(Supervisor):
             time.sleep(0.01)
         epoch = store.load().epoch
         self._drain(timeout)
+        self._stop_output_drain()                               # rule 5: before the publisher
         self.promoted = True
         seq = self.rings[0].cursor
         child = Child("publisher", self._argv(sys.executable, "publisher.process"))

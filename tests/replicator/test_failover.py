@@ -114,7 +114,7 @@ def read_out_events(shard):
 
 def run_trial(tmp, seed, log):
     from engine.client import publish_admin
-    from engine.config import DEFAULT_CONFIG
+    from engine.runtime import RuntimeConfig
     from engine.events import ListSink
     from engine.matcher import Matcher
     from journaler import recovery
@@ -201,7 +201,10 @@ def run_trial(tmp, seed, log):
             return int(sel["aux"][0]) if len(sel) else None
         assert wait_until(lambda: standby_hash() is not None, 20)
         sink = ListSink()
-        matcher = Matcher(DEFAULT_CONFIG, sink)
+        # the reference data the standby's children run with (its shard's symbols only)
+        exchange = RuntimeConfig.load(
+            str(tmp / "standby" / "run" / ("%s.json" % sshard))).exchange()
+        matcher = Matcher(exchange, sink)
         recovery.replay(matcher, str(tmp / "standby"), sshard, last=hseq)
         assert matcher.state_hash() & ((1 << 63) - 1) == standby_hash()
 
