@@ -12,6 +12,12 @@ Theory of operation (numbered rules; the code refers to them):
    ``max_inflight`` batches wait on the loop: when the loop is behind, the
    thread stops polling, and the ring's gating pushes back on the matcher
    instead of the publisher's memory growing without bound.
+   The thread starts BEFORE the rebuild (rule 1) with ``skip_upto`` = the
+   journal's durable end J the rebuild replays to: ring events with
+   ``seq <= J`` are derived by the rebuild, so they are dropped and
+   committed at once (a long rebuild does not gate the matcher on them);
+   later events are held (at most ``max_inflight`` batches) until
+   ``go_live(loop)``, then handed over in order.
 3. REST writes are commands written to the input ring by this process's
    producer (``publisher.producer_id``, default 1) from the loop thread.
 5. The listening socket has a bounded send buffer (``publisher.socket_sndbuf``,
@@ -39,22 +45,31 @@ class RingFeed(object):
     """The consumer thread of rule 2."""
 
     def __init__(self, consumer, loop, on_events, max_batch=4096, max_inflight=8,
-                 poll_timeout=0.05, log=None):
+                 poll_timeout=0.05, log=None, skip_upto=0):
         self.consumer = consumer
-        self.loop = loop
+        self.loop = loop                      # None until go_live()
         self.on_events = on_events
         self.max_batch = max_batch
         self.inflight = threading.BoundedSemaphore(max_inflight)
         self.poll_timeout = poll_timeout
         self.log = log
+        self.skip_upto = skip_upto
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.held = []                        # batches waiting for go_live()
         self.thread = None
         self.events = 0
+        self.dropped = 0
         self.error = None
 
     def start(self):
         self.thread = threading.Thread(target=self._run, name="ring-feed", daemon=True)
         self.thread.start()
+
+    def go_live(self, loop):
+        """From now on hand batches to ``loop`` (held ones first, in order)."""
+        with self.lock:
+            self.loop = loop
 
     def stop(self, timeout=5.0):
         self.stopping.set()
@@ -67,29 +82,55 @@ class RingFeed(object):
         finally:
             self.inflight.release()
 
+    def _hand_over(self, events=None):
+        """Schedule held batches (and ``events``) on the loop, or hold them; False when closed."""
+        with self.lock:
+            loop = self.loop
+            if loop is None:
+                if events is not None:
+                    self.held.append(events)
+                return True
+            pending, self.held = self.held, []
+        if events is not None:
+            pending.append(events)
+        try:
+            for batch in pending:
+                loop.call_soon_threadsafe(self._deliver, batch)
+        except RuntimeError:                     # loop closed: shutting down
+            return False
+        return True
+
     def _run(self):
         from publisher.event_decoder import decode_batch
         consumer = self.consumer
         try:
             while not self.stopping.is_set():
+                if self.held and self.loop is not None and not self._hand_over():
+                    return
                 batch = consumer.poll(max_batch=self.max_batch, timeout=self.poll_timeout)
                 if batch is None:
                     continue
                 events = decode_batch(batch)           # copy out before commit
                 consumer.commit(batch.last_seq)
+                skip = self.skip_upto
+                if skip and self.loop is None and events and events[0].seq <= skip:
+                    n = len(events)
+                    events = [e for e in events if e.seq > skip]
+                    self.dropped += n - len(events)
+                    if not events:
+                        continue
                 self.events += len(events)
                 while not self.inflight.acquire(timeout=0.1):
                     if self.stopping.is_set():
                         return
-                try:
-                    self.loop.call_soon_threadsafe(self._deliver, events)
-                except RuntimeError:                     # loop closed: shutting down
+                if not self._hand_over(events):
                     return
         except Exception as exc:  # a bug: log it and let the process die for a restart
             self.error = exc
             if self.log is not None:
                 self.log.error("feed_failed", error=repr(exc))
-            self.loop.call_soon_threadsafe(_exit_loop_hard)
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(_exit_loop_hard)
 
 
 def _exit_loop_hard():
@@ -131,6 +172,16 @@ def _listen(host, port, sndbuf):
     return sock
 
 
+def _durable(runtime, shard, log):
+    """The journal's durable end (0 without a journal): what the rebuild replays to."""
+    try:
+        from journaler.recovery import durable_sequence
+        return durable_sequence(runtime.data_dir, shard.name)
+    except Exception as exc:   # no journal directory, or no journaler in this build
+        log.event("no_journal", reason=repr(exc)[:200])
+        return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m publisher.process")
     parser.add_argument("--config", required=True)
@@ -162,8 +213,21 @@ def main(argv=None):
               output_seq=consumer.sequence, producer_id=producer_id)
 
     started = time.monotonic()
-    info = rebuild(service, runtime, shard, exchange, consumer.sequence, log)   # rule 1
-    log.event("rebuilt", seconds="%.3f" % (time.monotonic() - started), **info)
+    durable = _durable(runtime, shard, log)
+    feed = RingFeed(consumer, None, service.on_events, max_batch=args.max_batch, log=log,
+                    skip_upto=durable)
+    feed.start()                                                              # rule 2
+    try:
+        info = rebuild(service, runtime, shard, exchange, consumer.sequence, log,
+                       durable=durable)                                       # rule 1
+    except BaseException:
+        feed.stop()
+        producer.close()
+        ring_in.close()
+        ring_out.close()
+        raise
+    log.event("rebuilt", seconds="%.3f" % (time.monotonic() - started),
+              dropped_during=feed.dropped, held=len(feed.held), **info)
 
     keystore = KeyStore.from_config(pub)
     app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)))
@@ -172,14 +236,13 @@ def main(argv=None):
                             lifespan="off", access_log=False, ws_ping_interval=20,
                             ws_max_queue=64)
     server = uvicorn.Server(config)
-    feed_box = []
+    feed_box = [feed]
     listener = _listen(config.host, config.port, int(pub.get("socket_sndbuf", 128 * 1024)))
 
     async def serve():
-        loop = asyncio.get_running_loop()
-        feed = RingFeed(consumer, loop, service.on_events, max_batch=args.max_batch, log=log)
-        feed_box.append(feed)
-        feed.start()                                                          # rule 2
+        if feed.error is not None:
+            raise SystemExit(5)
+        feed.go_live(asyncio.get_running_loop())                              # rule 2
         log.event("serving", host=config.host, port=config.port)
         await server.serve(sockets=[listener])
 

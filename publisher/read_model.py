@@ -103,7 +103,8 @@ class OrderState(object):
         self.flags = event.flags
         self.price = event.price
         self.qty = event.qty
-        self.stop_price = 0         # not in the events; the API fills it in for its own orders
+        self.stop_price = 0         # in no event before TRIGGERED; the API sets it for its own
+                                    # orders, the rebuild from the replayed commands
         self.funds = event.amount
         self.filled = event.filled
         self.remaining = event.remaining
@@ -403,6 +404,8 @@ class ReadModel(object):
             order.remaining = e.remaining
         elif kind == _K_TRIGGERED:
             order.status = "open"
+            if e.aux:
+                order.stop_price = e.aux              # TRIGGERED: aux = stop price
         return order
 
     def _close(self, order):
