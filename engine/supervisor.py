@@ -20,6 +20,11 @@ Theory of operation (numbered rules; the code refers to them):
    is allowed to drain the input ring; a SNAPSHOT command is published and
    awaited; then matcher, replicator and journaler are stopped, the rings
    unlinked and the lock released.
+7. Fencing (docs/replication.md): ``start`` refuses to run a shard whose epoch
+   store (``<data>/replication/<S>.epoch``) says ``fenced`` or ``standby``
+   (``replicator.epoch.FencedError``, before any ring or child exists).  A
+   replicator that exits with code 5 learned of a higher epoch (a standby was
+   promoted): the shard is stopped at once, not restarted.
 """
 import fcntl
 import os
@@ -35,6 +40,7 @@ __all__ = ["Supervisor", "AlreadyRunningError", "find_matcher_interpreter", "run
 MAX_RESTARTS = 5            # per child per RESTART_WINDOW_S
 RESTART_WINDOW_S = 60.0
 STOP_TIMEOUT_S = 10.0
+EXIT_FENCED = 5             # replicator.process: this node was fenced (rule 7)
 
 
 class AlreadyRunningError(RuntimeError):
@@ -139,6 +145,7 @@ class Supervisor(object):
         self.lock_fd = None
         self.rings = []
         self.stopping = False
+        self.fenced = False             # rule 7: the replicator exited fenced
         self.config_path = None
         self._last_snapshot = None
 
@@ -215,6 +222,12 @@ class Supervisor(object):
     def start(self):
         self.acquire_lock()
         try:
+            from replicator.epoch import EpochStore, FencedError
+            try:
+                EpochStore(self.runtime.data_dir, self.shard.name).check_may_be_primary()  # rule 7
+            except FencedError as exc:
+                self.log.error("refused_fenced", detail=str(exc))
+                raise
             os.makedirs(self.runtime.data_dir, exist_ok=True)
             self.config_path = os.path.join(self.runtime.run_dir(), "%s.json" % self.shard.name)
             self.runtime.dump(self.config_path)
@@ -272,6 +285,11 @@ class Supervisor(object):
                 continue
             if child.restart_at is None:
                 code = child.proc.returncode if child.proc else None
+                if name == "replicator" and code == EXIT_FENCED:       # rule 7
+                    self.fenced = True
+                    self.log.error("fenced", child=name, exit_code=code,
+                                   detail="a standby was promoted; this node stops")
+                    return False
                 child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S]
                 if len(child.restarts) >= MAX_RESTARTS:
                     self.log.error("child_gave_up", child=name, exit_code=code,
@@ -294,7 +312,8 @@ class Supervisor(object):
         if "publisher" in self.children:
             code = self.children["publisher"].stop()
             self.log.event("child_stopped", child="publisher", exit_code=code)
-        if self.rings and self.children.get("matcher") and self.children["matcher"].alive():
+        if self.rings and not self.fenced and self.children.get("matcher") and \
+                self.children["matcher"].alive():       # fenced: the matcher's gate is frozen
             self._drain_and_snapshot(drain_timeout)
         for name in ("matcher", "replicator", "journaler"):
             if name in self.children:
