@@ -8,15 +8,36 @@ Signals: SIGUSR1 = promote (end the session, persist epoch + 1 as primary, keep
 listening only to fence an old primary); SIGTERM/SIGINT = stop.
 Exit codes: 0 stopped; 2 configuration error; 3 the standby ring does not
 continue the primary's sequence (RingSinkError: re-seed the standby).
+
+A status file ``<data>/run/<S>.receiver.json`` is rewritten twice a second and
+at exit (next_seq, durable, epoch, promoted, the ReceiverStats counters, and
+the in-band state-hash comparison: ``hash_matched``, ``hash_last_matched_seq``,
+``hash_divergences``).
 """
 import argparse
+import os
 import signal
 import sys
 import time
 
 from engine.log import Logger
 
-__all__ = ["main"]
+__all__ = ["main", "status_path"]
+
+
+def status_path(data_dir, shard):
+    return os.path.join(data_dir, "run", "%s.receiver.json" % shard)
+
+
+def _status(receiver, sink, store):
+    monitor = receiver.monitor
+    fields = dict(receiver.stats.as_dict(), next_seq=sink.next_sequence(),
+                  durable=sink.durable_sequence(), epoch=store.load().epoch,
+                  promoted=receiver.promoted, primary_cursor=receiver.primary_cursor,
+                  hash_matched=monitor.matched, hash_last_matched_seq=monitor.last_matched_seq,
+                  hash_divergences=len(monitor.divergences), pid=os.getpid(),
+                  updated=time.time())
+    return fields
 
 
 def main(argv=None):
@@ -63,10 +84,17 @@ def main(argv=None):
                         expect, store, log=log).start()
     log.event("ready", listen="%s:%d" % receiver.address, next_seq=sink.next_sequence(),
               durable=sink.durable_sequence(), epoch=store.load().epoch)
+    from replicator.process import write_status
+    spath = status_path(runtime.data_dir, shard.name)
+    last_status = 0.0
     code = 0
     try:
         while not stop:
             time.sleep(0.05)
+            now = time.monotonic()
+            if now - last_status >= 0.5:
+                last_status = now
+                write_status(spath, _status(receiver, sink, store))
             if promote and not receiver.promoted:
                 receiver.promote()
             if failed:
@@ -75,6 +103,7 @@ def main(argv=None):
                 break
     finally:
         receiver.stop()
+        write_status(spath, _status(receiver, sink, store))
         log.event("stopped", next_seq=sink.next_sequence(), durable=sink.durable_sequence(),
                   **receiver.stats.as_dict())
         ring_in.close()

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -112,30 +113,16 @@ def read_out_events(shard):
         ring.close()
 
 
-def run_trial(tmp, seed, log):
-    from engine.client import publish_admin
-    from engine.runtime import RuntimeConfig
-    from engine.events import ListSink
-    from engine.matcher import Matcher
-    from journaler import recovery
-    from journaler.reader import JournalReader
-    from ringbuf import Ring
-    from ringbuf.records import CommandKind, EventKind
-    from replicator.promote_cli import promote
-
-    rng = random.Random(seed)
-    tag = "%d%d" % (os.getpid() % 100000, seed)
-    pshard, sshard = "rpa%s" % tag, "rsb%s" % tag
-    port = free_port()
+def write_configs(tmp, pshard, sshard, port, mode="sync", input_capacity=1 << 14):
     base = {"shards": [], "matcher": {"interpreter": "cpython"},
             "snapshot": {"every_commands": 0, "every_seconds": 0, "keep": 2},
             "journal": {"fsync": "batch"}}
     pconf = dict(base, data_dir=str(tmp / "primary"),
-                 shards=[{"name": pshard, "symbols": ["BTC-USD"], "input_capacity": 1 << 14,
-                          "output_capacity": 1 << 16}],
+                 shards=[{"name": pshard, "symbols": ["BTC-USD"],
+                          "input_capacity": input_capacity, "output_capacity": 1 << 16}],
                  publisher={"host": "127.0.0.1", "port": free_port()},
                  standby={"host": "127.0.0.1", "port": port},
-                 replication={"mode": "sync", "on_unreachable": "stall",
+                 replication={"mode": mode, "on_unreachable": "stall",
                               "state_hash_every_s": 0.2})
     sconf = dict(base, data_dir=str(tmp / "standby"),
                  shards=[{"name": sshard, "symbols": ["BTC-USD"], "input_capacity": 1 << 14,
@@ -144,19 +131,58 @@ def run_trial(tmp, seed, log):
     for name, conf in (("p.json", pconf), ("s.json", sconf)):
         with open(str(tmp / name), "w") as f:
             json.dump(conf, f)
+    return pconf, sconf
+
+
+def start_standby(tmp, sshard, pshard, port, out):
+    from ringbuf import Ring
+    proc = subprocess.Popen(
+        [PY, "-m", "engine.cli", "standby", "--config", str(tmp / "s.json"),
+         "--listen", "127.0.0.1:%d" % port, "--primary-shard", pshard],
+        cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    assert wait_until(lambda: Ring.attach("rm-%s-in" % sshard).close() is None, 30)
+    return proc
+
+
+def start_primary(tmp, out):
+    return subprocess.Popen([PY, "-m", "engine.cli", "run", "--config", str(tmp / "p.json")],
+                            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def read_json(path):
+    with open(str(path)) as f:
+        return json.load(f)
+
+
+def receiver_status(tmp, sshard):
+    return read_json(tmp / "standby" / "run" / ("%s.receiver.json" % sshard))
+
+
+def run_trial(tmp, seed, log, check_fencing=False):
+    from engine.client import EngineClient, publish_admin
+    from engine.runtime import RuntimeConfig
+    from engine.events import ListSink
+    from engine.matcher import Matcher
+    from journaler import recovery
+    from journaler.reader import JournalReader
+    from ringbuf import Ring
+    from ringbuf.records import CommandKind, EventKind
+    from replicator.epoch import EpochStore
+    from replicator.promote_cli import promote
+
+    rng = random.Random(seed)
+    tag = "%d%d" % (os.getpid() % 100000, seed)
+    pshard, sshard = "rpa%s" % tag, "rsb%s" % tag
+    port = free_port()
+    pconf, sconf = write_configs(tmp, pshard, sshard, port)
     procs = {}
     logs = {n: open(str(tmp / ("%s.log" % n)), "w") for n in ("primary", "standby", "load")}
     try:
-        procs["standby"] = subprocess.Popen(
-            [PY, "-m", "engine.cli", "standby", "--config", str(tmp / "s.json"),
-             "--listen", "127.0.0.1:%d" % port, "--primary-shard", pshard],
-            cwd=ROOT, stdout=logs["standby"], stderr=subprocess.STDOUT, start_new_session=True)
-        assert wait_until(lambda: Ring.attach("rm-%s-in" % sshard).close() is None, 30)
-        procs["primary"] = subprocess.Popen(
-            [PY, "-m", "engine.cli", "run", "--config", str(tmp / "p.json")],
-            cwd=ROOT, stdout=logs["primary"], stderr=subprocess.STDOUT, start_new_session=True)
+        procs["standby"] = start_standby(tmp, sshard, pshard, port, logs["standby"])
+        procs["primary"] = start_primary(tmp, logs["primary"])
         status = tmp / "primary" / "run" / ("%s.replication.json" % pshard)
-        assert wait_until(lambda: json.load(open(str(status)))["connected"], 40), \
+        assert wait_until(lambda: read_json(status)["connected"], 40), \
             open(str(tmp / "primary.log")).read()[-3000:]
         acks = [str(tmp / ("ack%d.txt" % i)) for i in (1, 2)]
         for i, path in enumerate(acks):
@@ -219,6 +245,24 @@ def run_trial(tmp, seed, log):
         p_keys = set(zip(p_fills["symbol_id"].tolist(), p_fills["trade_id"].tolist(),
                          p_fills["order_id"].tolist()))
         assert p_keys <= set(keys)
+
+        # hot standby: the in-band state hashes were compared, none diverged
+        assert wait_until(lambda: receiver_status(tmp, sshard)["hash_matched"] >= 1, 5), \
+            receiver_status(tmp, sshard)
+        rstat = receiver_status(tmp, sshard)
+        assert rstat["hash_divergences"] == 0 and rstat["promoted"]
+
+        # promoted = open to producers: the API answers and an order is acknowledged
+        api = "http://127.0.0.1:%d/products" % sconf["publisher"]["port"]
+        assert wait_until(lambda: urllib.request.urlopen(api, timeout=2).status == 200, 30), \
+            open(str(tmp / "standby.log")).read()[-3000:]
+        with EngineClient.attach(sshard, data_dir=str(tmp / "standby"), account=1) as client:
+            order = client.place_order("BTC-USD", "buy", qty=1, price=2000000)
+            assert client.wait_outcome(order, timeout=10).kind == EventKind.ACCEPTED
+        assert order > s_durable        # it continues the replicated sequence
+
+        if check_fencing:
+            check_old_primary_is_fenced(tmp, pshard, sshard, logs)
         log.append("seed=%d acked=%d max_acked=%d standby_durable=%d primary_journal=%d "
                    "fills=%d primary_fills_seen=%d" % (seed, len(acked), max(acked), s_durable,
                                                       len(p_seqs), len(fills), len(p_keys)))
@@ -231,11 +275,47 @@ def run_trial(tmp, seed, log):
         unlink_rings(pshard, sshard)
 
 
+def check_old_primary_is_fenced(tmp, pshard, sshard, logs):
+    """The killed primary is started again with its old config (standby = the promoted node)."""
+    from journaler import recovery
+    from replicator.epoch import EpochStore
+    from ringbuf import Ring
+    before = recovery.durable_sequence(str(tmp / "standby"), sshard)
+    logs["primary"].write("---- old primary restarted\n")
+    logs["primary"].flush()
+    old = start_primary(tmp, logs["primary"])
+    try:
+        code = old.wait(60)
+    finally:
+        kill_group(old)
+    text = open(str(tmp / "primary.log")).read().split("---- old primary restarted")[-1]
+    assert code != 0, text[-3000:]
+    assert "event=fenced" in text, text[-3000:]
+    state = EpochStore(str(tmp / "primary"), pshard).load()
+    assert (state.role, state.fenced_by) == ("fenced", 2)
+    assert receiver_status(tmp, sshard)["fenced_peers"] >= 1
+    # nothing reached the new primary from the old one
+    assert recovery.durable_sequence(str(tmp / "standby"), sshard) == before
+    # started once more, it refuses before creating anything
+    logs["primary"].write("---- old primary started again\n")
+    logs["primary"].flush()
+    again = start_primary(tmp, logs["primary"])
+    try:
+        code = again.wait(30)
+    finally:
+        kill_group(again)
+    text = open(str(tmp / "primary.log")).read().split("---- old primary started again")[-1]
+    assert code != 0 and "event=refused_fenced" in text, text[-3000:]
+    assert "child_started" not in text
+    with pytest.raises(Exception):
+        Ring.attach("rm-%s-in" % pshard)
+
+
 @requires_engine
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_primary_promote_standby_nothing_acknowledged_is_lost(tmp_path, seed):
     log = []
-    run_trial(tmp_path, seed, log)
+    run_trial(tmp_path, seed, log, check_fencing=seed == 1)
     print("\n".join(log))
 
 
