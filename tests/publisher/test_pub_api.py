@@ -285,12 +285,17 @@ def test_auth_failures(engine, alice):
     anon.close()
 
 
-def test_rate_limit_429(engine):
+def test_rate_limit_429(engine, alice):
     slow = engine.client("k-slow")              # 2/s, burst 3
     codes = [slow.get("/orders").status_code for _ in range(6)]
     assert codes[:3] == [200, 200, 200] and 429 in codes[3:], codes
     r = slow.get("/orders")
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert "message" in r.json()
+    assert alice.get("/orders").status_code == 200          # per key: others are not limited
+    r = slow.post("/orders", {"product_id": "BTC-USD", "side": "buy", "size": "0.01",
+                              "price": "100"})
+    assert r.status_code == 429                             # writes too, before reaching the ring
     time.sleep(1.1)
     assert slow.get("/orders").status_code == 200
     slow.close()

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -79,13 +80,24 @@ class Browser(object):
 
     def close(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)   # renderers and helpers too
+            except OSError:
+                self.proc.terminate()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except OSError:
+                    self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.profile, ignore_errors=True)
+
+
+_CHART_PIXELS = ("(() => { const c = document.querySelector('#chart');"
+                 " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                 " let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()")
 
 
 def test_page_shows_book_and_an_order_placed_from_it(engine, alice, bob):
@@ -126,9 +138,15 @@ def test_page_shows_book_and_an_order_placed_from_it(engine, alice, bob):
                                    ".some(r => r.textContent.includes('33333'))")
             await browser.wait_for(
                 "document.querySelector('#asks tr[data-price=\"33333\"]').dataset.size === '0.20'")
+            # a second trade at another price: the price chart draws a line
+            assert await browser.evaluate(_CHART_PIXELS) == 0
+            assert alice.order("BTC-USD", "sell", "0.01", "32222").status_code == 200
+            await browser.wait_for("Array.from(document.querySelectorAll('#trades tr'))"
+                                   ".some(r => r.textContent.includes('32222'))")
+            await browser.wait_for(_CHART_PIXELS + " > 50")
             await browser.ws.close()
         asyncio.run(main())
     finally:
         browser.close()
     book = bob.get("/products/BTC-USD/book?level=2").json()
-    assert ["32222", "0.07"] in book["bids"] and ["33333", "0.20"] in book["asks"]
+    assert ["32222", "0.06"] in book["bids"] and ["33333", "0.20"] in book["asks"]

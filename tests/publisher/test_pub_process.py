@@ -1,4 +1,6 @@
-"""The publisher process: clean SIGTERM, and rebuild after a restart (with ringmatch run)."""
+"""The publisher process: clean SIGTERM of a bare ``publisher.process`` (loop mode: the
+only place the harness starts the publisher without ``ringmatch run``, to see its own
+exit code), rebuild after a restart under ``ringmatch run``, and the ring feed."""
 import json
 import os
 import signal
@@ -170,3 +172,56 @@ def test_publisher_restart_rebuilds_from_snapshot_and_journal(tmp_path):
             c.close()
         engine.stop()
     assert engine.segments() == []
+
+
+@pytest.mark.timeout(60)
+def test_ring_feed_during_rebuild_drops_derived_events_and_holds_later_ones():
+    """Process rule 2: before go_live the feed commits and drops events with
+    seq <= skip_upto (the rebuild derives them) and holds later ones, which are
+    handed to the loop in order once live."""
+    import asyncio
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    from engine.config import DEFAULT_CONFIG
+    from engine.matcher_process import RingEventWriter
+    from publisher.process import RingFeed
+    from pub_session import session
+    from ringbuf import Ring
+    from ringbuf.records import EVENT_SIZE
+
+    name = "rm-%d-feedtest" % os.getpid()
+    ring = Ring.create(name, capacity=1 << 14, record_size=128, consumers={"publisher": []},
+                       single_producer=True)
+    feed = None
+    try:
+        writer = RingEventWriter(ring.producer(producer_id=0), EVENT_SIZE, 1024)
+        sink = BytesSink()
+        matcher = Matcher(DEFAULT_CONFIG, sink)
+        for seq, cmd in enumerate(session(600, seed=3), 1):
+            matcher.process(seq, cmd)
+        writer.flush(sink.take())
+        total = ring.cursor
+        got = []
+        feed = RingFeed(ring.consumer("publisher"), None, got.extend, max_batch=256,
+                        max_inflight=4, skip_upto=400)
+        feed.start()
+        deadline = time.monotonic() + 10
+        while (feed.dropped == 0 or not feed.held) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert feed.dropped > 0 and feed.held and got == []
+        assert all(e.seq > 400 for batch in feed.held for e in batch)
+        assert len(feed.held) <= 4                      # bounded: the ring gates the rest
+
+        async def live():
+            feed.go_live(asyncio.get_running_loop())
+            while sum(1 for _ in got) + feed.dropped < total:
+                await asyncio.sleep(0.01)
+        asyncio.run(asyncio.wait_for(live(), 10))
+        seqs = [(e.seq, e.event_index) for e in got]
+        assert seqs == sorted(seqs) and seqs[0][0] == 401 and seqs[-1][0] == 600
+        assert feed.dropped + len(got) == total
+    finally:
+        if feed is not None:
+            feed.stop()
+        ring.close()
+        ring.unlink()
