@@ -9,7 +9,9 @@ Theory of operation:
    ring when ``s > matcher's sequence`` (copied and re-checked when ``s`` is
    below our own gate, as the matcher may pass it meanwhile) and from the
    journal otherwise (``s <= matcher <= journaler``: durably journaled).  This
-   is the catch-up of a standby that fell behind the ring.
+   is the catch-up of a standby that fell behind the ring.  ``wait_for`` of a
+   sequence at or below our own polled position answers at once (it is
+   published; the ring's barrier cannot tell for a lapped slot).
 2. ``commit`` polls the consumer up to the committed sequence first (the ring
    only lets a consumer commit what it polled) and then commits: the gate.
 3. State hashes: the matcher answers SNAPSHOT and STATE_HASH commands with an
@@ -111,7 +113,14 @@ class RingSource(object):
         return self.ring.cursor
 
     def wait_for(self, seq, timeout):
-        return self.consumer.wait_for(seq, timeout)
+        consumer = self.consumer
+        polled = consumer.polled
+        if seq <= polled:
+            # rule 1: a catch-up below our own position.  Never ask the barrier about it:
+            # a multi-producer slot's marker holds only its latest round, so a sequence the
+            # ring has lapped would never look published.  Everything <= polled is.
+            return max(polled, consumer.available())
+        return consumer.wait_for(seq, timeout)
 
     def committed(self):
         return self.consumer.sequence

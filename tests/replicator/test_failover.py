@@ -324,3 +324,57 @@ def test_kill_primary_promote_standby_nothing_acknowledged_is_lost(tmp_path, see
 @pytest.mark.parametrize("seed", list(range(10, 20)))
 def test_kill_primary_promote_standby_more_trials(tmp_path, seed):
     run_trial(tmp_path, seed, [])
+
+
+@requires_engine
+def test_standby_started_late_catches_up_from_the_primary_journal(tmp_path):
+    """Async primary, no standby for a while: the ring (1024 slots) is reused many times
+    over, so the standby that then connects is served from the primary's journal; it ends
+    with the same journal bytes and its hot matcher agrees on the in-band state hashes."""
+    from journaler import recovery
+    from journaler.reader import JournalReader
+
+    tmp = tmp_path
+    tag = "%dj" % (os.getpid() % 100000)
+    pshard, sshard = "rpa%s" % tag, "rsb%s" % tag
+    port = free_port()
+    write_configs(tmp, pshard, sshard, port, mode="async", input_capacity=1 << 10)
+    procs = {}
+    logs = {n: open(str(tmp / ("%s.log" % n)), "w") for n in ("primary", "standby", "load")}
+    status = tmp / "primary" / "run" / ("%s.replication.json" % pshard)
+    try:
+        procs["primary"] = start_primary(tmp, logs["primary"])
+        assert wait_until(lambda: not read_json(status)["connected"], 40), \
+            open(str(tmp / "primary.log")).read()[-3000:]
+        ack = str(tmp / "ack.txt")
+        procs["load"] = subprocess.Popen(
+            [PY, os.path.join(HERE, "load_producer.py"), pshard, ack, "100", "7"], cwd=ROOT,
+            stdout=logs["load"], stderr=subprocess.STDOUT, start_new_session=True)
+        # acknowledged without a standby (async), far more than the ring holds
+        assert wait_until(lambda: os.path.getsize(ack) > 0 and max(
+            int(x) for x in open(ack).read().split()) > 8 * 1024, 30)
+        kill_group(procs.pop("load"))
+        p_durable = recovery.durable_sequence(str(tmp / "primary"), pshard)
+        assert p_durable > 8 * 1024
+
+        procs["standby"] = start_standby(tmp, sshard, pshard, port, logs["standby"])
+        assert wait_until(lambda: recovery.durable_sequence(str(tmp / "standby"), sshard)
+                          >= p_durable, 40), open(str(tmp / "standby.log")).read()[-3000:]
+        # served from the journal (the status file is rewritten twice a second)
+        assert wait_until(lambda: read_json(status)["journal_reads"] >= 1, 5), read_json(status)
+        assert wait_until(lambda: receiver_status(tmp, sshard)["hash_matched"] >= 2, 15), \
+            receiver_status(tmp, sshard)
+        rstat = receiver_status(tmp, sshard)
+        assert rstat["hash_divergences"] == 0 and rstat["crc_errors"] == 0
+        p_seqs, p_recs = JournalReader(str(tmp / "primary"), pshard).array()
+        s_seqs, s_recs = JournalReader(str(tmp / "standby"), sshard).array()
+        common = min(len(p_seqs), len(s_seqs))
+        assert common >= p_durable
+        assert np.all(np.diff(s_seqs) == 1) and s_seqs[0] == 1
+        assert p_recs[:common].tobytes() == s_recs[:common].tobytes()
+    finally:
+        for key in list(procs):
+            kill_group(procs.pop(key), signal.SIGTERM)
+        for f in logs.values():
+            f.close()
+        unlink_rings(pshard, sshard)

@@ -67,3 +67,32 @@ def test_ring_to_ring_sync_replication(tmp_path):
         for ring in (p_in, s_in):
             ring.close()
             ring.unlink()
+
+
+def test_wait_for_a_lapped_sequence_answers_at_once(tmp_path):
+    """Catch-up below the replicator's own position (ring_io rule 1): a multi-producer
+    slot's marker holds only its latest round, so the barrier alone would never report a
+    lapped sequence as published and the sender would hang before reading the journal."""
+    from ringbuf import Ring
+    name = "rm-rlap%d-in" % os.getpid()
+    ring = Ring.create(name, 64, consumers={
+        "journaler": [], "replicator": [], "matcher": ["journaler", "replicator"]})
+    try:
+        source = RingSource(ring, str(tmp_path), "sh")
+        producer = ring.producer(producer_id=5)
+        consumers = [ring.consumer(n) for n in ("journaler", "matcher")]
+        for i in range(1, 301):                     # ~5 laps, every consumer keeping up
+            producer.write(struct.pack("<q", i) + bytes(56))
+            source.commit(i)
+            for c in consumers:
+                c.poll(1, timeout=0)
+                c.commit(i)
+        t0 = time.monotonic()
+        assert source.wait_for(1, 2.0) == 300
+        assert source.wait_for(250, 2.0) == 300
+        assert time.monotonic() - t0 < 1.0
+        assert source.wait_for(301, 0.05) < 301     # the future still waits (and times out)
+        producer.close()
+    finally:
+        ring.close()
+        ring.unlink()
