@@ -222,6 +222,20 @@ def _session_book_matches(tmp_path, n, seed):
                 sorted(([k, v] for k, v in b.bids.items()), reverse=True)
         assert any(b.bids for b in builders.values()) and any(b.asks for b in builders.values())
         api.close()
+        if engine.mode == "run":
+            # the engine's own matcher is the one the books were checked against: its
+            # shutdown snapshot (after one more command, the SNAPSHOT itself, whose wall
+            # clock time expires the session's GTT orders) has the in-test matcher's state
+            from journaler.recovery import journal_records, restore_latest
+            from ringbuf.records import CommandKind
+            assert engine.shutdown() == 0, engine.log_text()
+            data_dir = engine.raw["data_dir"]
+            live, snap_seq = restore_latest(DEFAULT_CONFIG, data_dir, engine.shard)
+            assert snap_seq == len(cmds) + 1
+            for seq, record in journal_records(data_dir, engine.shard, after=len(cmds)):
+                assert record.kind == int(CommandKind.SNAPSHOT)
+                matcher.process(seq, record)
+            assert live.state_hash() == matcher.state_hash()
     finally:
         engine.stop()
 
