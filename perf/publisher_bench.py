@@ -1,27 +1,31 @@
-"""Publisher benchmarks: WebSocket fan-out and REST order round trip.
+"""Publisher benchmarks: WebSocket fan-out and REST order round trip, against the real engine.
 
-Topology (one shard on loopback; every box is its own process)::
+Topology (``ringmatch run``: supervisor, journaler, matcher, publisher, each its own
+process; plus the load generator and the subscriber process)::
 
-    load generator --(input ring)--> matcher loop --(output ring)--> publisher
-        (open loop, R cmds/s,                                          |  WS fan-out
-         stamps timestamp_ns)                                           v
+    load generator --(input ring)--> journaler (fsync policy) --gates--> matcher
+        (open loop, R cmds/s,                                  |  (output ring)
+         stamps timestamp_ns)                                  v
+                                                            publisher --WS fan-out-->
                                                        subscriber process: N WebSockets
                                                        on BTC-USD level2 + trades
 
 * ``fanout_N``: messages/s received over all N subscribers and the latency from
   the command's timestamp (stamped by the load generator just before it writes
   the ring) to the subscriber's receipt, for messages carrying ``ts_ns``
-  (l2update, trades).  That latency includes the ring, the matcher and the
-  publisher, so it is an upper bound of "matcher event -> client".
+  (l2update, trades).  That latency includes the ring, the journal write, the
+  matcher and the publisher, so it is an upper bound of "matcher event -> client".
 * ``rest_round_trip``: a signed ``POST /orders`` answered after its outcome
   event (sequential, keep-alive), against the alternative a colocated user
   would pick: ``engine.client.EngineClient`` (ring producer + output-ring reader).
 
 Each measurement: a warm-up, then ``--passes`` passes; median/min/max are
 reported.  The result is checked (every subscriber saw messages, every order
-was accepted) so a fast but wrong run fails.
+was accepted) so a fast but wrong run fails.  The engine is stopped with SIGINT
+(its clean shutdown) and anything left is killed, segments unlinked.
 
     python -m perf.publisher_bench [--subscribers 10,100,1000] [--rate 2000]
+        [--fsync batch|interval|off] [--matcher-interpreter auto|pypy|cpython]
 """
 import argparse
 import asyncio
@@ -29,6 +33,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -40,31 +45,6 @@ KEY = {"key": "bench", "secret": "bench-secret", "account_id": 11}
 
 
 # ---------------------------------------------------------------- child roles
-def matcher_loop(ring_in_name, ring_out_name):
-    from engine.config import DEFAULT_CONFIG
-    from engine.events import BytesSink
-    from engine.matcher import Matcher
-    from engine.matcher_process import RingEventWriter
-    from ringbuf import Ring
-    from ringbuf.records import EVENT_SIZE
-    stop = []
-    signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
-    ring_in, ring_out = Ring.attach(ring_in_name), Ring.attach(ring_out_name)
-    consumer = ring_in.consumer("matcher")
-    sink = BytesSink()
-    writer = RingEventWriter(ring_out.producer(producer_id=0), EVENT_SIZE, ring_out.capacity // 4)
-    matcher = Matcher(DEFAULT_CONFIG, sink)
-    while not stop:
-        batch = consumer.poll(1024, timeout=0.1)
-        if batch is None:
-            continue
-        for seq, record in batch.records():
-            matcher.process(seq, record)
-        writer.flush(sink.take())
-        consumer.commit(batch.last_seq)
-    return 0
-
-
 def load(ring_in_name, rate, seconds, seed):
     """Open-loop limit orders on BTC-USD around a drifting mid (books change, trades happen)."""
     from engine.commands import Command
@@ -158,16 +138,13 @@ def subscribers(url, n, seconds, passes):
 
 # ---------------------------------------------------------------- controller
 class Shard(object):
-    def __init__(self, tmp, conflate_ms=5.0):
-        from ringbuf import Ring
+    """One engine started as a user does: ``ringmatch run --config FILE``."""
+
+    def __init__(self, tmp, conflate_ms=5.0, fsync="batch", matcher_interpreter="auto"):
+        import socket
         self.name = "pb%d%s" % (os.getpid(), os.urandom(2).hex())
         self.tmp = tmp
         self.procs = []
-        self.rings = [Ring.create("rm-%s-in" % self.name, capacity=1 << 16, record_size=64,
-                                  consumers={"matcher": []}),
-                      Ring.create("rm-%s-out" % self.name, capacity=1 << 18, record_size=128,
-                                  consumers={"publisher": []}, single_producer=True)]
-        import socket
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]
@@ -177,26 +154,35 @@ class Shard(object):
                            "input_capacity": 1 << 16, "output_capacity": 1 << 18}],
                "publisher": {"host": "127.0.0.1", "port": self.port, "api_keys": [KEY],
                              "rate_limit": {"per_second": 1e9, "burst": 1e9},
-                             "ws_queue": 10000, "ws_conflate_ms": conflate_ms}}
+                             "ws_queue": 10000, "ws_conflate_ms": conflate_ms},
+               "journal": {"fsync": fsync},
+               "matcher": {"interpreter": matcher_interpreter},
+               "snapshot": {"every_commands": 0, "every_seconds": 0, "keep": 2}}
         self.config = os.path.join(tmp, "runtime.json")
         with open(self.config, "w") as f:
             json.dump(cfg, f)
         self.url = "http://127.0.0.1:%d" % self.port
-        self.spawn([sys.executable, "-m", "perf.publisher_bench", "matcher-loop",
-                    "rm-%s-in" % self.name, "rm-%s-out" % self.name])
-        self.spawn([sys.executable, "-m", "publisher.process", "--config", self.config,
-                    "--shard", self.name])
+        self.log_path = os.path.join(tmp, "engine.log")
+        self.log = open(self.log_path, "w")
+        ringmatch = os.path.join(os.path.dirname(sys.executable), "ringmatch")
+        self.engine = self.spawn([ringmatch, "run", "--config", self.config],
+                                 stdout=self.log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
         import httpx
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(self.url + "/time", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/time", timeout=1).status_code == 200 and \
+                        "event=ready" in open(self.log_path).read():
                     break
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("publisher did not start")
+            if time.monotonic() > deadline or self.engine.poll() is not None:
+                self.close()
+                raise RuntimeError("engine did not start: %s" % open(self.log_path).read()[-3000:])
             time.sleep(0.1)
+        m = re.search(r"event=matcher_interpreter name=(\S+)", open(self.log_path).read())
+        self.matcher_interpreter = m.group(1) if m else "?"
 
     def spawn(self, argv, **kw):
         p = subprocess.Popen(argv, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), **kw)
@@ -204,18 +190,43 @@ class Shard(object):
         return p
 
     def close(self):
+        if self.engine.poll() is None:
+            self.engine.send_signal(signal.SIGINT)          # clean stop: drain, snapshot
+            try:
+                self.engine.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
         for p in self.procs:
             if p.poll() is None:
-                p.terminate()
+                try:
+                    os.killpg(p.pid, signal.SIGKILL) if p is self.engine else p.terminate()
+                except OSError:
+                    pass
         for p in self.procs:
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for r in self.rings:
-            r.close()
-            r.unlink()
+        for pid in re.findall(r"child_pid=(\d+)", open(self.log_path).read()):
+            try:
+                os.kill(int(pid), signal.SIGKILL)             # only if a child outlived it
+            except OSError:
+                pass
+        import posix_ipc
+        for suffix in ("in", "out"):
+            try:
+                posix_ipc.unlink_shared_memory("/rm-%s-%s" % (self.name, suffix))
+            except posix_ipc.ExistentialError:
+                pass
+        self.log.close()
+
+
+def _loadavg():
+    try:
+        return "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        return "?"
 
 
 def _stats(values):
@@ -307,13 +318,7 @@ def bench_colocated(shard, orders, passes):
     from ringbuf import Ring
     ring_in = Ring.attach("rm-%s-in" % shard.name)
     ring_out = Ring.attach("rm-%s-out" % shard.name)
-    class _Client(EngineClient):
-        # engine/client.py _write_and_publish calls producer.write(seq, data), which does
-        # not match ringbuf's Producer.write(data); reported to the lead
-        def _send(self, data):
-            with self._lock:
-                return self.producer.write(data)
-    c = _Client(ring_in, ring_out, DEFAULT_CONFIG, producer_id=23, account=11)
+    c = EngineClient(ring_in, ring_out, DEFAULT_CONFIG, producer_id=23, account=11)
     rng = random.Random(6)
     out = []
     try:
@@ -340,8 +345,6 @@ def bench_colocated(shard, orders, passes):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "matcher-loop":
-        return matcher_loop(argv[1], argv[2])
     if argv and argv[0] == "load":
         return load(argv[1], float(argv[2]), float(argv[3]), int(argv[4]))
     if argv and argv[0] == "subscribers":
@@ -353,17 +356,24 @@ def main(argv=None):
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--rest-orders", type=int, default=300)
     ap.add_argument("--conflate-ms", default="0,5", help="ws_conflate_ms settings to compare")
+    ap.add_argument("--fsync", default="batch", choices=("batch", "interval", "off"),
+                    help="journal.fsync of the engine (default: the shipped default)")
+    ap.add_argument("--matcher-interpreter", default="auto")
     ap.add_argument("--out", default=os.path.join(ROOT, "perf", "results", "publisher_bench.txt"))
     args = ap.parse_args(argv)
     lines = ["# perf/publisher_bench.py  %s" % time.strftime("%Y-%m-%d %H:%M:%S"),
-             "# interpreter: %s %s (publisher, matcher loop, clients); host: %s, %d CPUs"
-             % (platform.python_implementation(), platform.python_version(), platform.node(),
-                os.cpu_count()),
+             "# engine: ringmatch run (supervisor, journaler fsync=%s, matcher on %%s, publisher on "
+             "%s %s); clients on the same interpreter; host: %s, %d CPUs; load average at start %s"
+             % (args.fsync, platform.python_implementation(), platform.python_version(),
+                platform.node(), os.cpu_count(), _loadavg()),
              "# settings: rate=%g cmds/s on BTC-USD, %gs per pass, %d passes after a warm-up; "
              "subscribers on level2+trades; ws_queue=10000; one subscriber process (asyncio)"
              % (args.rate, args.seconds, args.passes), ""]
+    engine_kw = {"fsync": args.fsync, "matcher_interpreter": args.matcher_interpreter}
+    interpreters = set()
     with tempfile.TemporaryDirectory() as tmp:
-        shard = Shard(tmp)
+        shard = Shard(tmp, **engine_kw)
+        interpreters.add(shard.matcher_interpreter)
         try:
             fund(shard)
             lines.append("rest_round_trip (sequential POST /orders, %d per pass; us)" % args.rest_orders)
@@ -388,7 +398,8 @@ def main(argv=None):
                  "(the plain alternative), 5 = default leading-edge throttle")
     for conflate in [float(x) for x in args.conflate_ms.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            shard = Shard(tmp, conflate_ms=conflate)
+            shard = Shard(tmp, conflate_ms=conflate, **engine_kw)
+            interpreters.add(shard.matcher_interpreter)
             try:
                 fund(shard)
                 for n in [int(x) for x in args.subscribers.split(",")]:
@@ -405,6 +416,8 @@ def main(argv=None):
                     print(lines[-1], flush=True)
             finally:
                 shard.close()
+    lines[1] = lines[1] % "/".join(sorted(interpreters))
+    lines.append("# load average at end %s" % _loadavg())
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
