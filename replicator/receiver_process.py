@@ -7,7 +7,8 @@ publisher.  It is the only producer on the standby's ``rm-S-in`` and listens on
 Signals: SIGUSR1 = promote (end the session, persist epoch + 1 as primary, keep
 listening only to fence an old primary); SIGTERM/SIGINT = stop.
 Exit codes: 0 stopped; 2 configuration error; 3 the standby ring does not
-continue the primary's sequence (RingSinkError: re-seed the standby).
+continue the primary's sequence (RingSinkError), or holds records reaped
+from a receiver that died mid-write (ring_io rule 5): re-seed the standby.
 
 A status file ``<data>/run/<S>.receiver.json`` is rewritten twice a second and
 at exit (next_seq, durable, epoch, promoted, the ReceiverStats counters, and
@@ -68,6 +69,16 @@ def main(argv=None):
     ring_in = Ring.attach(shard.input_ring)
     ring_out = Ring.attach(shard.output_ring)
     sink = RingSink(ring_in, ring_out)
+    reaped = sink.reaped_tail(runtime.data_dir, shard.name)          # ring_io rule 5
+    if reaped:
+        log.error("standby_ring_reaped", first=reaped[0], last=reaped[-1], count=len(reaped),
+                  detail="a receiver died between claim and publish and the ring reaper "
+                         "filled the primary's sequences with NOPs: this standby is not a "
+                         "copy; re-seed it (fresh data dir)")
+        sink.producer.close()
+        ring_in.close()
+        ring_out.close()
+        return 3
     failed = []
 
     def write(first_seq, payload, _write=sink.write):

@@ -27,6 +27,14 @@ Theory of operation:
    claimed sequence must be exactly the one the primary sent (else the ring
    does not continue the journal and writing would corrupt it: RingSinkError).
    The durable sequence is the standby journaler's gating sequence.
+5. A receiver killed between claim and publish leaves claimed slots that the
+   ring's reaper fills with NOP records naming our producer id (docs/ring.md)
+   -- at the primary's sequences, where the primary had real commands.  A
+   standby holding such a record is no longer a copy: ``reaped_tail`` finds
+   them (the last ``capacity`` records of the ring and of the journal; a
+   write is at most ``capacity // 4`` records, and nothing is written after
+   a reap because the receiver refuses to start) and the receiver process
+   refuses to resume or acknowledge (exit 3: re-seed the standby).
 """
 import time
 
@@ -221,6 +229,35 @@ class RingSink(object):
 
     def durable_sequence(self):
         return self.ring.consumer_sequence("journaler")
+
+    def reaped_tail(self, data_dir=None, shard=None):
+        """Sequences of the ring's and the journal's tail reaped from a dead receiver (rule 5).
+
+        O(capacity) with numpy.  Returns a sorted list (empty when all is well).
+        """
+        import numpy as np
+        from ringbuf import records
+        nop, pid = int(records.CommandKind.NOP), self.producer.producer_id
+        found = set()
+        cursor = self.ring.cursor
+        capacity = self.ring.capacity
+        first = max(1, cursor - capacity + 1)
+        if cursor >= first:
+            seqs = np.arange(first, cursor + 1, dtype=np.int64)
+            slots = np.frombuffer(self.ring._data_ro, dtype=records.COMMAND_DTYPE)
+            arr = slots[seqs & (capacity - 1)]
+            hit = (arr["kind"] == nop) & (arr["producer_id"] == pid)
+            found.update(seqs[hit].tolist())
+        if data_dir is not None:
+            from journaler.recovery import durable_sequence
+            from journaler.reader import JournalReader
+            end = durable_sequence(data_dir, shard)
+            if end > 0:
+                reader = JournalReader(data_dir, shard, check_crc=False)
+                seqs, arr = reader.array(after=max(0, end - capacity))
+                hit = (arr["kind"] == nop) & (arr["producer_id"] == pid)
+                found.update(seqs[hit].tolist())
+        return sorted(found)
 
     def state_hashes(self):
         return self.hashes.poll() if self.hashes is not None else []

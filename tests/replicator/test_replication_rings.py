@@ -96,3 +96,84 @@ def test_wait_for_a_lapped_sequence_answers_at_once(tmp_path):
     finally:
         ring.close()
         ring.unlink()
+
+
+_DIE_MID_WRITE = r"""
+import os, signal, struct, sys
+from ringbuf import Ring
+from replicator.ring_io import RingSink
+ring = Ring.attach(sys.argv[1])
+sink = RingSink(ring)
+sink.write(1, b"".join(struct.pack("<q", i) + bytes([1]) + bytes(55) for i in (1, 2, 3)))
+sink.producer.claim_batch(5)                # claimed, never published
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_receiver_killed_mid_write_leaves_a_reaped_tail_that_is_detected(tmp_path):
+    """ring_io rule 5: the reaper's NOPs at the primary's sequences are found, in the ring
+    and in the journal, so the restarted receiver refuses instead of acknowledging them."""
+    import subprocess
+    import sys
+    from ringbuf import Ring
+    from journaler.writer import JournalWriter
+    name = "rm-rreap%d-in" % os.getpid()
+    ring = Ring.create(name, 64, consumers={"journaler": [], "matcher": ["journaler"]})
+    try:
+        child = subprocess.run([sys.executable, "-c", _DIE_MID_WRITE, name], timeout=60,
+                               cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                                   os.path.abspath(__file__)))))
+        assert child.returncode == -9
+        journaler = ring.consumer("journaler")
+        got = []
+        deadline = time.monotonic() + 10
+        while sum(len(g) for g in got) < 8 * 64 and time.monotonic() < deadline:  # reaper: ~1 s
+            batch = journaler.poll(64, timeout=2.0)   # >= the claim timeout (1 s)
+            if batch is not None:
+                got.append(batch.tobytes())
+                journaler.commit(batch.last_seq)
+        data = b"".join(got)
+        assert len(data) == 8 * 64
+        sink = RingSink(ring)
+        assert sink.reaped_tail() == [4, 5, 6, 7, 8]
+        writer = JournalWriter(str(tmp_path), "sh")
+        writer.append(1, data)
+        writer.sync()
+        writer.close()
+        sink.producer.close()
+        # a fresh ring (the whole standby restarted): the journal still tells
+        ring2 = Ring.create(name + "2", 64, consumers={"journaler": [], "matcher": ["journaler"]},
+                            initial_sequence=8)
+        try:
+            sink2 = RingSink(ring2)
+            assert sink2.reaped_tail() == []
+            assert sink2.reaped_tail(str(tmp_path), "sh") == [4, 5, 6, 7, 8]
+            sink2.producer.close()
+        finally:
+            ring2.close()
+            ring2.unlink()
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+def test_a_clean_standby_ring_has_no_reaped_tail(tmp_path):
+    from ringbuf import Ring
+    name = "rm-rclean%d-in" % os.getpid()
+    ring = Ring.create(name, 64, consumers={"journaler": [], "matcher": ["journaler"]})
+    try:
+        sink = RingSink(ring)
+        assert sink.reaped_tail(str(tmp_path), "sh") == []
+        c = ring.consumer("journaler")
+        m = ring.consumer("matcher")
+        for i in range(1, 201):       # laps, including the primary's own NOPs (other ids)
+            rec = struct.pack("<q", 0) + bytes(56) if i % 7 else bytes(64)
+            sink.write(i, rec)
+            for x in (c, m):
+                x.poll(1, timeout=0)
+                x.commit(i)
+        assert sink.reaped_tail() == []
+        sink.producer.close()
+    finally:
+        ring.close()
+        ring.unlink()
