@@ -1,6 +1,9 @@
 """Output events and the sinks that receive them.
 
-The matcher calls exactly two sink methods (role :class:`EventSink`):
+A sink plays the role :class:`EventSink`; the matcher reaches it through an
+:class:`EventWriter` (``writer_for(sink)``): the sink's own if it offers
+``event_writer()`` (:class:`BytesSink` does: one ``struct.pack_into`` per record straight
+into its buffer), else a :class:`SinkWriter` that makes exactly these two calls:
 
 * ``emit_event(kind, side, order_type, tif, flags, command_kind, symbol_id, reason,
   producer_id, account_id, seq, order_id, price, qty, remaining, filled, fee, amount,
