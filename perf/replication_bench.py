@@ -14,6 +14,16 @@ Topology (one process, real TCP on 127.0.0.1)::
 Results: median/min/max over passes after a warm-up; each pass checks that the
 standby's file holds exactly the published records (a fast wrong run fails).
 Usage: python perf/replication_bench.py [--records 200000] [--passes 5] [--fsync/--no-fsync]
+
+``--e2e``: the whole engine as a user runs it (``ringmatch run``, and for the
+replicated cases ``ringmatch standby`` with its own journal and hot matcher on
+the same host), open-loop producers at fixed rates, outcome latency from the
+scheduled send time (perf/e2e_bench.py's producers, gated "bench" consumer and
+HdrHistogram percentiles, reused unchanged).  Compared in the same run: no
+standby (what a user without fail-over runs) vs async vs sync replication.
+After each configuration the standby's journal is checked to hold the
+primary's records byte for byte.  Writes perf/results/replication_e2e.txt.
+Usage: python perf/replication_bench.py --e2e [--rates 5000,20000] [--seconds 3] [--passes 3]
 """
 import argparse
 import os
@@ -76,7 +86,174 @@ def one_pass(mode, n, fsync, latency_samples):
         return elapsed, sorted(lat)
 
 
+# ------------------------------------------------------------------ end to end
+def _e2e_engine(workdir, mode, interpreter, port):
+    """perf.e2e_bench.Engine, plus (mode sync/async) a standby started first."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    from perf.e2e_bench import Engine
+
+    def free_port():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    engine = Engine(workdir, interpreter, "batch", port)
+    engine.standby = None
+    if mode == "none":
+        return engine
+    with open(engine.config) as f:
+        raw = json.load(f)
+    listen = free_port()
+    sshard = "e2s%d" % os.getpid()
+    sraw = dict(raw, data_dir=os.path.join(workdir, "standby"),
+                shards=[dict(raw["shards"][0], name=sshard, output_consumers=[])],
+                publisher={"host": "127.0.0.1", "port": free_port()})
+    raw["standby"] = {"host": "127.0.0.1", "port": listen}
+    raw["replication"] = {"mode": mode, "on_unreachable": "stall", "state_hash_every_s": 1.0}
+    with open(engine.config, "w") as f:
+        json.dump(raw, f)
+    sconfig = os.path.join(workdir, "standby.json")
+    with open(sconfig, "w") as f:
+        json.dump(sraw, f)
+    exe = os.path.join(os.path.dirname(sys.executable), "ringmatch")
+    log = open(os.path.join(workdir, "standby.log"), "w")
+    engine.standby = subprocess.Popen(
+        [exe, "standby", "--config", sconfig, "--listen", "127.0.0.1:%d" % listen,
+         "--primary-shard", engine.shard], cwd=os.path.dirname(os.path.dirname(
+             os.path.abspath(__file__))), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    engine.standby_shard = sshard
+    engine.standby_dir = sraw["data_dir"]
+    engine.standby_log = log
+
+    def stop_standby():
+        proc = engine.standby
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+    engine.stop_standby = stop_standby
+    status = os.path.join(engine.data_dir, "run", "%s.replication.json" % engine.shard)
+    engine.replication_status = status
+    return engine
+
+
+def _wait_connected(engine, timeout=60):
+    import json
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(engine.replication_status) as f:
+                if json.load(f)["connected"]:
+                    return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the primary's replicator did not connect to the standby")
+
+
+def _check_journals(engine):
+    """The standby's journal holds the primary's records (common prefix), byte for byte."""
+    from journaler.reader import JournalReader
+    p_seqs, p_recs = JournalReader(engine.data_dir, engine.shard).array()
+    s_seqs, s_recs = JournalReader(engine.standby_dir, engine.standby_shard).array()
+    n = min(len(p_seqs), len(s_seqs))
+    assert n >= len(p_seqs) - 2, (len(p_seqs), len(s_seqs))
+    assert p_recs[:n].tobytes() == s_recs[:n].tobytes(), "standby journal differs"
+    return n
+
+
+def e2e_main(args):
+    import tempfile
+    from perf.e2e_bench import OutcomeTimer, _fund, run_step
+    from perf.harness import environment
+    rates = [float(r) for r in args.rates.split(",")]
+    results = {}
+    interp = "?"
+    for mode in args.modes.split(","):
+        with tempfile.TemporaryDirectory(prefix="rm-repl-e2e-") as workdir:
+            engine = _e2e_engine(workdir, mode, args.interpreter, args.port)
+            timer = None
+            try:
+                if engine.standby is not None:
+                    time.sleep(1.0)
+                engine.start()
+                if engine.standby is not None:
+                    _wait_connected(engine)
+                _fund(engine)
+                timer = OutcomeTimer(engine.shard)
+                timer.start()
+                run_step(engine, timer, rates[0], 1.0, args.producers)      # warm-up
+                for rate in rates:
+                    for _ in range(args.passes):
+                        step = run_step(engine, timer, rate, args.seconds, args.producers)
+                        results.setdefault((mode, rate), []).append(step)
+                        lat = step["latency_ns"]
+                        print("%-5s rate %7d/s: received %8.0f/s p50 %7.2f ms p99 %8.2f ms "
+                              "cpu %s" % (mode, rate, step["received_rate"], lat["p50"] / 1e6,
+                                          lat["p99"] / 1e6, step["cpu_seconds"]), flush=True)
+                interp = engine.matcher_interpreter()
+            finally:
+                if timer is not None:
+                    timer.close()
+                engine.stop()
+                if engine.standby is not None:
+                    engine.stop_standby()
+            if engine.standby is not None:
+                checked = _check_journals(engine)
+                print("%s: standby journal == primary journal over %d records" % (mode, checked))
+    env = environment()
+    lines = ["replication end to end: ringmatch run (+ ringmatch standby on the same host)",
+             "bench: %s; matcher: %s (primary and standby); journal fsync=batch on both; "
+             "%d producers, open loop, %.0f s per pass, %d passes (+1 s warm-up) per rate"
+             % (env["interpreter"], interp, args.producers, args.seconds, args.passes),
+             "host: %s, %s CPUs (shared with other work), load at end %s" % (
+                 env["host"], env["cpus"], env["loadavg_at_end"]),
+             "latency = outcome receipt - scheduled send time (no coordinated omission)",
+             "command: python perf/replication_bench.py --e2e --rates %s --seconds %s "
+             "--passes %d" % (args.rates, args.seconds, args.passes), ""]
+    med = statistics.median
+    for rate in rates:
+        for mode in args.modes.split(","):
+            steps = results.get((mode, rate), [])
+            if not steps:
+                continue
+            p50 = [st["latency_ns"]["p50"] / 1e6 for st in steps]
+            p99 = [st["latency_ns"]["p99"] / 1e6 for st in steps]
+            got = [st["received_rate"] for st in steps]
+            lines.append("rate %6d/s %-5s received/s median=%.0f min=%.0f max=%.0f | "
+                         "p50 ms median=%.2f min=%.2f max=%.2f | p99 ms median=%.2f min=%.2f "
+                         "max=%.2f | passed %d/%d" % (
+                             rate, mode, med(got), min(got), max(got), med(p50), min(p50),
+                             max(p50), med(p99), min(p99), max(p99),
+                             sum(1 for st in steps if st["passed"]), len(steps)))
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "replication_e2e.txt")
+    with open(out, "w") as f:
+        f.write(text)
+
+
 def main():
+    if "--e2e" in sys.argv[1:]:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--e2e", action="store_true")
+        parser.add_argument("--rates", default="5000,20000")
+        parser.add_argument("--seconds", type=float, default=3.0)
+        parser.add_argument("--passes", type=int, default=3)
+        parser.add_argument("--producers", type=int, default=2)
+        parser.add_argument("--modes", default="none,async,sync")
+        parser.add_argument("--interpreter", default="auto")
+        parser.add_argument("--port", type=int, default=18191)
+        return e2e_main(parser.parse_args())
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200000)
     parser.add_argument("--passes", type=int, default=5)
