@@ -7,8 +7,8 @@ a choice of sink, median/min/max over passes after a warm-up, optional cProfile.
 
 Usage::
 
-    python -m perf.profile_matcher [--commands 200000] [--passes 3] [--sink bytes|list|counting|null]
-                                   [--cprofile] [--seed 1]
+    python -m perf.profile_matcher [--commands 200000] [--passes 3] [--seed 1]
+        [--sink bytes|list|counting|null] [--cprofile | --vmprof PATH]
 """
 import argparse
 import os
