@@ -172,6 +172,21 @@ def _listen(host, port, sndbuf):
     return sock
 
 
+def _abort_connection(server, scope):
+    """Abort the TCP connection of the ASGI ``scope`` (ws rule 4: a client stuck behind a
+    full send buffer never lets a close frame through).  uvicorn keeps its protocol
+    instances in ``server_state.connections``; each knows its peer address and transport."""
+    peer = scope.get("client")
+    if not peer:
+        return False
+    peer = tuple(peer)
+    for proto in list(server.server_state.connections):
+        if getattr(proto, "client", None) == peer and getattr(proto, "transport", None):
+            proto.transport.abort()
+            return True
+    return False
+
+
 def _durable(runtime, shard, log):
     """The journal's durable end (0 without a journal): what the rebuild replays to."""
     try:
@@ -236,6 +251,7 @@ def main(argv=None):
                             lifespan="off", access_log=False, ws_ping_interval=20,
                             ws_max_queue=64)
     server = uvicorn.Server(config)
+    service.hub.abort_connection = lambda scope: _abort_connection(server, scope)
     feed_box = [feed]
     listener = _listen(config.host, config.port, int(pub.get("socket_sndbuf", 128 * 1024)))
 

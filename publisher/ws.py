@@ -19,8 +19,11 @@ Theory of operation (numbered rules; the code refers to them):
    appends (never awaits a client).  When the queue is full the client is
    "resyncing": its queue is emptied, nothing more is queued for it, and its
    writer sends a ``resync`` notice and then fresh level2 snapshots built at
-   that moment (so the client never gets stale deltas).  A client still
-   resyncing after ``resync_timeout_s`` is disconnected.
+   that moment (so the client never gets stale deltas).  A client whose writer
+   has not finished sending that notice and those snapshots ``resync_timeout_s``
+   after the overflow is disconnected: a timer checks it (the feed may have
+   gone quiet), the close frame gets one second, then the TCP connection is
+   aborted (a close frame cannot pass a full send buffer).
 5. Conflation (``conflate_ms``, leading-edge throttle): a batch is published at
    once if the previous publication is at least ``conflate_ms`` old; otherwise
    it is merged into one pending set of changes published when that interval
@@ -67,6 +70,7 @@ class WsClient(object):
         self.user_seq = 0
         self.writer = None
         self.resync_started = 0.0
+        self.resync_token = 0          # != 0 while a resync is not completely sent
         self.closing = False
 
     def disconnect(self):
@@ -83,7 +87,15 @@ class WsClient(object):
                 await asyncio.wait_for(ws.close(code=1008, reason="too slow"), 1.0)
             except Exception:
                 pass
+            abort = self.hub.abort_connection      # rule 4: a full send buffer keeps
+            if abort is not None:                  # the close frame out
+                abort(getattr(ws, "scope", None) or {})
         asyncio.ensure_future(_close())
+
+    def _check_stuck(self, token):
+        """Timer of rule 4: disconnect if the resync ``token`` is still not sent."""
+        if self.resync_token == token and not self.closing:
+            self.disconnect()
 
     def push(self, message):
         """Queue a serialized message (hub side; never blocks)."""
@@ -101,7 +113,13 @@ class WsClient(object):
             self.resyncing = True
             self.resync_started = self.hub.clock()
             self.resyncs += 1
+            self.resync_token = self.resyncs
             self.queue.append(_RESYNC)
+            try:
+                asyncio.get_running_loop().call_later(
+                    self.hub.resync_timeout_s, self._check_stuck, self.resync_token)
+            except RuntimeError:       # no loop (unit tests drive push by hand)
+                pass
         else:
             self.queue.append(message)
         self.wakeup.set()
@@ -138,9 +156,12 @@ class WsClient(object):
         snapshots = [hub.snapshot_message(sym) for ch, sym in sorted(self.subs) if ch == "level2"]
         self.resyncing = False
         self.dropped = 0
+        token = self.resync_token
         await self.websocket.send_text(_dumps(notice))
         for snap in snapshots:
             await self.websocket.send_text(snap)
+        if self.resync_token == token:
+            self.resync_token = 0
 
 
 class Hub(object):
@@ -160,6 +181,7 @@ class Hub(object):
         self.clock = time.monotonic if clock is None else clock
         self.conflate_s = conflate_ms / 1000.0
         self.pending = None             # conflated Changes waiting for flush (rule 5)
+        self.abort_connection = None    # hook(scope): abort the TCP connection (rule 4)
         self.last_flush = 0.0
 
     # -------------------------------------------------------------- registry

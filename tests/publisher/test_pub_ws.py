@@ -364,3 +364,37 @@ def test_gap_detected_and_healed_by_resubscribing(engine, alice, bob):
     finally:
         for c in (alice, bob):
             c.delete("/orders")
+
+
+def test_client_stuck_after_resync_is_disconnected(tmp_path):
+    """The slow-consumer rule's last step: a client that still does not read
+    ``ws_resync_timeout_s`` after its resync is disconnected; others carry on."""
+    from engine.commands import Command
+    from pub_rawws import RawWebSocket
+    engine = Engine(tmp_path, publisher_extra={"ws_queue": 8, "ws_resync_timeout_s": 1.0}).start()
+    stuck = RawWebSocket("127.0.0.1", engine.port)
+    try:
+        stuck.send_json({"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2"]})
+        assert stuck.recv_json()["type"] == "subscriptions"
+        acct = 302
+        cmds = [Command.deposit(acct, a, 10 ** 15) for a in (1, 2, 3)]
+        cmds += [Command.limit(acct, 1, 1, 1000 + i, 1) for i in range(20000)]
+        for i in range(0, len(cmds), 500):                # many l2updates of many levels
+            last = _flood(engine.shard, cmds[i:i + 500])
+            time.sleep(0.02)
+        api = engine.client(None)
+        _wait_seq(api, last)
+        api.close()
+        time.sleep(2.0)                                   # > ws_resync_timeout_s, not reading
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionError):              # what was buffered, then the end
+            for _ in range(100000):
+                stuck.recv_json(5)
+        assert time.monotonic() - t0 < 5
+        import websockets.sync.client as wsc
+        with wsc.connect(engine.ws_url) as ws:            # the publisher still serves others
+            ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(ws.recv(5))["type"] == "pong"
+    finally:
+        stuck.close()
+        engine.stop()
