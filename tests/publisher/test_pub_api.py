@@ -226,6 +226,12 @@ def test_cancel_paths(alice, bob):
     oid = alice.order("BTC-USD", "buy", "0.01", "20000", client_oid="42").json()["id"]
     assert bob.delete("/orders/%s" % oid).status_code == 404        # not bob's
     assert bob.get("/orders/%s" % oid).status_code == 404
+    assert bob.patch("/orders/%s" % oid, {"size": "0.02"}).status_code == 404
+    assert bob.delete("/orders/client:42").status_code == 404
+    assert bob.delete("/orders").json()["canceled"] == []
+    assert oid not in [o["id"] for o in bob.get("/orders?status=all").json()]
+    got = alice.get("/orders/%s" % oid).json()
+    assert got["status"] == "open" and got["size"] == "0.01"      # untouched by bob
     r = alice.delete("/orders/%s" % oid)
     assert r.status_code == 200 and r.json()["id"] == oid
     got = alice.get("/orders/%s" % oid).json()
