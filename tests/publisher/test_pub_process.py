@@ -225,3 +225,27 @@ def test_ring_feed_during_rebuild_drops_derived_events_and_holds_later_ones():
             feed.stop()
         ring.close()
         ring.unlink()
+
+
+@pytest.mark.parametrize("segments,snaps,durable,history,expect", [
+    ([1], [], 500, 1000, 0),                     # whole journal: replay it all
+    ([1], [300], 500, 1000, 0),                  # oldest start wins while within the bound
+    ([1], [300], 500, 250, 300),                 # too long from 0: the snapshot
+    ([301, 900], [300, 800], 1000, 10 ** 6, 300),  # pruned: the oldest snapshot with a tail
+    ([801], [300, 800], 1000, 10 ** 6, 800),     # the journal lost the older one's tail
+    ([1], [300, 800], 1000, 100, None),          # every start too long: the newest snapshot
+    ([1], [1200], 1000, 10 ** 6, 0),             # a snapshot past the journal end is ignored
+])
+def test_rebuild_start_point(tmp_path, segments, snaps, durable, history, expect):
+    """Rebuild rule 3: the oldest start whose replay stays within the bound."""
+    from journaler.segment import journal_dir, segment_name
+    from journaler.snapshot import snapshot_dir, snapshot_name
+    from publisher.rebuild import choose_start
+    data = str(tmp_path)
+    os.makedirs(journal_dir(data))
+    os.makedirs(snapshot_dir(data))
+    for first in segments:
+        open(os.path.join(journal_dir(data), segment_name("s0", first)), "wb").close()
+    for seq in snaps:
+        open(os.path.join(snapshot_dir(data), snapshot_name("s0", seq)), "wb").close()
+    assert choose_start(data, "s0", durable, history) == expect
