@@ -247,7 +247,8 @@ def run_trial(tmp, seed, log, check_fencing=False):
         assert p_keys <= set(keys)
 
         # hot standby: the in-band state hashes were compared, none diverged
-        assert wait_until(lambda: receiver_status(tmp, sshard)["hash_matched"] >= 1, 5), \
+        assert wait_until(lambda: receiver_status(tmp, sshard)["hash_matched"] >= 1 and
+                          receiver_status(tmp, sshard)["promoted"], 5), \
             receiver_status(tmp, sshard)
         rstat = receiver_status(tmp, sshard)
         assert rstat["hash_divergences"] == 0 and rstat["promoted"]
@@ -293,7 +294,9 @@ def check_old_primary_is_fenced(tmp, pshard, sshard, logs):
     assert "event=fenced" in text, text[-3000:]
     state = EpochStore(str(tmp / "primary"), pshard).load()
     assert (state.role, state.fenced_by) == ("fenced", 2)
-    assert receiver_status(tmp, sshard)["fenced_peers"] >= 1
+    # (the receiver's status file is rewritten twice a second)
+    assert wait_until(lambda: receiver_status(tmp, sshard)["fenced_peers"] >= 1, 5), \
+        receiver_status(tmp, sshard)
     # nothing reached the new primary from the old one
     assert recovery.durable_sequence(str(tmp / "standby"), sshard) == before
     # started once more, it refuses before creating anything
