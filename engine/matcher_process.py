@@ -8,9 +8,14 @@ Theory of operation:
    deduplicate by (seq, event_index), so events that a previous incarnation
    already published are harmless, and a fresh publisher rebuilds its read
    model from snapshot S plus these events.
-2. The matcher's gating sequence on the input ring is then set to J and the
-   loop consumes (J, cursor] from the ring.  J >= the old gating sequence,
-   because the matcher is gated on the journaler.
+   The replay stops at the lowest sequence the matcher's ring dependencies
+   have passed (journaler, and replicator when a standby is configured), if
+   that is below J: the matcher never acts on a record a synchronous standby
+   has not acknowledged, not even in recovery.  Records above it are still in
+   the ring (producers are gated on the matcher) and are consumed from there.
+2. The matcher's gating sequence on the input ring is then set to J (or that
+   lower bound) and the loop consumes the rest from the ring.  It is >= the
+   old gating sequence, because the matcher is gated on its dependencies.
 3. Per input batch: every record is processed into one event buffer; the
    buffer is published to the output ring; only then is the input batch
    committed.  A crash between the two re-processes the batch (rule 1 dedup).
@@ -70,8 +75,8 @@ def _emit_tail(matcher, sink, writer, records, last_seq, max_batch):
         last_seq = seq
         count += 1
         if count % max_batch == 0:
-            writer.flush(sink.take())
-    writer.flush(sink.take())
+            writer.flush(sink.take_view())
+    writer.flush(sink.take_view())
     return last_seq, count
 
 
@@ -108,9 +113,11 @@ def main(argv=None):
     started = time.monotonic()
     matcher, snap_seq = recovery.restore_latest(exchange, runtime.data_dir, shard.name, sink)
     sink.take()  # restore emits nothing by contract; drop anything defensively
+    gate = min(ring_in.consumer_sequence(d) for d in ring_in.consumer_dependencies("matcher"))
     last_seq, replayed = _emit_tail(
         matcher, sink, writer,
-        recovery.journal_records(runtime.data_dir, shard.name, after=snap_seq),
+        recovery.journal_records(runtime.data_dir, shard.name, after=snap_seq,
+                                 last=max(gate, snap_seq)),
         snap_seq, args.max_batch)
     # rule 2
     if last_seq > consumer.sequence:
@@ -146,7 +153,7 @@ def main(argv=None):
                 log.event("snapshot_written", seq=seq, path=path,
                           ms=int((time.monotonic() - t0) * 1000))
             seq += 1
-        writer.flush(sink.take())          # rule 3
+        writer.flush(sink.take_view())     # rule 3 (zero-copy: consumed before the next write)
         commit(end - 1)
     log.event("stopped", seq=consumer.sequence, events=writer.published)
     ring_in.close()
