@@ -25,6 +25,12 @@ Theory of operation (numbered rules; the code refers to them):
    (``replicator.epoch.FencedError``, before any ring or child exists).  A
    replicator that exits with code 5 learned of a higher epoch (a standby was
    promoted): the shard is stopped at once, not restarted.
+8. Synchronous standby: the ring starts with every gate at the journal's end J,
+   but records up to J may be missing on the standby.  So the matcher (which
+   replays the journal up to its gates) is started only once the replicator
+   reports the standby's acknowledged durable sequence >= J
+   (``replication.mode: sync``): ``on_unreachable: stall`` waits for it,
+   ``degrade`` waits ``degrade_after_s`` and then starts with an ERROR line.
 """
 import fcntl
 import os
@@ -231,7 +237,7 @@ class Supervisor(object):
             os.makedirs(self.runtime.data_dir, exist_ok=True)
             self.config_path = os.path.join(self.runtime.run_dir(), "%s.json" % self.shard.name)
             self.runtime.dump(self.config_path)
-            self.create_rings()
+            durable = self.create_rings()
             matcher_python, interp = find_matcher_interpreter(
                 self.runtime.matcher.get("interpreter", "auto"))
             self.log.event("matcher_interpreter", name=interp, path=matcher_python)
@@ -245,9 +251,54 @@ class Supervisor(object):
                 self.children[name] = child
                 pid = child.start()
                 self.log.event("child_started", child=name, child_pid=pid)
+                if name == "replicator":
+                    self._wait_for_standby(child, durable)                     # rule 8
         except BaseException:
             self.stop()
             raise
+
+    def _wait_for_standby(self, child, durable):
+        """Rule 8: return once the standby acknowledged ``durable`` (sync mode)."""
+        import json
+        from replicator.process import status_path
+        conf = self.runtime.replication or {}
+        if conf.get("mode", "sync") != "sync" or durable <= 0:
+            return
+        path = status_path(self.runtime.data_dir, self.shard.name)
+        degrade_after = float(conf.get("degrade_after_s", 5.0)) \
+            if conf.get("on_unreachable", "stall") == "degrade" else None
+        started = last_log = time.monotonic()
+        self.log.event("waiting_for_standby", journal_seq=durable)
+        while True:
+            try:
+                with open(path) as f:
+                    status = json.load(f)
+            except (OSError, ValueError):
+                status = {}
+            if status.get("pid") == child.proc.pid and status.get("acked", 0) >= durable:
+                self.log.event("standby_caught_up", acked=status["acked"], journal_seq=durable)
+                return
+            if not child.alive():
+                if child.proc.returncode == EXIT_FENCED:                        # rule 7
+                    from replicator.epoch import FencedError
+                    self.fenced = True
+                    self.log.error("fenced", child="replicator", exit_code=EXIT_FENCED,
+                                   detail="a standby was promoted; this node stops")
+                    raise FencedError("shard %r was fenced by a promoted standby"
+                                      % self.shard.name)
+                raise RuntimeError("the replicator exited (code %s) before the standby "
+                                   "acknowledged the journal" % child.proc.returncode)
+            now = time.monotonic()
+            if degrade_after is not None and now - started >= degrade_after:
+                self.log.error("replication_degraded", journal_seq=durable,
+                               warning="STANDBY UNREACHABLE at start: the matcher acts on "
+                                       "records the standby may not have")
+                return
+            if now - last_log >= 5.0:
+                last_log = now
+                self.log.warning("replication_stalled", journal_seq=durable,
+                                 acked=status.get("acked"), waited_s=int(now - started))
+            time.sleep(0.02)
 
     def wait_ready(self, timeout=60.0):
         """Wait until the publisher's port answers (it is the last to start).
