@@ -381,3 +381,75 @@ def test_standby_started_late_catches_up_from_the_primary_journal(tmp_path):
         for f in logs.values():
             f.close()
         unlink_rings(pshard, sshard)
+
+
+def log_after(path, marker):
+    return open(str(path)).read().split(marker)[-1]
+
+
+@requires_engine
+def test_sync_primary_acknowledges_nothing_until_the_standby_has_it(tmp_path):
+    """Sync + stall, no standby: the matcher acts on nothing (no outcome reaches the
+    producer, a stall warning is logged) -- also not after a kill -9 of the matcher (its
+    recovery replays only what its gates passed) nor after a kill -9 of the whole primary
+    (the supervisor starts the matcher only once the standby acknowledged the journal,
+    supervisor rule 8).  Once the standby is up, the command is acknowledged and is in the
+    standby's journal."""
+    import re
+    from engine.client import EngineClient
+    from journaler import recovery
+    from ringbuf import Ring
+    from ringbuf.records import EventKind
+
+    tmp = tmp_path
+    tag = "%ds" % (os.getpid() % 100000)
+    pshard, sshard = "rpa%s" % tag, "rsb%s" % tag
+    port = free_port()
+    write_configs(tmp, pshard, sshard, port, mode="sync")
+    plog = tmp / "primary.log"
+    procs = {}
+    logs = {n: open(str(tmp / ("%s.log" % n)), "w") for n in ("primary", "standby")}
+    try:
+        procs["primary"] = start_primary(tmp, logs["primary"])
+        assert wait_until(lambda: "child=matcher" in open(str(plog)).read(), 40)
+        assert wait_until(lambda: Ring.attach("rm-%s-out" % pshard).close() is None, 40)
+        with EngineClient.attach(pshard, data_dir=str(tmp / "primary"), account=1) as client:
+            seq = client.deposit("USD", 1000)
+            with pytest.raises(TimeoutError):
+                client.wait_outcome(seq, timeout=2.5)
+            assert recovery.durable_sequence(str(tmp / "primary"), pshard) >= seq  # journaled
+            with Ring.attach("rm-%s-in" % pshard) as ring_in:
+                assert ring_in.consumer_sequence("matcher") < seq                  # not acted on
+            assert wait_until(lambda: "event=replication_stalled" in open(str(plog)).read(), 10)
+            # kill -9 the matcher: its recovery must not replay the unreplicated command
+            matcher_pid = int(re.findall(r"child=matcher child_pid=(\d+)",
+                                         open(str(plog)).read())[-1])
+            os.kill(matcher_pid, signal.SIGKILL)
+            assert wait_until(lambda: "child_restarted child=matcher" in
+                              open(str(plog)).read(), 20)
+            with pytest.raises(TimeoutError):
+                client.wait_outcome(seq, timeout=2.0)
+        text = open(str(plog)).read()
+        assert "Traceback" not in text
+        assert len(re.findall(r"event=child_died .*child=matcher", text)) == 1   # no crash loop
+        # kill -9 the whole primary and start it again: still nothing without the standby
+        kill_group(procs.pop("primary"))
+        logs["primary"].write("---- restarted\n")
+        logs["primary"].flush()
+        procs["primary"] = start_primary(tmp, logs["primary"])
+        assert wait_until(lambda: "event=waiting_for_standby" in log_after(plog, "---- restarted"),
+                          40), log_after(plog, "---- restarted")[-3000:]
+        with EngineClient.attach(pshard, data_dir=str(tmp / "primary"), account=1) as client:
+            time.sleep(1.0)
+            assert "child=matcher" not in log_after(plog, "---- restarted")
+            procs["standby"] = start_standby(tmp, sshard, pshard, port, logs["standby"])
+            assert client.wait_outcome(seq, timeout=40).kind == EventKind.ACCEPTED
+        assert recovery.durable_sequence(str(tmp / "standby"), sshard) >= seq
+        assert "event=standby_caught_up" in log_after(plog, "---- restarted")
+    finally:
+        for key in ("primary", "standby"):
+            if key in procs:
+                kill_group(procs.pop(key), signal.SIGTERM)
+        for f in logs.values():
+            f.close()
+        unlink_rings(pshard, sshard)
