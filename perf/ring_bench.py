@@ -136,14 +136,14 @@ def _consume_copy(c, total, b, sink):
     """Copy every batch out (as a journaler would), check batch-boundary ids.  Returns count."""
     seen = 0
     poll, commit = c.poll, c.commit
-    unpack = _u64.unpack_from
+    rec = c.record      # cffi reads: PyPy reads read-only memoryviews byte by byte
     while seen < total:
         batch = poll(max_batch=b * 4)
         batch.copy_into(sink)
         for first, v in batch.chunks:
-            n = len(v)
-            if unpack(v, COID)[0] != (first - 1) % b or \
-                    unpack(v, n - REC + COID)[0] != (first + n // REC - 2) % b:
+            last = first + len(v) // REC - 1
+            if rec(first).client_order_id != (first - 1) % b or \
+                    rec(last).client_order_id != (last - 1) % b:
                 raise AssertionError("wrong record at seq %d" % first)
         seen += batch.count
         commit(batch.last_seq)
