@@ -87,7 +87,7 @@ def one_pass(mode, n, fsync, latency_samples):
 
 
 # ------------------------------------------------------------------ end to end
-def _e2e_engine(workdir, mode, interpreter, port):
+def _e2e_engine(workdir, mode, interpreter, port, wait_strategy=None):
     """perf.e2e_bench.Engine, plus (mode sync/async) a standby started first."""
     import json
     import signal
@@ -112,7 +112,8 @@ def _e2e_engine(workdir, mode, interpreter, port):
                 shards=[dict(raw["shards"][0], name=sshard, output_consumers=[])],
                 publisher={"host": "127.0.0.1", "port": free_port()})
     raw["standby"] = {"host": "127.0.0.1", "port": listen}
-    raw["replication"] = {"mode": mode, "on_unreachable": "stall", "state_hash_every_s": 1.0}
+    raw["replication"] = {"mode": mode, "on_unreachable": "stall", "state_hash_every_s": 1.0,
+                          "wait_strategy": wait_strategy}
     with open(engine.config, "w") as f:
         json.dump(raw, f)
     sconfig = os.path.join(workdir, "standby.json")
@@ -179,7 +180,7 @@ def e2e_main(args):
     interp = "?"
     for mode in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="rm-repl-e2e-") as workdir:
-            engine = _e2e_engine(workdir, mode, args.interpreter, args.port)
+            engine = _e2e_engine(workdir, mode, args.interpreter, args.port, args.repl_wait)
             timer = None
             try:
                 if engine.standby is not None:
@@ -218,7 +219,8 @@ def e2e_main(args):
                  env["host"], env["cpus"], env["loadavg_at_end"]),
              "latency = outcome receipt - scheduled send time (no coordinated omission)",
              "command: python perf/replication_bench.py --e2e --rates %s --seconds %s "
-             "--passes %d" % (args.rates, args.seconds, args.passes), ""]
+             "--passes %d%s" % (args.rates, args.seconds, args.passes,
+                                " --repl-wait " + args.repl_wait if args.repl_wait else ""), ""]
     med = statistics.median
     for rate in rates:
         for mode in args.modes.split(","):
@@ -253,6 +255,9 @@ def main():
         parser.add_argument("--modes", default="none,async,sync")
         parser.add_argument("--interpreter", default="auto")
         parser.add_argument("--port", type=int, default=18191)
+        parser.add_argument("--repl-wait", default=None,
+                            help="replication.wait_strategy of the replicator's ring consumer "
+                                 "(default: the ring's, backoff; blocking spends less CPU)")
         return e2e_main(parser.parse_args())
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=200000)

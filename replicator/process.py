@@ -13,6 +13,10 @@ Exit codes: 0 stopped by SIGTERM/SIGINT; 2 configuration error; 5 fenced (this
 node was superseded by a promoted standby and must not act as primary; the
 supervisor's restarts then fail the same way and it gives up).
 
+``replication.wait_strategy`` (default: the ring's, backoff) is the wait
+strategy of its ring consumer; ``blocking`` sleeps on the futex at once and
+spends less CPU on an idle or lightly loaded ring.
+
 A status file ``<data>/run/<S>.replication.json`` is rewritten twice a second
 (acked, sent, committed, cursor, connected, degraded, fenced, counters).
 """
@@ -81,7 +85,8 @@ def main(argv=None):
 
     ring_in = Ring.attach(shard.input_ring)
     ring_out = Ring.attach(shard.output_ring)
-    source = RingSource(ring_in, runtime.data_dir, shard.name, ring_out)
+    source = RingSource(ring_in, runtime.data_dir, shard.name, ring_out,
+                        wait_strategy=conf.get("wait_strategy"))
     try:
         sender = Sender(source, (standby["host"], int(standby["port"])), shard.name,
                         epoch_store=store, epoch=state.epoch, mode=conf.get("mode", "sync"),

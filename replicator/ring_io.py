@@ -103,9 +103,10 @@ class OutputHashFollower(object):
 class RingSource(object):
     """The primary's input ring (consumer ``replicator``) plus its journal (rules 1-3)."""
 
-    def __init__(self, ring_in, data_dir, shard, ring_out=None, journal_batch=1 << 15):
+    def __init__(self, ring_in, data_dir, shard, ring_out=None, journal_batch=1 << 15,
+                 wait_strategy=None):
         self.ring = ring_in
-        self.consumer = ring_in.consumer("replicator")
+        self.consumer = ring_in.consumer("replicator", wait_strategy=wait_strategy)
         self.data_dir = data_dir
         self.shard = shard
         self.record_size = ring_in.record_size

@@ -113,7 +113,8 @@ def read_out_events(shard):
         ring.close()
 
 
-def write_configs(tmp, pshard, sshard, port, mode="sync", input_capacity=1 << 14):
+def write_configs(tmp, pshard, sshard, port, mode="sync", input_capacity=1 << 14,
+                  wait_strategy=None):
     base = {"shards": [], "matcher": {"interpreter": "cpython"},
             "snapshot": {"every_commands": 0, "every_seconds": 0, "keep": 2},
             "journal": {"fsync": "batch"}}
@@ -123,7 +124,7 @@ def write_configs(tmp, pshard, sshard, port, mode="sync", input_capacity=1 << 14
                  publisher={"host": "127.0.0.1", "port": free_port()},
                  standby={"host": "127.0.0.1", "port": port},
                  replication={"mode": mode, "on_unreachable": "stall",
-                              "state_hash_every_s": 0.2})
+                              "state_hash_every_s": 0.2, "wait_strategy": wait_strategy})
     sconf = dict(base, data_dir=str(tmp / "standby"),
                  shards=[{"name": sshard, "symbols": ["BTC-USD"], "input_capacity": 1 << 14,
                           "output_capacity": 1 << 16}],
@@ -341,7 +342,8 @@ def test_standby_started_late_catches_up_from_the_primary_journal(tmp_path):
     tag = "%dj" % (os.getpid() % 100000)
     pshard, sshard = "rpa%s" % tag, "rsb%s" % tag
     port = free_port()
-    write_configs(tmp, pshard, sshard, port, mode="async", input_capacity=1 << 10)
+    write_configs(tmp, pshard, sshard, port, mode="async", input_capacity=1 << 10,
+                  wait_strategy="blocking")
     procs = {}
     logs = {n: open(str(tmp / ("%s.log" % n)), "w") for n in ("primary", "standby", "load")}
     status = tmp / "primary" / "run" / ("%s.replication.json" % pshard)
