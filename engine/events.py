@@ -340,6 +340,16 @@ class BytesSink(object):
         self._end = 0
         return out
 
+    def take_view(self):
+        """Zero-copy :meth:`take`: a read-only memoryview of the records since the last
+        take, then clears.  The view aliases the sink's buffer: it is valid only until
+        the next event is written (consume or copy it first).  O(1)."""
+        end = self._end
+        out = memoryview(self._buf)[:end].toreadonly()
+        self._taken += end // EVENT_SIZE
+        self._end = 0
+        return out
+
     @property
     def count(self):
         """Events emitted so far (taken or not)."""

@@ -8,7 +8,7 @@ a choice of sink, median/min/max over passes after a warm-up, optional cProfile.
 Usage::
 
     python -m perf.profile_matcher [--commands 200000] [--passes 3] [--seed 1]
-        [--sink bytes|list|counting|null] [--cprofile | --vmprof PATH]
+        [--sink bytes|bytesview|list|counting|null|noop] [--cprofile | --vmprof PATH]
 """
 import argparse
 import os
@@ -37,8 +37,45 @@ def build(n, seed):
     return deps, cmds
 
 
+class NoopWriterSink(object):
+    """A sink whose EventWriter does nothing at all: times the matcher logic alone."""
+
+    seq = ts = ck = ei = 0
+
+    def event_writer(self):
+        return self
+
+    def begin(self, seq, ts, ck):
+        pass
+
+    def order(self, kind, o, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
+              aux):
+        pass
+
+    def delta(self, symbol_id, side, price, total):
+        pass
+
+    def fill(self, m, o, price, q, mfee, tfee, n, trade_id):
+        pass
+
+    def event(self, *fields):
+        pass
+
+    def mark_last(self):
+        pass
+
+    def emit_event(self, *fields):
+        pass
+
+
 def make_sink(name):
     from engine import events
+    if name == "noop":
+        return NoopWriterSink()
+    if name == "bytesview":
+        sink = events.BytesSink()
+        sink.take = sink.take_view
+        return sink
     return {"bytes": events.BytesSink, "list": events.ListSink,
             "counting": events.CountingSink, "null": events.NullSink}[name]()
 
@@ -72,7 +109,7 @@ def main(argv=None):
     p.add_argument("--commands", type=int, default=200000)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--sink", default="bytes", choices=("bytes", "list", "counting", "null"))
+    p.add_argument("--sink", default="bytes", choices=("bytes", "bytesview", "list", "counting", "null", "noop"))
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--vmprof", metavar="PATH", help="PyPy: write a vmprof profile of one pass "
                    "after a warm-up (needs the vmprof package; a dev tool, not a dependency)")
