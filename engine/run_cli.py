@@ -14,6 +14,7 @@ def add_arguments(parser):
 def run(args):
     from engine.runtime import RuntimeConfig, ConfigError
     from engine.supervisor import Supervisor, AlreadyRunningError, run_supervisors
+    from replicator.epoch import FencedError
     try:
         runtime = RuntimeConfig.load(args.config)
         raw = dict(runtime.raw)
@@ -39,6 +40,11 @@ def run(args):
         for sup in started:
             sup.stop()
         return 3
+    except FencedError as exc:
+        print("ringmatch run: refused, this node is fenced: %s" % exc, file=sys.stderr)
+        for sup in started:
+            sup.stop()
+        return 5
     except BaseException:
         for sup in started:
             sup.stop()

@@ -107,7 +107,8 @@ class EngineRun(object):
         return pids
 
     def segments(self):
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("rm-%s-" % self.shard))
+        # shard names derived from this run's (tests add suffixes for extra shards)
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("rm-%s" % self.shard))
 
     def stop(self, timeout=60):
         if self.proc and self.proc.poll() is None:
@@ -143,7 +144,7 @@ def engine_factory(tmp_path):
     runs = []
 
     def make(**kw):
-        shard = "p%d%d" % (os.getpid(), len(runs))
+        shard = "p%dx%d" % (os.getpid(), len(runs))
         (tmp_path / shard).mkdir()
         run = EngineRun(tmp_path / shard, shard, **kw)
         runs.append(run)

@@ -309,7 +309,8 @@ def check_old_primary_is_fenced(tmp, pshard, sshard, logs):
     finally:
         kill_group(again)
     text = open(str(tmp / "primary.log")).read().split("---- old primary started again")[-1]
-    assert code != 0 and "event=refused_fenced" in text, text[-3000:]
+    assert code == 5 and "event=refused_fenced" in text, text[-3000:]
+    assert "Traceback" not in text and "refused, this node is fenced" in text
     assert "child_started" not in text
     with pytest.raises(Exception):
         Ring.attach("rm-%s-in" % pshard)
