@@ -31,7 +31,8 @@ test-cpython: venv venv-pypy
 test-pypy: venv-pypy
 	$(PYPY_VENV)/bin/python -m pytest -q -m 'pypy and not slow' $(PYTEST_ARGS)
 
-run: venv
+# the matcher runs on PyPy when a PyPy venv exists: build it too when pypy3 is installed
+run: venv $(if $(shell command -v $(PYPY) 2>/dev/null),venv-pypy)
 	$(VENV)/bin/ringmatch run
 
 bench: venv
