@@ -161,5 +161,16 @@ def main(argv=None):
     return 0
 
 
+def _main_profiled(path):
+    """``RM_VMPROF=PATH``: run under vmprof (if installed), writing ``PATH.<pid>``."""
+    import vmprof
+    with open("%s.%d" % (path, os.getpid()), "w+b") as f:
+        vmprof.enable(f.fileno(), period=0.001)
+        try:
+            return main()
+        finally:
+            vmprof.disable()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_profiled(os.environ["RM_VMPROF"]) if os.environ.get("RM_VMPROF") else main())
