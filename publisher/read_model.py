@@ -28,9 +28,10 @@ Theory of operation (numbered rules; the code refers to them):
    is what the open orders hold under the matcher's rule M4 (a waiting stop:
    the hold in its ACCEPTED event; a resting order: what it still needs as a
    maker), so available = total - held, exactly as the matcher has it.
-7. After a restart the model is rebuilt from a matcher snapshot: ``seed_from_matcher``
-   loads a restored ``engine.matcher.Matcher`` by replaying the events it
-   re-derives (see docs/publisher.md), then later ring events are applied.
+7. After a restart the model is rebuilt (publisher/rebuild.py): from the
+   journal's first record, or ``seed_from_matcher`` loads the state of a
+   restored matcher snapshot, then the events of the later journaled commands
+   (re-derived by an in-process matcher) and then later ring events are applied.
 """
 from collections import OrderedDict, deque
 
