@@ -123,6 +123,9 @@ class RingFeed(object):
                 while not self.inflight.acquire(timeout=0.1):
                     if self.stopping.is_set():
                         return
+                    # held batches own every permit: once live, hand them over here
+                    if self.held and self.loop is not None and not self._hand_over():
+                        return
                 if not self._hand_over(events):
                     return
         except Exception as exc:  # a bug: log it and let the process die for a restart
