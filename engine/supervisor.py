@@ -154,6 +154,7 @@ class Supervisor(object):
         self.fenced = False             # rule 7: the replicator exited fenced
         self.config_path = None
         self._last_snapshot = None
+        self._last_reap = 0.0
 
     # -- rule 1 ---------------------------------------------------------------
     def acquire_lock(self):
@@ -395,6 +396,23 @@ class Supervisor(object):
             time.sleep(0.01)
         self.log.error("drain_timeout", matcher_seq=matcher_seq, snapshot_seq=seq)
 
+    def reap_dead_producers(self, now=None, every_s=1.0):
+        """Publish NOPs for slots a dead producer claimed but never published (ring rule 3).
+
+        Consumers reap only when one of their waits outlasts the claim timeout;
+        the matcher and journaler poll in short slices, so the supervisor checks
+        once a second.  Live producers are never touched (pid liveness decides).
+        """
+        now = time.monotonic() if now is None else now
+        if not self.rings or now - self._last_reap < every_s:
+            return 0
+        self._last_reap = now
+        recovered = self.rings[0].recover_dead_producers()
+        if recovered:
+            self.log.warning("dead_producer_slots_recovered", ring=self.shard.input_ring,
+                             slots=recovered)
+        return recovered
+
     def maybe_snapshot(self, now=None):
         """Issue a periodic SNAPSHOT command (every N commands or T seconds; rule 6 takes the last)."""
         if not self.rings:
@@ -443,6 +461,7 @@ def run_supervisors(supervisors, poll_interval=0.2):
             if not all([sup.poll_children() for sup in supervisors]):
                 break
             for sup in supervisors:
+                sup.reap_dead_producers()
                 sup.maybe_snapshot()
             time.sleep(poll_interval)
     finally:
