@@ -34,6 +34,25 @@ __all__ = ["EngineClient", "ReportsLost", "publish_admin", "pack_command"]
 _pack = command_struct.pack
 
 
+_coid_lock = threading.Lock()
+_coid_next = [0]
+
+
+def _next_client_order_id():
+    """An automatic client order id, unique per account in practice.
+
+    Process-wide (two clients in one process never collide), starting from the
+    wall clock in microseconds with the pid in the low 16 bits, so a restarted
+    producer does not repeat ids of its orders still open from before.
+    """
+    with _coid_lock:
+        if not _coid_next[0]:
+            _coid_next[0] = ((time.time_ns() // 1000) << 16 | (os.getpid() & 0xFFFF)) \
+                & 0x7FFFFFFFFFFFFFFF
+        _coid_next[0] += 1 << 16
+        return _coid_next[0]
+
+
 class ReportsLost(RuntimeError):
     """The client fell more than one output ring behind; reports were overwritten."""
 
@@ -103,7 +122,6 @@ class EngineClient(object):
         self._report_lock = threading.Lock()
         self._next_out = ring_out.cursor + 1
         self._pending = []
-        self._client_order_id = 0
 
     # -- attach / close -------------------------------------------------------
     @classmethod
@@ -191,10 +209,7 @@ class EngineClient(object):
         elif expire_ns:
             aux = int(expire_ns)
         if client_order_id is None:
-            with self._lock:
-                self._client_order_id += 1
-                client_order_id = (self.producer_id << 48) | (os.getpid() << 24 & 0xFFFFFF000000) \
-                    | self._client_order_id
+            client_order_id = _next_client_order_id()
         return self._send(pack_command(
             int(CommandKind.NEW_ORDER), _enum(_SIDES, side, "side"),
             _enum(_TYPES, order_type, "order type"), _enum(_TIFS, tif, "tif"),

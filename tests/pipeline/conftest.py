@@ -60,11 +60,12 @@ class EngineRun(object):
         self._lock = threading.Lock()
 
     def start(self, timeout=90):
+        before = len(self.log())          # a restart must not match the previous run's lines
         self.proc = subprocess.Popen(
             [RINGMATCH, "run", "--config", self.config], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()
-        self.wait_for(r"proc=supervisor .*event=ready", timeout)
+        self.wait_for(r"proc=supervisor .*event=ready", timeout, after=before)
         return self
 
     def _read(self):

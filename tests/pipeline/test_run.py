@@ -1,8 +1,10 @@
 """The engine as a user runs it: ``ringmatch run``, two producer processes, fills, stop."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from decimal import Decimal
 
 import pytest
@@ -87,3 +89,34 @@ def test_second_instance_on_same_shard_is_refused(engine_factory):
     assert b"already run by pid" in second.stderr
     assert run.proc.poll() is None      # the first one is unharmed
     assert run.stop() == 0
+
+
+@pytest.mark.timeout(240)
+def test_restart_after_supervisor_kill9_clears_stale_segments_and_continues(engine_factory):
+    from engine.client import EngineClient
+    from ringbuf.records import EventKind
+    run = engine_factory().start()
+    with EngineClient.attach(shard=run.shard, data_dir=run.data_dir, account=41) as client:
+        client.wait_outcome(client.deposit("USD", "100000"), timeout=30)
+        first = client.place_order("BTC-USD", "buy", qty="1", price="100")
+        assert client.wait_outcome(first, timeout=30).kind == EventKind.ACCEPTED
+    children = run.all_pids()
+    os.kill(run.proc.pid, signal.SIGKILL)              # the supervisor dies hard
+    run.proc.wait(10)
+    deadline = time.monotonic() + 30                   # children follow (parent-death signal)
+    while [p for p in children if pid_alive(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in children if pid_alive(p)] == []
+    assert run.segments()                              # left behind: stale
+    before = len(run.log())
+    run.start()
+    run.wait_for(r"event=stale_segment_unlinked", timeout=5, after=before)
+    with EngineClient.attach(shard=run.shard, data_dir=run.data_dir, account=41) as client:
+        second = client.place_order("BTC-USD", "buy", qty="1", price="101")
+        assert second > first                          # sequence = order id continues
+        assert client.wait_outcome(second, timeout=30).kind == EventKind.ACCEPTED
+        # the order placed before the crash is still open after recovery
+        dup = client.cancel(order_id=first)
+        assert client.wait_outcome(dup, timeout=30).kind == EventKind.ACCEPTED
+    assert run.stop() == 0
+    assert run.segments() == []
