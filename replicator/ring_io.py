@@ -39,6 +39,7 @@ Theory of operation:
 import time
 
 from ringbuf.records import EventKind
+from ringbuf.errors import RingError
 
 __all__ = ["RingSource", "RingSink", "RingSinkError", "OutputHashFollower"]
 
@@ -207,26 +208,13 @@ class RingSink(object):
         return self.ring.cursor + 1
 
     def write(self, first_seq, payload):
-        size = self.record_size
-        total = len(payload) // size
-        mv = memoryview(payload)
-        done = 0
-        while done < total:
-            n = min(total - done, self.max_chunk)
-            first, views = self.producer.claim_batch(n)
-            if first != first_seq + done:
-                # the claimed slots are published as they are (we cannot un-claim);
-                # the error stops the receiver and the operator must re-seed.
-                raise RingSinkError("standby ring gave sequence %d for primary sequence %d: "
-                                    "another producer is writing to the standby's ring"
-                                    % (first, first_seq + done))
-            offset = done * size
-            for view in views:
-                length = len(view)
-                view[:] = mv[offset:offset + length]
-                offset += length
-            self.producer.publish_batch(first, n)
-            done += n
+        try:
+            self.producer.write_batch(payload, self.max_chunk, expect_first=first_seq)
+        except RingError as exc:
+            # the claimed slots cannot be un-claimed: the error stops the receiver and
+            # the operator must re-seed
+            raise RingSinkError("standby ring out of step with the primary (%s): another "
+                                "producer is writing to the standby's ring" % exc)
 
     def durable_sequence(self):
         return self.ring.consumer_sequence("journaler")

@@ -641,6 +641,42 @@ class Producer(object):
                 return None
         return first, self._views(first, n)
 
+    def write_batch(self, data, max_chunk=None, expect_first=None):
+        """Claim, copy and publish whole records from ``data``; return the first seq.
+
+        ``data`` holds ``k * record_size`` bytes; it goes in chunks of at most
+        ``max_chunk`` records (default a quarter of the ring), each claimed,
+        copied through raw byte views and published.  With ``expect_first``,
+        a chunk that is not claimed at the expected sequence raises RingError
+        before anything of it is published (its slots stay claimed; the
+        dead-producer rule fills them if this producer then exits).
+        """
+        size = self._record_size
+        total = len(data) // size
+        if total * size != len(data):
+            raise ValueError("%d bytes is not a whole number of %d-byte records"
+                             % (len(data), size))
+        chunk = max_chunk or max(1, self._capacity // 4)
+        mv = memoryview(data)
+        done = 0
+        first_seq = None
+        while done < total:
+            n = min(total - done, chunk)
+            first, views = self.claim_batch(n)
+            if expect_first is not None and first != expect_first + done:
+                raise RingError("ring %r gave sequence %d where %d was expected"
+                                % (self._ring.name, first, expect_first + done))
+            if first_seq is None:
+                first_seq = first
+            offset = done * size
+            for view in views:
+                length = len(view)
+                view[:] = mv[offset:offset + length]
+                offset += length
+            self._publish(first, first + n - 1)
+            done += n
+        return first_seq
+
     def publish_batch(self, first, n):
         """Publish seqs ``first .. first + n - 1``.  O(n) in C (multi producer), O(1) single."""
         self._publish(first, first + n - 1)

@@ -72,3 +72,26 @@ def test_automatic_producer_ids_are_unique_among_live_producers(make_ring):
     assert len(set(ids)) == 5 and all(i >= AUTO_PRODUCER_ID_BASE for i in ids)
     assert {p["producer_id"] for p in ring.producers()} >= set(ids)
     assert ring.producer(producer_id=7).producer_id == 7
+
+
+@pytest.mark.pypy
+def test_write_batch_chunks_wraps_and_checks_expected_sequence(make_ring):
+    ring = make_ring(capacity=8, consumers={"a": []})
+    p = ring.producer(1)
+    c = ring.consumer("a")
+    p.write(b"\x00" * 64)
+    c.poll(8, timeout=0)
+    c.commit(1)                                   # the next batch wraps the ring's end
+    data = b"".join(bytes([i]) * 64 for i in range(1, 7))
+    assert p.write_batch(data, max_chunk=4) == 2
+    got = bytearray()
+    while len(got) < len(data):
+        batch = c.poll(8, timeout=1)
+        for _, view in batch.chunks:
+            got += bytes(view)
+        c.commit(batch.last_seq)
+    assert bytes(got) == data
+    with pytest.raises(ValueError, match="whole number"):
+        p.write_batch(b"\x00" * 65)
+    with pytest.raises(RingError, match="where 100 was expected"):
+        p.write_batch(b"\x00" * 64, expect_first=100)
