@@ -6,6 +6,7 @@ slots may be reused as soon as the batch is committed), unpacking it with the
 one ``struct.Struct`` the records module derives from the layout.
 """
 from collections import namedtuple
+from functools import partial
 
 from ringbuf.records import EVENT_SIZE, EVENT_SLOTS, event_struct
 
@@ -20,20 +21,27 @@ except ImportError:
     PublishedEvent = namedtuple("PublishedEvent", EVENT_SLOTS)
 
 
+#: tuple.__new__ bound to the event class: what ``_make`` does, without its per-call
+#: Python frame and length check (iter_unpack always yields EVENT_SLOTS values)
+_new_event = partial(tuple.__new__, PublishedEvent)
+
+
 def decode_chunk(chunk, out):
     """Append the events in ``chunk`` (bytes-like, n*128 bytes) to ``out``.
 
     O(n).  Raises ``struct.error`` if the chunk is not a whole number of records.
     """
-    make = PublishedEvent._make
-    out.extend(make(t) for t in event_struct.iter_unpack(chunk))
+    out.extend(map(_new_event, event_struct.iter_unpack(chunk)))
     return out
 
 
 def decode_batch(batch):
     """Return the list of events of a ``Consumer.poll`` batch (copied out of the ring)."""
+    chunks = batch.chunks
+    if len(chunks) == 1:
+        return list(map(_new_event, event_struct.iter_unpack(chunks[0][1])))
     out = []
-    for _first, view in batch.chunks:
+    for _first, view in chunks:
         decode_chunk(view, out)
     return out
 
