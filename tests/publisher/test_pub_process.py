@@ -326,3 +326,72 @@ def test_publisher_killed_under_load_rebuilds_to_the_matchers_state(tmp_path):
             c.close()
         engine.stop()
     assert engine.segments() == []
+
+
+@pytest.mark.timeout(60)
+def test_ring_feed_live_behind_loop_coalesces_in_order_within_max_batch():
+    """Process rule 2: while the loop is busy, newly polled events are appended to the
+    scheduled batch: every event arrives exactly once, in stream order, and no batch
+    handed to ``on_events`` exceeds ``max_batch``."""
+    import asyncio
+    import threading
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    from engine.config import DEFAULT_CONFIG
+    from engine.matcher_process import RingEventWriter
+    from publisher.process import RingFeed
+    from pub_session import session
+    from ringbuf import Ring
+    from ringbuf.records import EVENT_SIZE
+
+    name = "rm-%d-feedmerge" % os.getpid()
+    ring = Ring.create(name, capacity=1 << 14, record_size=128, consumers={"publisher": []},
+                       single_producer=True)
+    feed = None
+    writer_thread = None
+    try:
+        writer = RingEventWriter(ring.producer(producer_id=0), EVENT_SIZE, 1024)
+        sink = BytesSink()
+        matcher = Matcher(DEFAULT_CONFIG, sink)
+        chunks = []
+        for seq, cmd in enumerate(session(600, seed=5), 1):
+            matcher.process(seq, cmd)
+            if seq % 3 == 0:
+                chunks.append(sink.take())
+        chunks.append(sink.take())
+        expected = sum(len(c) for c in chunks) // EVENT_SIZE
+        batches = []
+
+        def on_events(events):
+            batches.append(list(events))
+            time.sleep(0.02)                       # a slow loop: the feed runs ahead
+
+        feed = RingFeed(ring.consumer("publisher"), None, on_events, max_batch=64,
+                        max_inflight=2)
+
+        def write():
+            for c in chunks:
+                writer.flush(c)
+                time.sleep(0.0005)
+
+        async def live():
+            feed.go_live(asyncio.get_running_loop())
+            feed.start()
+            writer_thread.start()
+            while sum(len(b) for b in batches) < expected:
+                await asyncio.sleep(0.01)
+        writer_thread = threading.Thread(target=write, daemon=True)
+        asyncio.run(asyncio.wait_for(live(), 30))
+        got = [(e.seq, e.event_index) for b in batches for e in b]
+        assert len(got) == expected == len(set(got))
+        assert got == sorted(got) and got[-1][0] == 600
+        assert max(len(b) for b in batches) <= 64
+        assert feed.merged > 0                     # coalescing happened
+        assert len(batches) < len(chunks)
+    finally:
+        if feed is not None:
+            feed.stop()
+        if writer_thread is not None and writer_thread.is_alive():
+            writer_thread.join(5)
+        ring.close()
+        ring.unlink()
