@@ -119,8 +119,10 @@ class Child(object):
         self.restart_at = None
 
     def start(self):
+        # own session: a terminal's Ctrl-C (SIGINT to the foreground process group)
+        # reaches the supervisor only, which then stops the children in order (rule 6)
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=_repo_root(),
-                                     preexec_fn=_child_preexec)
+                                     preexec_fn=_child_preexec, start_new_session=True)
         return self.proc.pid
 
     def alive(self):

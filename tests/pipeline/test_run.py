@@ -120,3 +120,18 @@ def test_restart_after_supervisor_kill9_clears_stale_segments_and_continues(engi
         assert client.wait_outcome(dup, timeout=30).kind == EventKind.ACCEPTED
     assert run.stop() == 0
     assert run.segments() == []
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_to_the_terminal_group_drains_and_snapshots(engine_factory):
+    run = engine_factory().start()
+    from engine.client import EngineClient
+    with EngineClient.attach(shard=run.shard, data_dir=run.data_dir, account=51) as client:
+        client.wait_outcome(client.deposit("USD", "1000"), timeout=30)
+    children = run.all_pids()
+    os.killpg(run.proc.pid, signal.SIGINT)             # what a terminal's Ctrl-C does
+    assert run.proc.wait(60) == 0
+    run.wait_for(r"proc=supervisor .*event=drained", timeout=1)
+    run.wait_for(r"proc=matcher .*event=snapshot_written", timeout=1)
+    assert [p for p in children if pid_alive(p)] == []
+    assert run.segments() == []
