@@ -12,6 +12,8 @@ import time
 import posix_ipc
 import pytest
 
+from ringbuf.reaper import process_alive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RINGMATCH = os.path.join(os.path.dirname(sys.executable), "ringmatch")
 
@@ -23,17 +25,8 @@ def free_port():
 
 
 def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+    """True when ``pid`` runs and is not a zombie (the ring's own liveness rule)."""
+    return process_alive(pid)
 
 
 class EngineRun(object):
