@@ -135,7 +135,7 @@ class BackoffWaitStrategy(object):
     name = "backoff"
     needs_signal = True
 
-    def __init__(self, spin_ns=20000, yield_ns=200000):
+    def __init__(self, spin_ns=2000, yield_ns=10000):
         self.spin_ns = spin_ns
         self.yield_ns = yield_ns
 
