@@ -24,13 +24,11 @@ Theory of operation:
    replica snapshots at the same sequence).
 5. SIGTERM: finish the current batch, then exit 0.
 """
-import argparse
 import os
 import signal
 import sys
 import time
 
-from engine.log import Logger
 
 __all__ = ["main", "RingEventWriter"]
 
@@ -70,21 +68,13 @@ def _emit_tail(matcher, sink, writer, records, last_seq, max_batch):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m engine.matcher_process")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--shard", required=True)
-    parser.add_argument("--max-batch", type=int, default=1024)
-    args = parser.parse_args(argv)
-
-    from engine.runtime import RuntimeConfig
+    from engine.runtime import process_args
     from engine.events import BytesSink
     from ringbuf import Ring
     from ringbuf.records import CommandKind, EVENT_SIZE
     from journaler import recovery, snapshot as snapshots
 
-    runtime = RuntimeConfig.load(args.config)
-    shard = runtime.shard(args.shard)
-    log = Logger("matcher", shard.name)
+    args, runtime, shard, log = process_args("matcher", "engine.matcher_process", argv, 1024)
     interpreter = "pypy" if hasattr(sys, "pypy_version_info") else "cpython"
     stop = []
     signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))

@@ -12,7 +12,7 @@ import copy
 import json
 import os
 
-__all__ = ["DEFAULT_RUNTIME", "RuntimeConfig", "ShardConfig", "ConfigError"]
+__all__ = ["DEFAULT_RUNTIME", "RuntimeConfig", "ShardConfig", "ConfigError", "process_args"]
 
 
 class ConfigError(ValueError):
@@ -182,3 +182,23 @@ class RuntimeConfig(object):
         path = os.path.join(self.data_dir, "run")
         os.makedirs(path, exist_ok=True)
         return path
+
+
+def process_args(proc, module, argv=None, max_batch=None):
+    """The command line every shard process takes (docs/interfaces.md), parsed and loaded.
+
+    ``python -m <module> --config FILE --shard S [--max-batch N]``.  Returns
+    ``(args, runtime, shard, log)`` with ``log`` an ``engine.log.Logger`` for
+    ``proc``.  Raises ConfigError when the file or the shard is wrong.
+    """
+    import argparse
+    from engine.log import Logger
+    parser = argparse.ArgumentParser(prog="python -m %s" % module)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--shard", required=True)
+    if max_batch is not None:
+        parser.add_argument("--max-batch", type=int, default=max_batch)
+    args = parser.parse_args(argv)
+    runtime = RuntimeConfig.load(args.config)
+    shard = runtime.shard(args.shard)
+    return args, runtime, shard, Logger(proc, shard.name)

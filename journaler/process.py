@@ -27,7 +27,6 @@ Theory of operation (numbered; the code refers to them):
 6. SIGTERM / SIGINT: the current batch is finished, everything written is
    synced and committed, exit 0.
 """
-import argparse
 import signal
 import sys
 import time
@@ -183,20 +182,12 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m journaler.process")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--shard", required=True)
-    parser.add_argument("--max-batch", type=int, default=4096)
-    args = parser.parse_args(argv)
-
-    from engine.runtime import ConfigError, RuntimeConfig
+    from engine.runtime import ConfigError, process_args
     try:
-        runtime = RuntimeConfig.load(args.config)
-        shard = runtime.shard(args.shard)
+        args, runtime, shard, log = process_args("journaler", "journaler.process", argv, 4096)
     except ConfigError as exc:
-        Logger("journaler", args.shard).error("bad_config", error=str(exc))
+        Logger("journaler", "-").error("bad_config", error=str(exc))
         return EXIT_CONFIG
-    log = Logger("journaler", shard.name)
     stop = []
     signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
     signal.signal(signal.SIGINT, lambda s, f: stop.append(s))

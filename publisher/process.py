@@ -37,14 +37,12 @@ Theory of operation (numbered rules; the code refers to them):
    consumer thread is stopped and joined, the producer leaves the producer
    table and both rings are closed (never unlinked: the supervisor owns them).
 """
-import argparse
 import asyncio
 import signal
 import sys
 import threading
 import time
 
-from engine.log import Logger
 
 __all__ = ["main", "RingFeed", "build_service"]
 
@@ -228,23 +226,15 @@ def _durable(runtime, shard, log):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m publisher.process")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--shard", required=True)
-    parser.add_argument("--max-batch", type=int, default=4096)
-    args = parser.parse_args(argv)
-
     import uvicorn
-    from engine.runtime import RuntimeConfig
+    from engine.runtime import process_args
     from ringbuf import Ring
     from publisher.app import create_app
     from publisher.auth import KeyStore
     from publisher.rebuild import rebuild
     from publisher.service import CommandSender
 
-    runtime = RuntimeConfig.load(args.config)
-    shard = runtime.shard(args.shard)
-    log = Logger("publisher", shard.name)
+    args, runtime, shard, log = process_args("publisher", "publisher.process", argv, 4096)
     pub = runtime.publisher
     exchange = runtime.exchange()
 

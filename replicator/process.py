@@ -20,14 +20,12 @@ spends less CPU on an idle or lightly loaded ring.
 A status file ``<data>/run/<S>.replication.json`` is rewritten twice a second
 (acked, sent, committed, cursor, connected, degraded, fenced, counters).
 """
-import argparse
 import json
 import os
 import signal
 import sys
 import time
 
-from engine.log import Logger
 
 __all__ = ["main", "EXIT_FENCED", "status_path"]
 
@@ -51,13 +49,7 @@ def write_status(path, fields):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m replicator.process")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--shard", required=True)
-    parser.add_argument("--max-batch", type=int, default=4096)
-    args = parser.parse_args(argv)
-
-    from engine.runtime import RuntimeConfig
+    from engine.runtime import process_args
     from engine.client import pack_command
     from ringbuf import Ring
     from ringbuf.records import CommandKind
@@ -65,9 +57,7 @@ def main(argv=None):
     from replicator.ring_io import RingSource
     from replicator.sender import Sender
 
-    runtime = RuntimeConfig.load(args.config)
-    shard = runtime.shard(args.shard)
-    log = Logger("replicator", shard.name)
+    args, runtime, shard, log = process_args("replicator", "replicator.process", argv, 4096)
     stop = []
     signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
     signal.signal(signal.SIGINT, lambda s, f: stop.append(s))

@@ -15,13 +15,11 @@ at exit (next_seq, durable, epoch, promoted, the ReceiverStats counters, and
 the in-band state-hash comparison: ``hash_matched``, ``hash_last_matched_seq``,
 ``hash_divergences``).
 """
-import argparse
 import os
 import signal
 import sys
 import time
 
-from engine.log import Logger
 
 __all__ = ["main", "status_path"]
 
@@ -42,20 +40,13 @@ def _status(receiver, sink, store):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m replicator.receiver_process")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--shard", required=True)
-    args = parser.parse_args(argv)
-
-    from engine.runtime import RuntimeConfig
+    from engine.runtime import process_args
     from ringbuf import Ring
     from replicator.epoch import EpochStore
     from replicator.receiver import Receiver
     from replicator.ring_io import RingSink, RingSinkError
 
-    runtime = RuntimeConfig.load(args.config)
-    shard = runtime.shard(args.shard)
-    log = Logger("receiver", shard.name)
+    args, runtime, shard, log = process_args("receiver", "replicator.receiver_process", argv)
     listen = (runtime.replication or {}).get("listen") or {}
     if "port" not in listen:
         log.error("config_error", detail="replication.listen: {host, port} is required")

@@ -9,7 +9,7 @@ from ringbuf.records import EventKind
 
 
 @pytest.mark.timeout(240)
-def test_client_threads_asyncio_and_lapping(engine_factory):
+def test_client_threads_asyncio_and_bad_input(engine_factory):
     run = engine_factory().start()
     with EngineClient.attach(shard=run.shard, data_dir=run.data_dir, account=21) as client:
         client.wait_outcome(client.deposit("USD", "10000000"), timeout=30)
