@@ -13,6 +13,19 @@ Theory of operation (numbered rules; the code refers to them):
 4. Each key has a token bucket (``per_second``, ``burst``); an empty bucket
    answers 429 with ``Retry-After``.  Public market-data endpoints are not
    keyed and not limited here.
+6. Replays: a correctly signed request is accepted once.  Its (key,
+   signature) is remembered until its timestamp leaves the window
+   (``ReplayCache``); the same signature again in that time is a 401
+   ("replayed request").  The cache only holds requests that passed the
+   signature check and the rate limit, so its size is bounded by the keys'
+   rates times the window (two windows: the timestamp may be ahead too).
+   A client that sends two identical requests must give them different
+   timestamps (``signed_headers`` uses microseconds).
+7. Order of checks: the headers (present, short, a known key, an ASCII
+   decimal timestamp inside the window) are checked BEFORE the body is read
+   (``KeyStore.check_headers``); the HMAC, the replay cache and the rate
+   limit after (``KeyStore.verify_signed``).  Error messages never echo more
+   than a few dozen characters of the input.
 5. Keys come from the runtime configuration ``publisher.api_keys``
    (``[{"key", "secret", "account_id"}]``).  Without it, the local demo keys
    ``demo-<n>`` / secret ``demo-secret-<n>`` for accounts 1..``demo_accounts``
@@ -20,15 +33,33 @@ Theory of operation (numbered rules; the code refers to them):
 """
 import base64
 import hashlib
+import heapq
 import hmac
+import re
 import time
 
-__all__ = ["ApiKey", "KeyStore", "TokenBucket", "AuthError", "sign", "signed_headers",
-           "demo_keys"]
+__all__ = ["ApiKey", "KeyStore", "TokenBucket", "ReplayCache", "AuthError", "sign",
+           "signed_headers", "demo_keys", "shorten"]
 
 HEADER_KEY = "RM-ACCESS-KEY"
 HEADER_SIGN = "RM-ACCESS-SIGN"
 HEADER_TIMESTAMP = "RM-ACCESS-TIMESTAMP"
+MAX_KEY_CHARS = 128
+MAX_SIGNATURE_CHARS = 128
+#: unix seconds, ASCII digits, optional fraction (rule 7)
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?\Z")
+
+
+def shorten(value, limit=40):
+    """``repr`` of ``value`` cut to about ``limit`` characters (rule 7: never echo unbounded input).
+
+    >>> shorten("x" * 100, 10)
+    "'xxxxxxxxx...(100 chars)"
+    """
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    return "%s...(%d chars)" % (repr(text[:limit - 1])[:-1], len(text))
 
 
 class AuthError(Exception):
@@ -49,14 +80,16 @@ def sign(secret, timestamp, method, path, body=b""):
     """
     if isinstance(body, str):
         body = body.encode()
-    message = str(timestamp).encode() + method.upper().encode() + path.encode() + (body or b"")
+    if isinstance(path, str):
+        path = path.encode()
+    message = str(timestamp).encode() + method.upper().encode() + path + (body or b"")
     digest = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
 
 
 def signed_headers(key, secret, method, path, body=b"", timestamp=None):
     """The three auth headers for one request (a client helper)."""
-    ts = "%.3f" % (time.time() if timestamp is None else timestamp)
+    ts = "%.6f" % (time.time() if timestamp is None else timestamp)   # rule 6: unique
     return {HEADER_KEY: key, HEADER_TIMESTAMP: ts,
             HEADER_SIGN: sign(secret, ts, method, path, body)}
 
@@ -80,6 +113,43 @@ class TokenBucket(object):
             self.tokens -= 1.0
             return 0.0
         return (1.0 - self.tokens) / self.rate if self.rate > 0 else 60.0
+
+
+class ReplayCache(object):
+    """Signatures accepted within the window (rule 6).
+
+    ``check_and_add`` is O(log n); entries leave when their timestamp has left
+    the window, so memory is bounded by the signed requests accepted in two windows.
+
+    >>> cache = ReplayCache()
+    >>> cache.check_and_add("k:sig", 100.0, 99.0), cache.check_and_add("k:sig", 100.0, 99.5)
+    (False, True)
+    >>> cache.check_and_add("k:sig", 100.0, 101.0)
+    False
+    """
+
+    def __init__(self):
+        self.expires = {}               # token -> wall-clock second it may be forgotten
+        self.heap = []                  # (expires, token)
+
+    def __len__(self):
+        return len(self.expires)
+
+    def prune(self, now):
+        heap, expires = self.heap, self.expires
+        while heap and heap[0][0] < now:
+            at, token = heapq.heappop(heap)
+            if expires.get(token) == at:
+                del expires[token]
+
+    def check_and_add(self, token, expires_at, now):
+        """True if ``token`` was seen and has not expired; else remember it until ``expires_at``."""
+        self.prune(now)
+        if token in self.expires:
+            return True
+        self.expires[token] = expires_at
+        heapq.heappush(self.heap, (expires_at, token))
+        return False
 
 
 class ApiKey(object):
@@ -106,6 +176,7 @@ class KeyStore(object):
         self.window_s = float(window_s)
         self.clock = clock
         self.monotonic = monotonic
+        self.replays = ReplayCache()                                   # rule 6
         self.keys = {}
         for k in keys:
             rate = k.get("per_second", per_second)
@@ -121,24 +192,44 @@ class KeyStore(object):
         return cls(keys, per_second=limit.get("per_second", 50.0),
                    burst=limit.get("burst", 100.0), window_s=cfg.get("auth_window_s", 30.0))
 
-    def verify(self, key, timestamp, signature, method, path, body):
-        """Return the ApiKey of a correctly signed, timely request; raise AuthError."""
+    def check_headers(self, key, timestamp, signature):
+        """Rule 7, before the body is read: return (ApiKey, timestamp seconds); raise AuthError."""
         if not key or not timestamp or not signature:
             raise AuthError(401, "missing authentication headers (%s, %s, %s)"
                             % (HEADER_KEY, HEADER_TIMESTAMP, HEADER_SIGN))
+        if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+            raise AuthError(401, "invalid API key")
         api_key = self.keys.get(key)
         if api_key is None:
             raise AuthError(401, "invalid API key")
-        try:
-            ts = float(timestamp)
-        except ValueError:
-            raise AuthError(401, "invalid timestamp %r (unix seconds)" % (timestamp,))
-        if not ts == ts or abs(self.clock() - ts) > self.window_s:   # rule 2 (NaN fails too)
+        if not isinstance(timestamp, str) or not _TIMESTAMP_RE.match(timestamp):
+            raise AuthError(401, "invalid timestamp %s (unix seconds, ASCII digits)"
+                            % shorten(timestamp))
+        ts = float(timestamp)
+        if abs(self.clock() - ts) > self.window_s:                     # rule 2
             raise AuthError(401, "request timestamp outside the %g s window" % self.window_s)
-        expected = sign(api_key.secret, timestamp, method, path, body)
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
+        if not isinstance(signature, str) or len(signature) > MAX_SIGNATURE_CHARS:
             raise AuthError(401, "invalid signature")
+        return api_key, ts
+
+    def verify_signed(self, api_key, ts, timestamp, signature, method, path, body):
+        """Rules 1, 6, 4 after ``check_headers``: HMAC, replay, rate limit; return the ApiKey."""
+        expected = sign(api_key.secret, timestamp, method, path, body)
+        if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            raise AuthError(401, "invalid signature")
+        token = api_key.key + ":" + expected
+        now = self.clock()
+        if token in self.replays.expires and self.replays.expires[token] >= now:   # rule 6
+            raise AuthError(401, "replayed request: this signature was already used "
+                                 "(sign every request with a new timestamp)")
         wait = api_key.bucket.take(self.monotonic())                   # rule 4
         if wait:
-            raise AuthError(429, "rate limit exceeded for key %s" % key, retry_after=wait)
+            raise AuthError(429, "rate limit exceeded for key %s" % shorten(api_key.key),
+                            retry_after=wait)
+        self.replays.check_and_add(token, ts + self.window_s, now)
         return api_key
+
+    def verify(self, key, timestamp, signature, method, path, body):
+        """Return the ApiKey of a correctly signed, timely, new request; raise AuthError."""
+        api_key, ts = self.check_headers(key, timestamp, signature)
+        return self.verify_signed(api_key, ts, timestamp, signature, method, path, body)

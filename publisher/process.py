@@ -38,6 +38,7 @@ Theory of operation (numbered rules; the code refers to them):
    table and both rings are closed (never unlinked: the supervisor owns them).
 """
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -265,11 +266,16 @@ def main(argv=None):
               dropped_during=feed.dropped, held=len(feed.held), **info)
 
     keystore = KeyStore.from_config(pub)
-    app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)))
+    service.consumer_sequence = lambda: consumer.sequence                     # GET /health
+    health_path = os.path.join(runtime.data_dir, "run", "%s.health.json" % shard.name)
+    app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)),
+                     max_body_bytes=int(pub.get("max_body_bytes", 16 * 1024)),
+                     client_oid_window_s=float(pub.get("client_oid_window_s", 86400)),
+                     health_path=health_path)
     config = uvicorn.Config(app, host=pub.get("host", "127.0.0.1"), port=int(pub.get("port", 8080)),
                             ws=pub.get("ws_impl", "websockets-sansio"), log_level=pub.get("log_level", "warning"),
                             lifespan="off", access_log=False, ws_ping_interval=20,
-                            ws_max_queue=64)
+                            ws_max_queue=64, ws_max_size=int(pub.get("ws_max_size", 64 * 1024)))
     server = uvicorn.Server(config)
     service.hub.abort_connection = lambda scope: _abort_connection(server, scope)
     feed_box = [feed]

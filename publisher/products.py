@@ -3,13 +3,17 @@
 The engine's core speaks int64 ticks, lots and asset minor units; the API
 speaks decimal strings.  The conversion happens here, once, by symbol config
 (``engine.config.ExchangeConfig``), and refuses any value that the integer
-form cannot represent exactly (rule: no rounding at the edge).
+form cannot represent exactly (rule: no rounding at the edge).  A number on the wire is ASCII decimal only:
+an optional minus, digits, an optional fraction (``_DECIMAL_RE``); no exponent,
+no ``_``, no NaN/Infinity, no other Unicode digits, no blanks.
 """
+import re
 from decimal import Decimal, InvalidOperation, localcontext
 
 __all__ = ["Product", "Asset", "Catalog", "ConversionError"]
 
 _MAX_I64 = (1 << 63) - 1
+_DECIMAL_RE = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)\Z")
 
 
 class ConversionError(ValueError):
@@ -20,10 +24,15 @@ def _decimal(text, what):
     if isinstance(text, Decimal):
         value = text
     else:
-        if len(str(text)) > 64:
-            raise ConversionError("%s is too long" % what)
+        if not isinstance(text, str):
+            raise ConversionError("%s must be a decimal string" % what)
+        if len(text) > 64:
+            raise ConversionError("%s is too long (at most 64 characters)" % what)
+        if not _DECIMAL_RE.match(text):
+            raise ConversionError("%s %r is not a decimal number (ASCII digits and one '.')"
+                                  % (what, text))
         try:
-            value = Decimal(str(text).strip())
+            value = Decimal(text)
         except (InvalidOperation, ValueError):
             raise ConversionError("%s %r is not a decimal number" % (what, text))
     if not value.is_finite():
@@ -115,13 +124,15 @@ class Product(object):
     def fmt_quote(self, minor):
         return self.quote.fmt(minor)
 
-    def to_json(self):
+    def to_json(self, halted=False):
+        """The product as GET /products shows it; ``halted``: the read model's view."""
         return {"id": self.name, "base_currency": self.base.name,
                 "quote_currency": self.quote.name,
                 "quote_increment": _fmt(self.tick), "base_increment": _fmt(self.lot),
                 "base_min_size": self.fmt_qty(self.min_qty) if self.min_qty else None,
                 "base_max_size": self.fmt_qty(self.max_qty) if self.max_qty else None,
-                "status": "online", "symbol_id": self.symbol_id}
+                "status": "halted" if halted else "online", "trading_disabled": bool(halted),
+                "halted": bool(halted), "symbol_id": self.symbol_id}
 
 
 class Catalog(object):

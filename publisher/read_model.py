@@ -17,8 +17,11 @@ Theory of operation (numbered rules; the code refers to them):
    client can detect a gap.  ``apply`` returns one ``Changes`` per call: the
    per-symbol changes of that batch, book levels coalesced to their final value.
 5. Orders: ACCEPTED (of a NEW_ORDER) creates the order state; FILL, AMENDED,
-   TRIGGERED, CANCELLED and EXPIRED update it; a REJECTED NEW_ORDER is kept as
-   a rejected order so a status query can say why.  Done orders are kept up to
+   TRIGGERED, CANCELLED and EXPIRED update it.  A reject creates no order: a
+   REJECTED NEW_ORDER is not in ``orders`` (so no order list shows it and it
+   pushes no done order out); it is kept apart in ``rejections`` (the newest
+   ``rejections_keep``, and only for this model's symbols) so that
+   ``order(id)`` can still say why.  Done orders are kept up to
    ``done_orders_keep`` (oldest forgotten first); open orders are always kept.
 6. 24h statistics use stream time (the events' ``timestamp_ns``), never the
    wall clock: the window is the 24 hours before the newest trade's time.
@@ -257,7 +260,8 @@ class ReadModel(object):
     0
     """
 
-    def __init__(self, symbol_ids, trades_keep=1000, done_orders_keep=200000, specs=None):
+    def __init__(self, symbol_ids, trades_keep=1000, done_orders_keep=200000, specs=None,
+                 rejections_keep=10000):
         self.symbols = {int(s): SymbolView(int(s), trades_keep) for s in symbol_ids}
         # symbol_id -> SymbolSpec-like (base_asset, quote_asset, base_per_lot,
         # quote_per_tick_lot, maker_fee_bps, taker_fee_bps): balances (rule 8)
@@ -266,6 +270,8 @@ class ReadModel(object):
         self.orders = {}                        # order_id -> OrderState (open + recent done)
         self.done_order_ids = OrderedDict()     # done order ids, oldest first (rule 5)
         self.done_orders_keep = done_orders_keep
+        self.rejections = OrderedDict()         # seq -> rejected OrderState (rule 5)
+        self.rejections_keep = rejections_keep
         self.open_by_account = {}               # account -> {order_id: OrderState}
         self.client_ids = {}                    # (account, client_order_id) -> order_id
         self.balances = {}                      # (account, asset) -> [available, held, seq]
@@ -356,8 +362,11 @@ class ReadModel(object):
             order.status = "rejected"
             order.done_reason = _reason_name(e.reason)
             order.remaining = 0
-            orders[order.order_id] = order
-            self._mark_done(order)
+            if e.symbol_id in self.symbols:                    # rule 5: not an order
+                rejections = self.rejections
+                rejections[order.order_id] = order
+                if len(rejections) > self.rejections_keep:
+                    rejections.popitem(last=False)
             return order
         order = orders.get(e.order_id)
         if order is None:
@@ -482,8 +491,9 @@ class ReadModel(object):
         return self.symbols[symbol_id]
 
     def order(self, order_id):
-        """OrderState or None.  O(1)."""
-        return self.orders.get(order_id)
+        """OrderState (or a remembered rejection, rule 5) or None.  O(1)."""
+        order = self.orders.get(order_id)
+        return order if order is not None else self.rejections.get(order_id)
 
     def order_by_client_id(self, account_id, client_order_id):
         order_id = self.client_ids.get((account_id, client_order_id))

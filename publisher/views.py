@@ -103,7 +103,11 @@ def book_json(view, product, level, applied_seq):
 
 
 def report_json(event, order, product, catalog):
-    """One execution report for the user channel."""
+    """One execution report for the user channel.
+
+    ``price`` of a ``fill`` is the trade price (``fill_json``); ``order_price``
+    is the order's limit price (None for market orders) on every report.
+    """
     kind = _REPORT_NAMES.get(event.kind, str(event.kind))
     out = {"event": kind, "input_seq": event.seq, "order_id": str(event.order_id),
            "time": iso_time(event.timestamp_ns)}
@@ -125,8 +129,11 @@ def report_json(event, order, product, catalog):
         out["client_oid"] = str(order.client_order_id) if order.client_order_id else None
         if product is not None:
             out["side"] = SIDE_NAMES.get(order.side)
-            out["price"] = product.fmt_price(order.price) if order.price else None
-            out["remaining_size"] = product.fmt_qty(order.remaining)
+            limit = product.fmt_price(order.price) if order.price else None
+            out["order_price"] = limit
+            if event.kind != int(EventKind.FILL):     # a fill's price and sizes are its own
+                out["price"] = limit
+                out["remaining_size"] = product.fmt_qty(order.remaining)
     return out
 
 

@@ -38,6 +38,7 @@ import time
 from collections import deque
 
 from publisher import auth as auth_mod
+from publisher.auth import shorten
 from publisher.views import book_json, report_json, ticker_json, trade_json
 
 __all__ = ["Hub", "WsClient", "websocket_endpoint"]
@@ -345,7 +346,8 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None):
                 if not isinstance(msg, dict):
                     raise ValueError("a message is a JSON object")
             except ValueError as exc:
-                client.push(_dumps({"type": "error", "message": "bad message: %s" % exc}))
+                client.push(_dumps({"type": "error",
+                                    "message": "bad message: %s" % shorten(str(exc), 80)}))
                 continue
             _handle(client, hub, keystore, msg)
     except WebSocketDisconnect:
@@ -372,7 +374,7 @@ def _handle(client, hub, keystore, msg):
         client.wakeup.set()
         return
     if kind not in ("subscribe", "unsubscribe"):
-        _error(client, "unknown message type %r (subscribe, unsubscribe, ping)" % (kind,))
+        _error(client, "unknown message type %s (subscribe, unsubscribe, ping)" % shorten(kind))
         return
     channels = msg.get("channels") or []
     product_names = msg.get("product_ids") or []
@@ -381,14 +383,14 @@ def _handle(client, hub, keystore, msg):
         return
     bad = [c for c in channels if c not in CHANNELS]
     if bad or not channels:
-        _error(client, "unknown channel(s) %s (one of %s)" % (bad, ", ".join(CHANNELS)))
+        _error(client, "unknown channel(s) %s (one of %s)" % (shorten(bad, 80), ", ".join(CHANNELS)))
         return
     products = []
     for name in product_names:
         try:
             products.append(hub.catalog.product(name))
-        except (KeyError, TypeError):
-            _error(client, "unknown product %r" % (name,))
+        except (KeyError, TypeError, AttributeError):
+            _error(client, "unknown product %s" % shorten(name))
             return
     if any(c != "user" for c in channels) and not products:
         _error(client, "product_ids is required for %s" % ", ".join(c for c in channels if c != "user"))
@@ -407,6 +409,7 @@ def _handle(client, hub, keystore, msg):
         return
     if "user" in channels:
         try:
+            # auth rule 6: a replayed subscribe (same signature again) is refused
             key = keystore.verify(msg.get("key"), str(msg.get("timestamp") or ""),
                                   msg.get("signature"), "GET", "/ws", b"")
         except auth_mod.AuthError as exc:

@@ -65,6 +65,7 @@ def test_timestamp_outside_window_is_401(skew):
 def test_rate_limit_is_per_key_and_refills():
     store, clock, mono = _store()
     def call(key, secret):
+        clock.t += 0.001                  # a new timestamp each time: no replay (auth rule 6)
         ts = "%.3f" % clock()
         return store.verify(key, ts, sign(secret, ts, "GET", "/a"), "GET", "/a", b"")
     call("k2", "s2")
