@@ -1,7 +1,9 @@
-"""``ringmatch journal inspect|verify|replay|export``: look at, check and replay journals.
+"""``ringmatch journal inspect|verify|replay|export|truncate``: look at, check, replay, repair.
 
-Exit codes: 0 ok; 1 verify found a problem (or replay stopped at one);
-2 usage / nothing to read; 3 schema mismatch.
+Exit codes: 0 ok; 1 verify found a problem (or replay stopped at one), or
+truncate without ``--i-understand`` (it only printed its plan); 2 usage /
+nothing to read / truncate refused (engine running, SEQ not in the intact
+journal); 3 schema mismatch.
 """
 import csv
 import os
@@ -34,6 +36,12 @@ def add_arguments(parser):
                    help="start from the newest valid snapshot (default: from scratch)")
     p.add_argument("--to", dest="to_seq", type=int, default=None, help="stop after this seq")
     p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("truncate", help="keep records up to --at SEQ, quarantine the rest and "
+                                        "later snapshots (dry run unless --i-understand)")
+    p.add_argument("--at", dest="at_seq", type=int, required=True,
+                   help="last sequence to keep")
+    p.add_argument("--i-understand", dest="i_understand", action="store_true",
+                   help="really discard what the dry run prints")
 
 
 def _data_dir(args):
@@ -146,8 +154,42 @@ def _verify(args, data_dir):
         len(report.scans), report.blocks, report.records, report.first_seq, report.last_seq))
     for p in report.problems:
         print("BAD: %s" % p)
+    assessment = report.assessment
+    if report.startup == "cut_torn_tail":
+        print("start-up: cuts the torn tail of the last segment at %s" % assessment.problem)
+    elif report.startup == "stop":
+        print("start-up: STOPS (journal_corrupt): %s" % assessment.error)
     print("OK" if report.ok else "FAIL: %d problem(s)" % len(report.problems))
     return 0 if report.ok else 1
+
+
+def _truncate(args, data_dir):
+    from journaler import repair
+    try:
+        lock = repair.shard_lock(data_dir, args.shard)
+    except repair.EngineRunningError as exc:
+        print("REFUSED: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        try:
+            plan = repair.plan_truncate(data_dir, args.shard, args.at_seq)
+        except repair.TruncateError as exc:
+            print("REFUSED: %s" % exc, file=sys.stderr)
+            return 2
+        for line in plan.describe():
+            print(line)
+        if plan.empty:
+            return 0
+        if not args.i_understand:
+            print("DRY RUN: nothing was changed; run again with --i-understand to discard "
+                  "the above (moved to the quarantine, never deleted)")
+            return 1
+        for path in repair.apply_truncate(plan):
+            print("quarantined: %s" % path)
+        print("DONE: the journal now ends at seq %d" % plan.seq)
+        return 0
+    finally:
+        os.close(lock)
 
 
 def _replay(args, data_dir):
@@ -178,16 +220,20 @@ def _replay(args, data_dir):
 def run(args):
     action = getattr(args, "journal_command", None)
     if action is None:
-        print("usage: ringmatch journal {inspect,verify,replay,export} ...", file=sys.stderr)
+        print("usage: ringmatch journal {inspect,verify,replay,export,truncate} ...",
+              file=sys.stderr)
         return 2
     data_dir = _data_dir(args)
     if not os.path.isdir(os.path.join(data_dir, "journal")):
         print("no journal in %s" % data_dir, file=sys.stderr)
         return 2
-    from journaler.errors import JournalSchemaError
+    from journaler.errors import JournalCorruptError, JournalSchemaError
     try:
         return {"inspect": _inspect, "export": _export, "verify": _verify,
-                "replay": _replay}[action](args, data_dir)
+                "replay": _replay, "truncate": _truncate}[action](args, data_dir)
     except JournalSchemaError as exc:
         print("FAIL: %s" % exc, file=sys.stderr)
         return 3
+    except JournalCorruptError as exc:
+        print("FAIL: %s" % exc, file=sys.stderr)
+        return 1

@@ -2,9 +2,13 @@
 
 Theory of operation (numbered; the code refers to them):
 
-1. Start-up: the writer recovers the journal (cuts a torn or corrupt tail and
-   logs exactly what it cut); its durable end is ``L``.  The ring is attached
-   as consumer ``journaler``, whose gating sequence is ``G``.
+1. Start-up: the writer recovers the journal (cuts a torn tail of the last
+   segment and logs exactly what it cut); its durable end is ``L``.  Damage
+   that is not a torn tail (``JournalCorruptError``) is fatal: one ``fatal``
+   line with ``reason=journal_corrupt`` names the file, offset, damage, the
+   valid prefix's end and the sequences at stake; no file is changed (exit 3).
+   The ring is attached as consumer ``journaler``, whose gating sequence is
+   ``G``.
 2. ``L == G``: resume.  ``L < G``: the ring says records ``L+1 .. G`` were
    journaled but the journal does not have them -- fatal (exit 3), nothing is
    guessed.  ``L > G``: the previous incarnation made ``G+1 .. L`` durable
@@ -32,7 +36,8 @@ import sys
 import time
 
 from engine.log import Logger
-from journaler.errors import JournalIOError, JournalSequenceError, JournalError
+from journaler.errors import (JournalCorruptError, JournalError, JournalIOError,
+                              JournalSequenceError)
 
 __all__ = ["main", "run", "EXIT_OK", "EXIT_FATAL"]
 
@@ -90,6 +95,9 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
     try:
         writer = JournalWriter(data_dir, shard, fsync=fsync, fsync_interval_ms=fsync_interval_ms,
                                segment_bytes=segment_bytes, log=log)
+    except JournalCorruptError as exc:                       # rule 1
+        log.error("fatal", reason="journal_corrupt", error=str(exc), **exc.fields())
+        return EXIT_FATAL
     except JournalError as exc:
         log.error("fatal", reason="journal_unreadable", error=str(exc))
         return EXIT_FATAL

@@ -15,10 +15,21 @@ Theory of operation (the numbered recovery rules of ``docs/journal.md``):
 4. The journal is the longest valid prefix.  The first invalid thing (a block,
    a segment header, a gap between segments) and everything after it is the
    *tail*; the last durable sequence is the last record of the prefix.
-5. Recovery cuts the tail: the bytes of a partial segment are copied to
-   ``journal/quarantine/`` and the file is truncated at the offset of the first
-   invalid block; whole later segments are moved into the quarantine.  Each cut
-   is reported (file, offset, block first sequence, reason, bytes).
+5. Only a *torn tail* is cut automatically: the first problem is in the LAST
+   segment and no intact block (magic, sane count, wholly in the file, CRC
+   matching, found by searching every 32-byte aligned offset) lies at or
+   after it -- a write that never finished, or the zeros / garbage a power
+   loss leaves at the end of the file.  A bad header of the last segment is a
+   torn creation under the same condition (nothing intact after byte 128).
+   The cut bytes are copied to ``journal/quarantine/`` (0600 files in a 0700
+   directory, fsynced) before the file is truncated at the problem's offset;
+   a torn header moves the whole file there.  Each cut is reported.
+5a. Any other damage -- a CRC mismatch or bad block with intact data after
+   it, any problem in a segment that is not the last, a gap, overlap or name
+   mismatch between segments -- is ``JournalCorruptError``: it names the file,
+   the byte offset, the reason, the valid prefix's end and the sequences a cut
+   would lose, and NO file is changed.  The operator decides (docs/journal.md:
+   repair from the standby, or ``ringmatch journal truncate``).
 6. ``verify`` never changes a file: it walks every segment (continuing past a
    bad CRC when the block header is sane) and names each offending block.
 7. Readers (replay, export, the matcher's start-up) read only the valid
@@ -27,23 +38,31 @@ Theory of operation (the numbered recovery rules of ``docs/journal.md``):
 """
 import mmap
 import os
-import shutil
 import time
 
 from journaler.crc import crc32c
-from journaler.errors import JournalFormatError, JournalSchemaError
+from journaler.errors import JournalCorruptError, JournalFormatError, JournalSchemaError
 from journaler.segment import (
     BLOCK_HEADER_SIZE, BLOCK_MAGIC, SEGMENT_HEADER_SIZE, block_crc, journal_dir,
     list_segments, unpack_block_header, unpack_segment_header,
 )
 
 __all__ = [
-    "Problem", "Cut", "SegmentScan", "RecoveryReport", "VerifyReport", "scan_segment",
-    "scan_journal", "recover_journal", "verify_journal", "JournalReader", "last_sequence",
+    "Problem", "Cut", "SegmentScan", "RecoveryReport", "VerifyReport", "Assessment",
+    "scan_segment", "scan_journal", "assess_journal", "recover_journal", "verify_journal",
+    "JournalReader", "last_sequence", "intact_blocks", "quarantine_dir", "quarantine_open",
+    "fsync_dir",
 ]
 
 #: no block is this large; a larger count in a header means a corrupt header
 MAX_BLOCK_RECORDS = 1 << 24
+#: every block starts at a multiple of this (128-byte segment header, 32-byte
+#: block headers, 64-byte records): the resync search of rule 5 looks only there
+BLOCK_ALIGN = 32
+#: first problems that a torn write can leave (rule 5); anything else stops start-up
+TORN_BLOCK_REASONS = ("torn_block_header", "torn_block", "bad_block_header", "crc_mismatch",
+                      "sequence_gap", "sequence_overlap")
+TORN_HEADER_REASONS = ("short_header", "bad_magic", "header_crc")
 
 
 def _rel(path):
@@ -102,7 +121,7 @@ class Cut(object):
 class SegmentScan(object):
     """Result of walking one segment: its header, valid blocks, where validity ends."""
 
-    __slots__ = ("path", "header", "blocks", "end_offset", "size", "problems")
+    __slots__ = ("path", "header", "blocks", "end_offset", "size", "problems", "seen_last")
 
     def __init__(self, path, header, size):
         self.path = path
@@ -111,6 +130,7 @@ class SegmentScan(object):
         self.end_offset = SEGMENT_HEADER_SIZE if header is not None else 0
         self.size = size
         self.problems = []
+        self.seen_last = None   # last seq of the last sane block header walked (verify)
 
     @property
     def first_seq(self):
@@ -172,11 +192,19 @@ def scan_segment(path, record_size, schema_hash, expected_first=None, check_crc=
                                          % (name_seq, header.first_seq)))
             return scan
         if expected_first is not None and header.first_seq != expected_first:
-            reason = "sequence_gap" if header.first_seq > expected_first else "sequence_overlap"
-            scan.problems.append(Problem(path, 0, None, reason,
-                                         "segment starts at %d, journal continues at %d"
-                                         % (header.first_seq, expected_first)))
-            return scan
+            if header.first_seq > expected_first:
+                reason = "sequence_gap"
+                detail = ("records %d..%d are in no segment: this segment starts at %d, the "
+                          "journal before it ends at %d" % (
+                              expected_first, header.first_seq - 1, header.first_seq,
+                              expected_first - 1))
+            else:
+                reason = "sequence_overlap"
+                detail = ("segment starts at %d but the journal before it already holds "
+                          "records up to %d" % (header.first_seq, expected_first - 1))
+            scan.problems.append(Problem(path, 0, None, reason, detail))
+            if not keep_going:
+                return scan
         offset = SEGMENT_HEADER_SIZE
         expected = header.first_seq
         while offset < size:
@@ -197,6 +225,7 @@ def scan_segment(path, record_size, schema_hash, expected_first=None, check_crc=
                     "block needs %d bytes, file has %d" % (end - offset, size - offset), count))
                 break
             bad = None
+            scan.seen_last = first_seq + count - 1
             if first_seq != expected:
                 bad = Problem(path, offset, first_seq,
                               "sequence_gap" if first_seq > expected else "sequence_overlap",
@@ -233,7 +262,7 @@ def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep
     tail_index = None
     for name_seq, path in list_segments(data_dir, shard):
         scan = scan_segment(path, record_size, schema_hash,
-                            expected_first=expected if tail_index is None else None,
+                            expected_first=expected if tail_index is None or keep_going else None,
                             check_crc=check_crc, keep_going=keep_going, name_seq=name_seq)
         scans.append(scan)
         if scan.problems and tail_index is None:
@@ -244,8 +273,136 @@ def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep
                     scans.append(SegmentScan(later, None, os.path.getsize(later)))
                 break
         if scan.header is not None:
-            expected = scan.last_seq + 1
+            if keep_going and scan.problems:
+                # verify: continue the continuity check from what this file holds
+                expected = (scan.seen_last if scan.seen_last is not None
+                            else scan.header.first_seq - 1) + 1
+            else:
+                expected = scan.last_seq + 1
+        elif keep_going:
+            expected = None
     return scans, tail_index
+
+
+def intact_blocks(buf, start, size, record_size):
+    """Yield (offset, first_seq, count) of every intact block at or after ``start`` (rule 5).
+
+    Intact: magic ``RMBK``, ``1 <= count <= MAX_BLOCK_RECORDS``, records
+    wholly inside ``size`` and CRC32C matching.  Blocks are found by searching
+    the magic at ``BLOCK_ALIGN``-aligned offsets, so a damaged block header
+    does not hide the blocks after it.  O(bytes searched + bytes of the
+    candidate blocks).
+    """
+    pos = start
+    while pos + BLOCK_HEADER_SIZE <= size:
+        hit = buf.find(BLOCK_MAGIC, pos, size)
+        if hit < 0 or hit + BLOCK_HEADER_SIZE > size:
+            return
+        if hit % BLOCK_ALIGN:
+            pos = hit + BLOCK_ALIGN - hit % BLOCK_ALIGN
+            continue
+        _magic, count, first_seq, stored = unpack_block_header(buf, hit)
+        end = hit + BLOCK_HEADER_SIZE + count * record_size
+        if 1 <= count <= MAX_BLOCK_RECORDS and end <= size and crc32c(
+                buf[hit + BLOCK_HEADER_SIZE:end], block_crc(first_seq, count, ())) == stored:
+            yield hit, first_seq, count
+            pos = end
+        else:
+            pos = hit + BLOCK_ALIGN
+
+
+def _intact_after(path, start, record_size):
+    """[(offset, first_seq, count)] of the intact blocks of ``path`` at or after ``start``."""
+    buf, size = _read_file(path)
+    try:
+        return list(intact_blocks(buf, max(start, SEGMENT_HEADER_SIZE), size, record_size))
+    finally:
+        _close(buf)
+
+
+class Assessment(object):
+    """What start-up would do with a journal (rules 4, 5, 5a).
+
+    ``prefix_end``: last seq of the valid prefix (0: empty); ``problem``: the
+    first problem (None: clean); ``cuttable``: it is a torn tail of the last
+    segment (rule 5); ``error``: the JournalCorruptError of rule 5a (None when
+    clean or cuttable); ``scans``: the SegmentScan list.
+    """
+
+    def __init__(self, scans, tail_index, prefix_end, problem, cuttable, error):
+        self.scans = scans
+        self.tail_index = tail_index
+        self.prefix_end = prefix_end
+        self.problem = problem
+        self.cuttable = cuttable
+        self.error = error
+
+    def raise_if_corrupt(self):
+        if self.error is not None:
+            raise self.error
+
+
+def _prefix_end(scans, tail_index):
+    last = 0
+    for i, scan in enumerate(scans):
+        if tail_index is not None and i > tail_index:
+            break
+        if scan.header is None:
+            break
+        if tail_index == i and scan.problems[0].offset == 0:
+            break       # header-level problem (gap, overlap, name): nothing of it counts
+        last = scan.last_seq
+    return last
+
+
+def _assess(scans, tail_index, record_size):
+    """Classify the first problem of ``scans`` (rules 5, 5a).  O(bytes after the problem)."""
+    prefix_end = _prefix_end(scans, tail_index)
+    if tail_index is None:
+        return Assessment(scans, None, prefix_end, None, False, None)
+    scan = scans[tail_index]
+    problem = scan.problems[0]
+    header_level = scan.header is None or problem.offset == 0
+    start = SEGMENT_HEADER_SIZE if header_level else problem.offset
+    after = _intact_after(scan.path, start, record_size)
+    is_last = tail_index == len(scans) - 1
+    if header_level:
+        torn = scan.header is None and problem.reason in TORN_HEADER_REASONS
+    else:
+        torn = problem.reason in TORN_BLOCK_REASONS
+    if is_last and torn and not after:
+        return Assessment(scans, tail_index, prefix_end, problem, True, None)
+    # rule 5a: what a cut at the damage would discard
+    later = [b for b in after]
+    for other in scans[tail_index + 1:]:
+        later.extend(_intact_after(other.path, SEGMENT_HEADER_SIZE, record_size))
+    later = [(o, f, c) for o, f, c in later if f + c - 1 > prefix_end]
+    first_lost = prefix_end + 1
+    last_lost = max([first_lost] + [f + c - 1 for _o, f, c in later])
+    records_after = sum(c for _o, _f, c in later)
+    where = "last segment" if is_last else "segment %d of %d" % (tail_index + 1, len(scans))
+    message = (
+        "journal damaged, start-up stopped: %s (%s) offset %d: %s (%s); the journal is valid "
+        "through seq %d; a cut there would discard seqs %d..%d (%d intact record(s) after "
+        "the damage); no file was changed.  Repair from the standby's journal or run "
+        "`ringmatch journal truncate --at SEQ` (docs/journal.md)" % (
+            scan.path, where, problem.offset, problem.reason, problem.detail, prefix_end,
+            first_lost, last_lost, records_after))
+    error = JournalCorruptError(message, path=scan.path, offset=problem.offset,
+                                reason=problem.reason, detail=problem.detail,
+                                valid_through=prefix_end, first_lost_seq=first_lost,
+                                last_lost_seq=last_lost, records_after=records_after)
+    return Assessment(scans, tail_index, prefix_end, problem, False, error)
+
+
+def assess_journal(data_dir, shard, record_size, schema_hash):
+    """Walk the journal and classify its first problem, changing nothing (rules 4, 5, 5a).
+
+    Returns an Assessment.  O(journal) with CRCs.  Raises JournalSchemaError
+    (rule 2).
+    """
+    scans, tail_index = scan_journal(data_dir, shard, record_size, schema_hash)
+    return _assess(scans, tail_index, record_size)
 
 
 class RecoveryReport(object):
@@ -270,7 +427,8 @@ class RecoveryReport(object):
         return sum(c for s in self.segments for _, _, c in s.blocks)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory (its entries: creations, renames).  O(1)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -278,84 +436,129 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def recover_journal(data_dir, shard, record_size, schema_hash, quarantine=True, log=None):
-    """Find the last durable sequence and cut the torn or corrupt tail (rules 4, 5).  O(journal).
+_fsync_dir = fsync_dir
 
-    Returns a RecoveryReport.  Raises JournalSchemaError (rule 2).  The cut
-    bytes go to ``journal/quarantine/`` unless ``quarantine`` is False (then
-    they are dropped).  ``log`` (an engine.log.Logger) gets one
-    ``journal_tail_cut`` line per cut.
+
+def quarantine_dir(data_dir):
+    """``<data>/journal/quarantine``, created 0700 (an existing wider one is narrowed)."""
+    qdir = os.path.join(journal_dir(data_dir), "quarantine")
+    os.makedirs(qdir, mode=0o700, exist_ok=True)
+    if os.stat(qdir).st_mode & 0o077:
+        os.chmod(qdir, 0o700)
+    return qdir
+
+
+def quarantine_open(directory, name):
+    """(fd, path) of a new 0600 file ``name`` in ``directory`` (``.1``, ``.2``... if taken)."""
+    path = os.path.join(directory, name)
+    n = 0
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
+        except FileExistsError:
+            n += 1
+            path = os.path.join(directory, "%s.%d" % (name, n))
+
+
+def quarantine_copy(src, offset, directory, name):
+    """Copy the bytes of open file ``src`` from ``offset`` to a new quarantine file, fsynced.
+
+    Returns (path, bytes copied).  O(bytes).
     """
-    scans, tail_index = scan_journal(data_dir, shard, record_size, schema_hash)
+    fd, path = quarantine_open(directory, name)
+    copied = 0
+    try:
+        src.seek(offset)
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                copied += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path, copied
+
+
+def quarantine_move(path, directory, name):
+    """Move ``path`` into the quarantine as ``name`` (0600); returns the new path.  O(1)."""
+    target = os.path.join(directory, name)
+    n = 0
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(directory, "%s.%d" % (name, n))
+    os.chmod(path, 0o600)
+    os.rename(path, target)
+    return target
+
+
+def recover_journal(data_dir, shard, record_size, schema_hash, quarantine=True, log=None):
+    """Find the last durable sequence and cut a torn tail (rules 4, 5, 5a).  O(journal).
+
+    Returns a RecoveryReport.  Raises JournalSchemaError (rule 2) and
+    JournalCorruptError (rule 5a: damage that is not a torn tail of the last
+    segment; then no file has been changed).  The cut bytes go to
+    ``journal/quarantine/`` unless ``quarantine`` is False (then they are
+    dropped).  ``log`` (an engine.log.Logger) gets one ``journal_tail_cut``
+    line per cut.
+    """
+    assessment = assess_journal(data_dir, shard, record_size, schema_hash)
+    assessment.raise_if_corrupt()
+    scans = assessment.scans
     cuts = []
-    if tail_index is not None:
-        problem = scans[tail_index].problems[0]
-        qdir = os.path.join(journal_dir(data_dir), "quarantine")
-        if quarantine:
-            os.makedirs(qdir, exist_ok=True)
+    if assessment.cuttable:
+        scan = scans[assessment.tail_index]          # the last segment (rule 5)
+        problem = assessment.problem
+        qdir = quarantine_dir(data_dir) if quarantine else None
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        for i in range(tail_index, len(scans)):
-            scan = scans[i]
-            # a block-level problem keeps the file up to it; a bad header or a
-            # segment that does not continue the journal goes whole (rule 5)
-            keep_file = i == tail_index and scan.header is not None and problem.offset > 0
-            cut_at = scan.end_offset if keep_file else 0
-            target = None
-            length = scan.size - cut_at
-            if quarantine:
-                target = os.path.join(qdir, "%s.%d.%s.cut" % (
-                    os.path.basename(scan.path), cut_at, stamp))
-            if keep_file:
-                with open(scan.path, "r+b") as f:
-                    if target is not None:
-                        f.seek(cut_at)
-                        with open(target, "wb") as out:
-                            shutil.copyfileobj(f, out)
-                            out.flush()
-                            os.fsync(out.fileno())
-                    f.truncate(cut_at)
-                    f.flush()
-                    os.fsync(f.fileno())
-                scan.problems = []
-                scan.size = cut_at
-            else:
-                if target is not None:
-                    os.rename(scan.path, target)
-                else:
-                    os.unlink(scan.path)
-            cut = Cut(scan.path, cut_at, length, problem if i == tail_index else Problem(
-                scan.path, 0, None, "after_cut", "follows the cut at %s" % _rel(problem.path)),
-                target)
-            cuts.append(cut)
-            if log is not None:
-                p = cut.problem
-                log.warning("journal_tail_cut", file=scan.path, offset=cut_at, bytes=length,
-                            block_first_seq=-1 if p.first_seq is None else p.first_seq,
-                            reason=p.reason, detail=p.detail, quarantine=target or "-")
-        _fsync_dir(journal_dir(data_dir))
-        if quarantine:
-            _fsync_dir(qdir)
-        kept = [s for s in scans[:tail_index + 1] if os.path.exists(s.path) and s.header is not None]
-        scans = kept
+        keep_file = scan.header is not None          # block-level: keep the file up to it
+        cut_at = scan.end_offset if keep_file else 0
+        name = "%s.%d.%s.cut" % (os.path.basename(scan.path), cut_at, stamp)
+        length = scan.size - cut_at
+        target = None
+        if keep_file:
+            with open(scan.path, "r+b") as f:
+                if qdir is not None:
+                    target, _ = quarantine_copy(f, cut_at, qdir, name)
+                    fsync_dir(qdir)                  # the copy is durable before the cut
+                f.truncate(cut_at)
+                f.flush()
+                os.fsync(f.fileno())
+            scan.problems = []
+            scan.size = cut_at
+        elif qdir is not None:
+            target = quarantine_move(scan.path, qdir, name)
+        else:
+            os.unlink(scan.path)
+        cut = Cut(scan.path, cut_at, length, problem, target)
+        cuts.append(cut)
+        if log is not None:
+            log.warning("journal_tail_cut", file=scan.path, offset=cut_at, bytes=length,
+                        block_first_seq=-1 if problem.first_seq is None else problem.first_seq,
+                        reason=problem.reason, detail=problem.detail, quarantine=target or "-")
+        fsync_dir(journal_dir(data_dir))
+        if qdir is not None:
+            fsync_dir(qdir)
+        scans = [s for s in scans if s.header is not None and os.path.exists(s.path)]
     return RecoveryReport(scans, cuts)
 
 
 class VerifyReport(object):
     """What ``verify_journal`` found: ``ok``, ``problems`` (each names its block), ranges."""
 
-    def __init__(self, scans, problems, error=None):
+    def __init__(self, scans, problems, error=None, assessment=None):
         self.scans = scans
         self.problems = problems
         self.error = error
+        self.assessment = assessment
         valid = [s for s in scans if s.header is not None]
         self.first_seq = valid[0].first_seq if valid else None
-        self.last_seq = 0
-        for s in scans:   # end of the valid prefix
-            if s.header is None:
-                break
-            self.last_seq = s.last_seq
-            if s.problems:
-                break
+        tail_index = next((i for i, s in enumerate(scans) if s.problems), None)
+        self.last_seq = _prefix_end(scans, tail_index)     # end of the valid prefix
         self.blocks = sum(len(s.blocks) for s in scans)
         self.records = sum(c for s in scans for _, _, c in s.blocks)
 
@@ -363,25 +566,35 @@ class VerifyReport(object):
     def ok(self):
         return not self.problems and self.error is None
 
+    @property
+    def startup(self):
+        """What the journaler's start-up would do: ``ok``, ``cut_torn_tail`` or ``stop``."""
+        a = self.assessment
+        if a is None or a.problem is None:
+            return "ok"
+        return "cut_torn_tail" if a.cuttable else "stop"
+
 
 def verify_journal(data_dir, shard, record_size, schema_hash):
     """Check CRCs, continuity and schema of every segment, changing nothing (rule 6).  O(journal)."""
     try:
-        scans, _ = scan_journal(data_dir, shard, record_size, schema_hash, keep_going=True)
+        scans, tail_index = scan_journal(data_dir, shard, record_size, schema_hash,
+                                         keep_going=True)
     except JournalSchemaError as exc:
         return VerifyReport([], [], error=str(exc))
     problems = [p for s in scans for p in s.problems]
-    return VerifyReport(scans, problems)
+    return VerifyReport(scans, problems, assessment=_assess(scans, tail_index, record_size))
 
 
 def last_sequence(data_dir, shard, record_size, schema_hash):
-    """Last sequence of the valid prefix (0 when empty), read only.  O(journal)."""
-    scans, tail_index = scan_journal(data_dir, shard, record_size, schema_hash)
-    last = 0
-    for scan in scans[:None if tail_index is None else tail_index + 1]:
-        if scan.header is not None:
-            last = scan.last_seq if scan.last_seq is not None else last
-    return last
+    """Last sequence of the valid prefix (0 when empty), read only.  O(journal).
+
+    Raises JournalCorruptError when the first problem is not a torn tail
+    (rule 5a): the prefix's end is then not the journal's durable end.
+    """
+    assessment = assess_journal(data_dir, shard, record_size, schema_hash)
+    assessment.raise_if_corrupt()
+    return assessment.prefix_end
 
 
 class JournalReader(object):

@@ -44,6 +44,11 @@ def _schema():
 def durable_sequence(data_dir, shard):
     """Last sequence of the journal's valid prefix (0: empty).  O(journal) with CRCs.
 
+    A torn tail of the last segment is not counted (the journaler cuts it when
+    it starts).  Raises JournalCorruptError for any other damage (reader rule
+    5a): the prefix's end would be a wrong durable end, and a ring built from
+    it would reuse sequences.
+
     >>> durable_sequence("/nonexistent", "shard0")
     0
     """

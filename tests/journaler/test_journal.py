@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from journaler import writer as writer_module
-from journaler.errors import (JournalGapError, JournalIOError, JournalOverlapError,
-                              JournalSchemaError)
+from journaler.errors import (JournalCorruptError, JournalGapError, JournalIOError,
+                              JournalOverlapError, JournalSchemaError)
 from journaler.reader import JournalReader, recover_journal, verify_journal
 from journaler.segment import (BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, list_segments,
                                unpack_segment_header)
@@ -16,6 +16,7 @@ from journaler.writer import JournalWriter
 from ringbuf import records
 
 from helpers import check_content, make_records
+from _integrity import flip_byte, tree_digest
 
 pytestmark = [pytest.mark.timeout(60)]
 RS = records.COMMAND_SIZE
@@ -149,36 +150,32 @@ def test_torn_tail_is_cut_and_reported(tmp_path):
 
 
 @pytest.mark.pypy
-def test_flipped_byte_in_middle_names_block_and_recovery_keeps_prefix(tmp_path):
+def test_flipped_byte_in_middle_names_block_and_recovery_stops(tmp_path):
+    """A CRC mismatch in a middle segment is damage, not a torn tail: nothing is cut."""
     d = str(tmp_path)
     write_journal(d, 3000)
     segs = list_segments(d, "s0")
     mid_first, mid_path = segs[len(segs) // 2]
     blocks = _blocks(mid_path)
     off, first, count = blocks[len(blocks) // 2]
-    with open(mid_path, "r+b") as f:     # flip one bit of a record in that block
-        pos = off + BLOCK_HEADER_SIZE + (count // 2) * RS + 17
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x10]))
+    flip_byte(mid_path, off + BLOCK_HEADER_SIZE + (count // 2) * RS + 17)
     report = verify_journal(d, "s0", RS, records.SCHEMA_HASH)
     assert [(p.path, p.offset, p.first_seq, p.reason) for p in report.problems] == \
         [(mid_path, off, first, "crc_mismatch")]
     assert "block first_seq=%d" % first in str(report.problems[0])
+    assert report.last_seq == first - 1 and report.startup == "stop"
     # readers stop before the bad block
     seqs, arr = JournalReader(d, "s0").array()
     check_content(seqs, arr)
     assert seqs[-1] == first - 1
-    rec = recover_journal(d, "s0", RS, records.SCHEMA_HASH)
-    assert rec.last_seq == first - 1
-    later = [p for f, p in segs if f > mid_first]
-    assert [c.path for c in rec.cuts] == [mid_path] + later
-    assert rec.cuts[0].offset == off and rec.cuts[0].problem.reason == "crc_mismatch"
-    assert all(c.problem.reason == "after_cut" for c in rec.cuts[1:])
-    assert all(not os.path.exists(p) for p in later)
-    assert all(os.path.exists(c.quarantine) for c in rec.cuts)
-    assert verify_journal(d, "s0", RS, records.SCHEMA_HASH).ok
+    before = tree_digest(d)
+    with pytest.raises(JournalCorruptError) as err:
+        recover_journal(d, "s0", RS, records.SCHEMA_HASH)
+    e = err.value
+    assert (e.path, e.offset, e.reason) == (mid_path, off, "crc_mismatch")
+    assert (e.valid_through, e.first_lost_seq, e.last_lost_seq) == (first - 1, first, 3000)
+    assert e.records_after == 3000 - (first + count - 1)
+    assert tree_digest(d) == before, "start-up must leave every file as it was"
 
 
 @pytest.mark.pypy

@@ -1,0 +1,549 @@
+"""Issue 11 defects 1-3: recovery that never lies.
+
+Only the torn tail of the last segment is cut at start-up; any other damage
+stops start-up naming file, offset and sequences, and leaves every file as it
+was.  ``journal verify`` names a gap and the true end of the valid prefix.
+``journal truncate`` is the operator's explicit repair.  A snapshot is bound
+to the journal it summarises and is never restored over another history.
+"""
+import fcntl
+import os
+import stat
+import struct
+
+import pytest
+
+from journaler import cli as journal_cli
+from journaler import process as journaler_process
+from journaler import recovery
+from journaler import snapshot as snapshots
+from journaler.errors import JournalCorruptError
+from journaler.reader import JournalReader, recover_journal, verify_journal
+from journaler.segment import BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, list_segments
+from journaler.writer import JournalWriter
+from ringbuf import Ring, records
+
+from _integrity import flip_byte, tree_digest
+from helpers import check_content, make_records
+
+pytestmark = [pytest.mark.timeout(60)]
+RS = records.COMMAND_SIZE
+SHARD = "s0"
+PER_SEGMENT = 1000          # records per segment in four_segments()
+
+
+def four_segments(d, total=4000, shard=SHARD):
+    """Records 1..total, blocks of 50, a new segment every PER_SEGMENT records."""
+    block = 50
+    segment_bytes = SEGMENT_HEADER_SIZE + (PER_SEGMENT // block) * (BLOCK_HEADER_SIZE + block * RS)
+    with JournalWriter(d, shard, segment_bytes=segment_bytes, fsync="off") as w:
+        for seq in range(1, total + 1, block):
+            w.append(seq, make_records(seq, block).tobytes())
+    segs = list_segments(d, shard)
+    assert [f for f, _ in segs] == [1 + i * PER_SEGMENT for i in range(total // PER_SEGMENT)]
+    return segs
+
+
+def block_offset(index):
+    return SEGMENT_HEADER_SIZE + index * (BLOCK_HEADER_SIZE + 50 * RS)
+
+
+class Lines(object):
+    def __init__(self):
+        self.lines = []
+
+    def event(self, event, **fields):
+        self.lines.append((event, fields))
+
+    def error(self, event, **fields):
+        self.lines.append((event, dict(fields, level="ERROR")))
+
+    def warning(self, event, **fields):
+        self.lines.append((event, dict(fields, level="WARN")))
+
+    def named(self, name):
+        return [f for e, f in self.lines if e == name]
+
+
+def start_must_stop(d, expected):
+    """Every start-up entry point refuses the journal; no file changes."""
+    before = tree_digest(d)
+    errors = []
+    with pytest.raises(JournalCorruptError) as err:
+        JournalWriter(d, SHARD)
+    errors.append(err.value)
+    with pytest.raises(JournalCorruptError) as err:     # the supervisor's ring start
+        recovery.durable_sequence(d, SHARD)
+    errors.append(err.value)
+    with pytest.raises(JournalCorruptError) as err:
+        recovery.recover(None, d, SHARD, matcher_class=ToyMatcher)
+    errors.append(err.value)
+    for e in errors:
+        got = dict((k, getattr(e, k)) for k in expected)
+        assert got == expected, str(e)
+        assert os.path.basename(e.path) in str(e) and "offset %d" % e.offset in str(e)
+    assert tree_digest(d) == before, "start-up must leave every file as it was"
+    return errors[0]
+
+
+# -- defect 1: damage in the middle is not a torn tail ------------------------------------
+
+
+@pytest.mark.pypy
+def test_flipped_byte_in_segment_2_of_4_stops_startup_and_changes_nothing(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[1][1]
+    off = block_offset(10)                     # block of seqs 1501..1550
+    flip_byte(path, off + BLOCK_HEADER_SIZE + 7 * RS + 3)
+    e = start_must_stop(d, {"path": path, "offset": off, "reason": "crc_mismatch",
+                            "valid_through": 1500, "first_lost_seq": 1501,
+                            "last_lost_seq": 4000, "records_after": 2450})
+    assert "seqs 1501..4000" in str(e) and "no file was changed" in str(e)
+    # readers still read the valid prefix
+    seqs, arr = JournalReader(d, SHARD).array()
+    check_content(seqs, arr)
+    assert seqs[-1] == 1500
+
+
+@pytest.mark.pypy
+@pytest.mark.parametrize("field_offset", [40, 52, 124])   # created_ns, shard, header_crc
+def test_damaged_header_of_middle_segment_stops_startup(tmp_path, field_offset):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    flip_byte(segs[1][1], field_offset)
+    start_must_stop(d, {"path": segs[1][1], "offset": 0, "reason": "header_crc",
+                        "valid_through": 1000, "first_lost_seq": 1001, "last_lost_seq": 4000,
+                        "records_after": 3000})
+
+
+@pytest.mark.pypy
+def test_damaged_header_of_last_segment_with_records_stops_startup(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    flip_byte(segs[3][1], 44)
+    start_must_stop(d, {"path": segs[3][1], "offset": 0, "reason": "header_crc",
+                        "valid_through": 3000, "first_lost_seq": 3001, "last_lost_seq": 4000})
+
+
+@pytest.mark.pypy
+def test_zeros_in_last_segment_followed_by_intact_blocks_stop_startup(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[3][1]
+    off = block_offset(5)
+    with open(path, "r+b") as f:               # one block's bytes lost, later ones intact
+        f.seek(off)
+        f.write(b"\0" * (BLOCK_HEADER_SIZE + 50 * RS))
+    start_must_stop(d, {"path": path, "offset": off, "reason": "bad_block_header",
+                        "valid_through": 3250, "first_lost_seq": 3251, "last_lost_seq": 4000,
+                        "records_after": 700})
+
+
+@pytest.mark.pypy
+def test_torn_block_at_end_of_segment_2_of_4_stops_startup(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[1][1]
+    with open(path, "r+b") as f:               # a non-last segment is never torn by a crash
+        f.truncate(os.path.getsize(path) - 100)
+    start_must_stop(d, {"path": path, "reason": "torn_block", "valid_through": 1950,
+                        "first_lost_seq": 1951, "last_lost_seq": 4000})
+
+
+def test_journaler_process_logs_one_fatal_line_and_exits_fatal(tmp_path):
+    d = str(tmp_path)
+    shard = "it%d" % os.getpid()
+    segs = four_segments(d, shard=shard)
+    off = block_offset(3)
+    flip_byte(segs[1][1], off + BLOCK_HEADER_SIZE + 5)
+    ring = Ring.create("rm-%s-in" % shard, capacity=1024, consumers={"journaler": []},
+                       initial_sequence=4000)
+    try:
+        before = tree_digest(d)
+        log = Lines()
+        assert journaler_process.run(ring, d, shard, log=log, stop=[1]) == \
+            journaler_process.EXIT_FATAL
+        fatal = log.named("fatal")
+        assert len(fatal) == 1 and not log.named("journal_tail_cut")
+        f = fatal[0]
+        assert (f["reason"], f["file"], f["offset"], f["damage"]) == \
+            ("journal_corrupt", segs[1][1], off, "crc_mismatch")
+        assert (f["valid_through"], f["first_lost_seq"], f["last_lost_seq"]) == (1150, 1151, 4000)
+        assert tree_digest(d) == before
+        assert not log.named("ready")
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+# -- the torn tail of the last segment is still cut --------------------------------------
+
+
+@pytest.mark.pypy
+@pytest.mark.parametrize("tear", ["mid_record", "block_header", "zeros", "garbage",
+                                  "last_block_crc"])
+def test_torn_tail_of_last_segment_is_cut_into_private_quarantine(tmp_path, tear):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[3][1]
+    last_off = block_offset(19)                # block 3951..4000
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        if tear == "mid_record":
+            f.truncate(size - 1000)
+        elif tear == "block_header":
+            f.truncate(last_off + 20)
+        elif tear == "zeros":                  # power loss: the size grew, the data never came
+            f.truncate(last_off)
+            f.seek(last_off)
+            f.write(b"\0" * 5000)
+        elif tear == "garbage":
+            f.truncate(last_off)
+            f.seek(last_off)
+            f.write(os.urandom(3000).replace(b"RMBK", b"XXXX"))
+        else:                                  # the last block's records half written
+            f.seek(last_off + BLOCK_HEADER_SIZE + 20 * RS)
+            f.write(b"\0" * (30 * RS))
+    tail = os.path.getsize(path) - last_off
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).startup == "cut_torn_tail"
+    assert recovery.durable_sequence(d, SHARD) == 3950
+    log = Lines()
+    w = JournalWriter(d, SHARD, log=log)
+    try:
+        assert w.next_sequence == 3951
+    finally:
+        w.close()
+    assert os.path.getsize(path) == last_off
+    cut = log.named("journal_tail_cut")
+    assert len(cut) == 1 and cut[0]["offset"] == last_off and cut[0]["bytes"] == tail
+    q = cut[0]["quarantine"]
+    assert os.path.getsize(q) == tail
+    assert stat.S_IMODE(os.stat(q).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(q)).st_mode) == 0o700
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
+
+
+@pytest.mark.pypy
+def test_torn_header_of_new_last_segment_is_moved_to_private_quarantine(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[3][1]
+    with open(path, "r+b") as f:               # created, header torn, no records yet
+        f.truncate(60)
+    assert recovery.durable_sequence(d, SHARD) == 3000
+    report = recover_journal(d, SHARD, RS, records.SCHEMA_HASH)
+    assert report.last_seq == 3000 and not os.path.exists(path)
+    assert stat.S_IMODE(os.stat(report.cuts[0].quarantine).st_mode) == 0o600
+
+
+# -- defect 2: a missing middle segment ----------------------------------------------------
+
+
+@pytest.mark.pypy
+def test_missing_segment_2_of_4_is_fatal_and_verify_names_the_gap(tmp_path, capsys):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    os.unlink(segs[1][1])
+    for _attempt in range(2):                  # the second start must not run silently
+        e = start_must_stop(d, {"path": segs[2][1], "offset": 0, "reason": "sequence_gap",
+                                "valid_through": 1000, "first_lost_seq": 1001,
+                                "last_lost_seq": 4000, "records_after": 2000})
+        assert "records 1001..2000 are in no segment" in str(e)
+    report = verify_journal(d, SHARD, RS, records.SCHEMA_HASH)
+    assert report.last_seq == 1000 and not report.ok
+    args = _args(d, "verify")
+    assert journal_cli.run(args) == 1
+    out = capsys.readouterr().out
+    assert "last_valid_seq=1000" in out
+    assert "sequence_gap (records 1001..2000 are in no segment" in out
+    assert "start-up: STOPS" in out
+
+
+# -- ringmatch journal truncate -----------------------------------------------------------
+
+
+class ToyMatcher(object):
+    """Deterministic state machine over command records (as in test_snapshot)."""
+
+    def __init__(self, config, sink):
+        self.h = 1469598103934665603
+        self.n = 0
+        self.last = 0
+
+    def process(self, seq, cmd):
+        assert seq == self.last + 1, "replay must be gap-free"
+        self.last = seq
+        self.n += 1
+        for v in (seq, cmd.qty, cmd.account_id, cmd.price):
+            self.h = ((self.h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+
+    def state_hash(self):
+        return self.h ^ self.n
+
+    def snapshot(self):
+        return struct.pack("<QQq", self.h, self.n, self.last)
+
+    @classmethod
+    def restore(cls, config, data, sink):
+        m = cls(config, sink)
+        m.h, m.n, m.last = struct.unpack("<QQq", data)
+        return m
+
+
+def straight(d, last):
+    m = ToyMatcher(None, None)
+    recovery.replay(m, d, SHARD, after=0, last=last)
+    return m
+
+
+def _args(d, action, **extra):
+    import argparse
+    parser = argparse.ArgumentParser()
+    journal_cli.add_arguments(parser)
+    argv = ["--data-dir", d, "--shard", SHARD, action]
+    for k, v in extra.items():
+        if v is True:
+            argv.append("--" + k.replace("_", "-"))
+        else:
+            argv += ["--" + k.replace("_", "-"), str(v)]
+    return parser.parse_args(argv)
+
+
+@pytest.mark.pypy
+def test_truncate_dry_run_says_what_it_discards_and_changes_nothing(tmp_path, capsys):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    for seq in (900, 1400, 3000):
+        snapshots.write_snapshot(d, SHARD, seq, straight(d, seq))
+    flip_byte(segs[1][1], block_offset(10) + BLOCK_HEADER_SIZE + 9)     # damage at 1501
+    before = tree_digest(d)
+    assert journal_cli.run(_args(d, "truncate", at=1480)) == 1
+    out = capsys.readouterr().out
+    assert "keep: records 1..1480" in out
+    assert "%s: bytes %d..%d" % (os.path.basename(segs[1][1]), block_offset(10),
+                                 os.path.getsize(segs[1][1])) in out
+    assert "split, keeping 30 record(s)" in out           # block 1451..1500 keeps 1451..1480
+    for _first, path in segs[2:]:
+        assert "%s: whole file, bytes 0..%d" % (os.path.basename(path),
+                                                 os.path.getsize(path)) in out
+    # intact records after 1480: 1481..1500 plus 1551..4000 (the damaged block is not intact)
+    assert "seqs 1481..4000, %d intact record(s)" % (20 + 2450) in out
+    assert "discard snapshot %s" % os.path.basename(
+        snapshots.list_snapshots(d, SHARD)[-1][1]) in out
+    assert "01400.snap" not in out and "00900.snap" not in out
+    assert "DRY RUN" in out
+    assert tree_digest(d) == before
+    # outside the intact journal: refused, nothing changed
+    assert journal_cli.run(_args(d, "truncate", at=1600, i_understand=True)) == 2
+    assert "intact records are 1..1500" in capsys.readouterr().err
+    assert tree_digest(d) == before
+
+
+@pytest.mark.pypy
+def test_truncate_keeps_prefix_quarantines_the_rest_and_start_up_continues(tmp_path, capsys):
+    d = str(tmp_path)
+    segs = four_segments(d)
+    for seq in (900, 1400, 3000):
+        snapshots.write_snapshot(d, SHARD, seq, straight(d, seq))
+    flip_byte(segs[1][1], block_offset(10) + BLOCK_HEADER_SIZE + 9)
+    seg2_tail = open(segs[1][1], "rb").read()[block_offset(9):]
+    later = [open(p, "rb").read() for _f, p in segs[2:]]
+    assert journal_cli.run(_args(d, "truncate", at=1480, i_understand=True)) == 0
+    out = capsys.readouterr().out
+    assert "DONE: the journal now ends at seq 1480" in out
+    report = verify_journal(d, SHARD, RS, records.SCHEMA_HASH)
+    assert report.ok and report.last_seq == 1480
+    assert [s for s, _ in snapshots.list_snapshots(d, SHARD)] == [900, 1400]
+    qdir = os.path.join(d, "journal", "quarantine")
+    assert stat.S_IMODE(os.stat(qdir).st_mode) == 0o700
+    saved = {}
+    for name in os.listdir(qdir):
+        path = os.path.join(qdir, name)
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        saved[name] = open(path, "rb").read()
+    # every discarded byte is in the quarantine
+    assert sorted(saved.values()) == sorted([seg2_tail] + later)
+    squar = os.path.join(d, "snapshots", "quarantine")
+    assert [n.split(".")[0] for n in os.listdir(squar)] == ["s0-00000000000000003000"]
+    # start-up continues at 1481 and recovery equals a fresh replay
+    with JournalWriter(d, SHARD) as w:
+        assert w.next_sequence == 1481
+        w.append(1481, make_records(1481, 100).tobytes())
+    seqs, arr = JournalReader(d, SHARD).array()
+    check_content(seqs, arr)
+    matcher, last = recovery.recover(None, d, SHARD, matcher_class=ToyMatcher)
+    assert last == 1580 and matcher.state_hash() == straight(d, 1580).state_hash()
+
+
+@pytest.mark.pypy
+def test_truncate_refuses_while_the_engine_holds_the_shard_lock(tmp_path, capsys):
+    d = str(tmp_path)
+    four_segments(d)
+    run_dir = os.path.join(d, "run")
+    os.makedirs(run_dir)
+    fd = os.open(os.path.join(run_dir, "%s.lock" % SHARD), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"4242")
+        before = tree_digest(os.path.join(d, "journal"))
+        assert journal_cli.run(_args(d, "truncate", at=10, i_understand=True)) == 2
+        err = capsys.readouterr().err
+        assert "REFUSED" in err and "pid 4242" in err
+        assert tree_digest(os.path.join(d, "journal")) == before
+    finally:
+        os.close(fd)
+
+
+# -- defect 3: stale snapshots -------------------------------------------------------------
+
+
+def other_records(first, count):
+    """Records of another history at the same sequences (different content)."""
+    arr = make_records(first, count)
+    arr["qty"] = arr["qty"] * 3 + 11
+    arr["client_order_id"] += 1
+    return arr
+
+
+def cut_journal_at(d, seq):
+    """An OS crash under fsync interval/off: the journal tail after ``seq`` is gone."""
+    for first, path in list_segments(d, SHARD):
+        if first > seq:
+            os.unlink(path)
+    first, path = list_segments(d, SHARD)[-1]
+    keep = (seq - first + 1) // 50
+    with open(path, "r+b") as f:
+        f.truncate(block_offset(keep))
+
+
+@pytest.mark.pypy
+def test_snapshot_beyond_a_cut_journal_is_never_restored(tmp_path):
+    d = str(tmp_path)
+    four_segments(d)
+    for seq in (1000, 2400, 3300):
+        snapshots.write_snapshot(d, SHARD, seq, straight(d, seq))
+    cut_journal_at(d, 2000)        # snapshots 2400, 3300 were fsynced, the journal tail not
+    log = Lines()
+    matcher, seq = recovery.restore_latest(None, d, SHARD, log=log, matcher_class=ToyMatcher)
+    assert seq == 1000
+    stale = log.named("snapshot_stale")
+    assert [(f["seq"], f["reason"]) for f in stale] == [(3300, "beyond_journal_end"),
+                                                       (2400, "beyond_journal_end")]
+    # different commands after the cut, past both stale snapshots
+    with JournalWriter(d, SHARD, fsync="off") as w:
+        for first in range(2001, 4001, 50):
+            w.append(first, other_records(first, 50).tobytes())
+    fresh = ToyMatcher(None, None)
+    recovery.replay(fresh, d, SHARD)
+    log = Lines()
+    matcher, last = recovery.recover(None, d, SHARD, log=log, matcher_class=ToyMatcher)
+    assert last == 4000
+    assert matcher.state_hash() == fresh.state_hash(), "state must equal a fresh replay"
+    stale = log.named("snapshot_stale")
+    assert [(f["seq"], f["reason"]) for f in stale] == [(3300, "binding_mismatch"),
+                                                       (2400, "binding_mismatch")]
+    for f in stale:
+        assert f["snapshot_digest"] != f["journal_digest"] and f["journal_digest"] != "-"
+        assert f["snapshot_digest"].startswith("64:")
+    assert [f["snapshot_seq"] for f in log.named("recovered")] == [1000]
+
+
+def test_stale_snapshot_with_real_matcher_state_equals_fresh_replay(tmp_path):
+    pytest.importorskip("engine.matcher")
+    from engine.config import DEFAULT_CONFIG
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    from perf import matcher_bench, workload as wl
+    d = str(tmp_path)
+
+    def commands(seed, n):
+        deps, cmds = matcher_bench.build(wl.generate(n, seed=seed), DEFAULT_CONFIG)
+        return deps + cmds
+    first = commands(5, 3000)
+    live = Matcher(DEFAULT_CONFIG, BytesSink())
+    with JournalWriter(d, SHARD, segment_bytes=32 << 10, fsync="off") as w:
+        for seq, cmd in first:
+            w.append(seq, cmd.pack())
+            live.process(seq, cmd)
+            if seq == 2500:
+                snapshots.write_snapshot(d, SHARD, seq, live)
+    cut_at = 1800
+    for f, path in list_segments(d, SHARD):          # the journal tail after 1800 is lost
+        if f > cut_at:
+            os.unlink(path)
+    recover_journal(d, SHARD, RS, records.SCHEMA_HASH)
+    end = recovery.durable_sequence(d, SHARD)
+    assert end < 2500
+    second = [(s, c) for s, c in commands(6, 3000) if s > end][:1500]
+    with JournalWriter(d, SHARD, segment_bytes=32 << 10, fsync="off") as w:
+        for seq, cmd in second:
+            w.append(seq, cmd.pack())
+    fresh = Matcher(DEFAULT_CONFIG, BytesSink())
+    recovery.replay(fresh, d, SHARD)
+    log = Lines()
+    matcher, last = recovery.recover(DEFAULT_CONFIG, d, SHARD, log=log)
+    assert last == second[-1][0] > 2500
+    assert [f["reason"] for f in log.named("snapshot_stale")] == ["binding_mismatch"]
+    assert matcher.state_hash() == fresh.state_hash()
+
+
+@pytest.mark.pypy
+def test_version_1_snapshot_is_refused_with_a_clear_line(tmp_path):
+    d = str(tmp_path)
+    four_segments(d)
+    m = straight(d, 1200)
+    path = snapshots.write_snapshot(d, SHARD, 1200, m)
+    with open(path, "r+b") as f:            # rewrite as format version 1 (no binding)
+        data = bytearray(f.read())
+        struct.pack_into("<I", data, 8, 1)
+        struct.pack_into("<I", data, 52, 0)
+        struct.pack_into("<I", data, 96, 0)
+        from journaler.crc import crc32c
+        struct.pack_into("<I", data, 100, crc32c(bytes(data[:100])))
+        f.seek(0)
+        f.write(data)
+    log = Lines()
+    matcher, seq = recovery.restore_latest(None, d, SHARD, log=log, matcher_class=ToyMatcher)
+    assert seq == 0
+    assert [f["reason"] for f in log.named("snapshot_stale")] == ["unbound_v1"]
+
+
+@pytest.mark.pypy
+def test_binding_from_ring_chunks_equals_journal_binding(tmp_path):
+    d = str(tmp_path)
+    four_segments(d)
+    raw = make_records(1201, 100).tobytes()
+    chunks = [(1201, memoryview(raw)[:30 * RS]), (1231, memoryview(raw)[30 * RS:])]
+    assert snapshots.binding_from_chunks(chunks, 1290) == \
+        snapshots.journal_binding(d, SHARD, 1290) == \
+        snapshots.journal_binding(d, SHARD, 1290, count=64)
+    assert snapshots.binding_from_chunks(chunks, 1210)[0] == 10
+
+
+@pytest.mark.pypy
+def test_prune_keeps_binding_records_and_quarantines_stale_snapshots(tmp_path):
+    d = str(tmp_path)
+    four_segments(d)
+    # a stale snapshot from a discarded history at 3500 (journal later cut and refilled)
+    snapshots.write_snapshot(d, SHARD, 3500, straight(d, 3500))
+    cut_journal_at(d, 2000)
+    with JournalWriter(d, SHARD, fsync="off") as w:
+        for first in range(2001, 3001, 50):
+            w.append(first, other_records(first, 50).tobytes())
+    # snapshot 2010: its binding needs 1947..2010, i.e. segment 2 (1001..2000)
+    fresh = ToyMatcher(None, None)
+    recovery.replay(fresh, d, SHARD, last=2010)
+    log = Lines()
+    snapshots.write_snapshot(d, SHARD, 2010, fresh, keep=1, log=log)
+    assert [s for s, _ in snapshots.list_snapshots(d, SHARD)] == [2010]
+    q = log.named("snapshot_quarantined")
+    assert len(q) == 1 and q[0]["reason"] == "beyond_current_seq"
+    assert os.path.exists(q[0]["quarantine"])
+    assert stat.S_IMODE(os.stat(q[0]["quarantine"]).st_mode) == 0o600
+    assert [f for f, _ in list_segments(d, SHARD)][0] == 1001, "segment holding 1947.. kept"
+    matcher, last = recovery.recover(None, d, SHARD, matcher_class=ToyMatcher)
+    recovery.replay(fresh, d, SHARD, after=2010)
+    assert last == 3000 and matcher.state_hash() == fresh.state_hash()
+    snap, _m, rejected = snapshots.load_latest(d, SHARD)
+    assert snap.seq == 2010 and not rejected
