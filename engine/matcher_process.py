@@ -128,7 +128,9 @@ def main(argv=None):
             process(seq, record)
             if record.kind == snapshot_kind:   # rule 4: state exactly at seq
                 t0 = time.monotonic()
-                path = snapshots.write_snapshot(data_dir, shard.name, seq, matcher, keep=keep)
+                path = snapshots.write_snapshot(
+                    data_dir, shard.name, seq, matcher, keep=keep,
+                    binding=snapshots.binding_from_chunks(batch.chunks, seq))
                 log.event("snapshot_written", seq=seq, path=path,
                           ms=int((time.monotonic() - t0) * 1000))
             seq += 1
