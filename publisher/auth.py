@@ -13,6 +13,10 @@ Theory of operation (numbered rules; the code refers to them):
 4. Each key has a token bucket (``per_second``, ``burst``); an empty bucket
    answers 429 with ``Retry-After``.  Public market-data endpoints are not
    keyed and not limited here.
+5. Keys come from the runtime configuration ``publisher.api_keys``
+   (``[{"key", "secret", "account_id"}]``).  Without it, the local demo keys
+   ``demo-<n>`` / secret ``demo-secret-<n>`` for accounts 1..``demo_accounts``
+   are used (loopback demo only; documented in docs/publisher.md).
 6. Replays: a correctly signed request is accepted once.  Its (key,
    signature) is remembered until its timestamp leaves the window
    (``ReplayCache``); the same signature again in that time is a 401
@@ -26,10 +30,6 @@ Theory of operation (numbered rules; the code refers to them):
    (``KeyStore.check_headers``); the HMAC, the replay cache and the rate
    limit after (``KeyStore.verify_signed``).  Error messages never echo more
    than a few dozen characters of the input.
-5. Keys come from the runtime configuration ``publisher.api_keys``
-   (``[{"key", "secret", "account_id"}]``).  Without it, the local demo keys
-   ``demo-<n>`` / secret ``demo-secret-<n>`` for accounts 1..``demo_accounts``
-   are used (loopback demo only; documented in docs/publisher.md).
 """
 import base64
 import hashlib
@@ -218,7 +218,9 @@ class KeyStore(object):
         if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
             raise AuthError(401, "invalid signature")
         token = api_key.key + ":" + expected
-        now = self.clock()
+        # never later than the end of this request's window: check_headers accepted it at
+        # a time <= ts + window, so a remembered twin is still in the cache here
+        now = min(self.clock(), ts + self.window_s)
         if token in self.replays.expires and self.replays.expires[token] >= now:   # rule 6
             raise AuthError(401, "replayed request: this signature was already used "
                                  "(sign every request with a new timestamp)")

@@ -5,7 +5,8 @@ Theory of operation (numbered rules; the code refers to them):
 1. One endpoint, ``/ws``.  A client sends ``{"type": "subscribe", "product_ids":
    [...], "channels": [...]}``; channels are ``level2``, ``trades``, ``ticker``
    and ``user`` (the user channel needs ``key``, ``timestamp`` and
-   ``signature`` = the REST signature of ``timestamp + "GET" + "/ws"``).
+   ``signature`` = the REST signature of ``timestamp + "GET" + "/ws"``); a
+   signature is accepted once (auth rule 6): a replayed subscribe is an error.
 2. Every market-data message carries ``sequence``: the per-product, per-channel
    message counter of the read model (read_model rule 4).  level2 starts with a
    ``snapshot`` whose sequence is that of the book it shows; each ``l2update``

@@ -109,3 +109,31 @@ def test_unrepresentable_sizes_are_refused(value):
     btc = Catalog.from_exchange(DEFAULT_CONFIG).product("BTC-USD")
     with pytest.raises(ConversionError):
         btc.qty_to_lots(value)
+
+
+def test_replayed_signature_is_401_until_the_window_ends_and_the_cache_empties():
+    store, clock, mono = _store()
+    ts = "%.3f" % clock()
+    args = ("k1", ts, sign("s1", ts, "GET", "/a"), "GET", "/a", b"")
+    assert store.verify(*args).account_id == 7
+    clock.t += 29.0
+    with pytest.raises(AuthError) as info:
+        store.verify(*args)
+    assert info.value.status == 401 and "replayed" in info.value.message
+    clock.t += 2.0                          # the timestamp left the window: refused as stale
+    with pytest.raises(AuthError) as info:
+        store.verify(*args)
+    assert "window" in info.value.message
+    for i in range(100):                    # new requests, each once: the cache stays bounded
+        clock.t += 1.0
+        mono.t += 1.0
+        t = "%.3f" % clock()
+        store.verify("k1", t, sign("s1", t, "GET", "/a"), "GET", "/a", b"")
+    assert len(store.replays) <= 31
+
+
+@pytest.mark.parametrize("value", ["\u0661", "1_0", "1e2", " 1", "1\u00a0", "\uff11", "+1", "0x1"])
+def test_non_ascii_decimal_numbers_are_refused(value):
+    btc = Catalog.from_exchange(DEFAULT_CONFIG).product("BTC-USD")
+    with pytest.raises(ConversionError):
+        btc.price_to_ticks(value)
