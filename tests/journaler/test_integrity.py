@@ -151,6 +151,7 @@ def test_torn_block_at_end_of_segment_2_of_4_stops_startup(tmp_path):
                         "first_lost_seq": 1951, "last_lost_seq": 4000})
 
 
+@pytest.mark.pypy
 def test_journaler_process_logs_one_fatal_line_and_exits_fatal(tmp_path):
     d = str(tmp_path)
     shard = "it%d" % os.getpid()
@@ -172,6 +173,43 @@ def test_journaler_process_logs_one_fatal_line_and_exits_fatal(tmp_path):
         assert (f["valid_through"], f["first_lost_seq"], f["last_lost_seq"]) == (1150, 1151, 4000)
         assert tree_digest(d) == before
         assert not log.named("ready")
+    finally:
+        ring.close()
+        ring.unlink()
+
+
+@pytest.mark.timeout(60)
+def test_journaler_started_on_a_damaged_journal_exits_3_with_one_line(tmp_path):
+    """As the supervisor starts it: ``python -m journaler.process``; every start stops."""
+    import json
+    import subprocess
+    import sys
+    shard = "ip%d" % os.getpid()
+    data = str(tmp_path / "data")
+    segs = four_segments(data, shard=shard)
+    flip_byte(segs[2][1], block_offset(4) + BLOCK_HEADER_SIZE + 100)
+    config = str(tmp_path / "config.json")
+    with open(config, "w") as f:
+        json.dump({"data_dir": data, "shards": [{"name": shard, "input_capacity": 1024,
+                                                 "output_capacity": 1024}]}, f)
+    ring = Ring.create("rm-%s-in" % shard, capacity=1024, consumers={"journaler": []},
+                       initial_sequence=4000)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        before = tree_digest(data)
+        for _attempt in range(2):
+            proc = subprocess.run([sys.executable, "-m", "journaler.process", "--config", config,
+                                   "--shard", shard], cwd=root, capture_output=True, timeout=40)
+            assert proc.returncode == journaler_process.EXIT_FATAL
+            lines = proc.stderr.decode().splitlines()
+            fatal = [line for line in lines if "event=fatal" in line]
+            assert len(fatal) == 1, lines
+            for field in ("reason=journal_corrupt", "file=%s" % segs[2][1],
+                          "offset=%d" % block_offset(4), "damage=crc_mismatch",
+                          "valid_through=2200", "first_lost_seq=2201", "last_lost_seq=4000"):
+                assert field in fatal[0]
+            assert "Traceback" not in proc.stderr.decode()
+            assert tree_digest(data) == before
     finally:
         ring.close()
         ring.unlink()
@@ -449,6 +487,7 @@ def test_snapshot_beyond_a_cut_journal_is_never_restored(tmp_path):
     assert [f["snapshot_seq"] for f in log.named("recovered")] == [1000]
 
 
+@pytest.mark.pypy
 def test_stale_snapshot_with_real_matcher_state_equals_fresh_replay(tmp_path):
     pytest.importorskip("engine.matcher")
     from engine.config import DEFAULT_CONFIG
