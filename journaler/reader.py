@@ -311,11 +311,17 @@ def intact_blocks(buf, start, size, record_size):
             pos = hit + BLOCK_ALIGN
 
 
-def _intact_after(path, start, record_size):
-    """[(offset, first_seq, count)] of the intact blocks of ``path`` at or after ``start``."""
-    buf, size = _read_file(path)
+def _intact_after(path, start, record_size, size=None):
+    """[(offset, first_seq, count)] of the intact blocks of ``path`` at or after ``start``.
+
+    ``size``: look only below this offset -- the size the scan saw, so that a
+    block the journaler completed since (readers run beside it) does not make
+    a torn tail look like damage.
+    """
+    buf, file_size = _read_file(path)
     try:
-        return list(intact_blocks(buf, max(start, SEGMENT_HEADER_SIZE), size, record_size))
+        end = file_size if size is None else min(size, file_size)
+        return list(intact_blocks(buf, max(start, SEGMENT_HEADER_SIZE), end, record_size))
     finally:
         _close(buf)
 
@@ -364,7 +370,7 @@ def _assess(scans, tail_index, record_size):
     problem = scan.problems[0]
     header_level = scan.header is None or problem.offset == 0
     start = SEGMENT_HEADER_SIZE if header_level else problem.offset
-    after = _intact_after(scan.path, start, record_size)
+    after = _intact_after(scan.path, start, record_size, size=scan.size)
     is_last = tail_index == len(scans) - 1
     if header_level:
         torn = scan.header is None and problem.reason in TORN_HEADER_REASONS

@@ -19,7 +19,8 @@ from journaler import recovery
 from journaler import snapshot as snapshots
 from journaler.errors import JournalCorruptError
 from journaler.reader import JournalReader, recover_journal, verify_journal
-from journaler.segment import BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, list_segments
+from journaler.segment import (BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, block_crc, list_segments,
+                               pack_block_header)
 from journaler.writer import JournalWriter
 from ringbuf import Ring, records
 
@@ -260,6 +261,28 @@ def test_torn_tail_of_last_segment_is_cut_into_private_quarantine(tmp_path, tear
     assert stat.S_IMODE(os.stat(q).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(q)).st_mode) == 0o700
     assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
+
+
+@pytest.mark.pypy
+def test_block_completed_while_a_reader_classifies_the_tail_is_still_a_torn_tail(tmp_path):
+    """Readers (matcher, publisher) run beside the journaler: its next write is no damage."""
+    from journaler.reader import _assess, scan_journal
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[3][1]
+    with open(path, "rb") as f:
+        whole = f.read()
+    with open(path, "r+b") as f:                # the journaler is half way through a block
+        f.truncate(len(whole) - 1000)
+    scans, tail_index = scan_journal(d, SHARD, RS, records.SCHEMA_HASH)
+    with open(path, "r+b") as f:                # ... and finishes it, then writes another
+        f.seek(0)
+        f.write(whole)
+        raw = make_records(4001, 50).tobytes()
+        f.write(pack_block_header(4001, 50, block_crc(4001, 50, [raw])) + raw)
+    assessment = _assess(scans, tail_index, RS)
+    assert assessment.cuttable and assessment.error is None
+    assert assessment.prefix_end == 3950
 
 
 @pytest.mark.pypy
