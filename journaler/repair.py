@@ -104,7 +104,8 @@ class TruncatePlan(object):
         """The lines ``truncate`` prints: what stays, every byte range and snapshot that goes."""
         lines = ["journal of %s in %s: first_seq=%d valid_through=%d" % (
             self.shard, self.data_dir, self.first_seq, self.prefix_end),
-            "keep: records %d..%d" % (self.first_seq, self.seq)]
+            "keep: records %d..%d" % (self.first_seq, self.seq) if self.seq >= self.first_seq
+            else "keep: no records (the journal continues at %d)" % (self.seq + 1)]
         for cut in self.cuts:
             lines.append("discard segment %s" % cut.describe())
         if self.lost_records:
