@@ -609,3 +609,19 @@ def test_prune_keeps_binding_records_and_quarantines_stale_snapshots(tmp_path):
     assert last == 3000 and matcher.state_hash() == fresh.state_hash()
     snap, _m, rejected = snapshots.load_latest(d, SHARD)
     assert snap.seq == 2010 and not rejected
+
+
+@pytest.mark.pypy
+def test_truncate_interrupted_after_the_block_split_recovers_to_seq(tmp_path):
+    """Rule 4c of repair: a crash between the new block header and the final cut."""
+    d = str(tmp_path)
+    segs = four_segments(d)
+    path = segs[1][1]
+    whole = open(path, "rb").read()
+    assert journal_cli.run(_args(d, "truncate", at=1480, i_understand=True)) == 0
+    with open(path, "ab") as f:                 # the old block's records 1481..1500 still there
+        f.write(whole[block_offset(9) + BLOCK_HEADER_SIZE + 30 * RS:block_offset(10)])
+    assert recovery.durable_sequence(d, SHARD) == 1480
+    with JournalWriter(d, SHARD) as w:
+        assert w.next_sequence == 1481
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
