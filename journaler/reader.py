@@ -23,7 +23,9 @@ Theory of operation (the numbered recovery rules of ``docs/journal.md``):
    torn creation under the same condition (nothing intact after byte 128).
    The cut bytes are copied to ``journal/quarantine/`` (0600 files in a 0700
    directory, fsynced) before the file is truncated at the problem's offset;
-   a torn header moves the whole file there.  Each cut is reported.
+   a torn header moves the whole file there.  Each cut is reported.  The
+   search looks only below the size the scan saw: readers run beside the
+   journaler, whose next complete block is not damage.
 5a. Any other damage -- a CRC mismatch or bad block with intact data after
    it, any problem in a segment that is not the last, a gap, overlap or name
    mismatch between segments -- is ``JournalCorruptError``: it names the file,
