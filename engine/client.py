@@ -17,7 +17,23 @@ Theory of operation:
    after the copy (the producer cursor must still be within one lap of it);
    if the client fell more than a ring behind it raises ``ReportsLost`` and
    resumes at the oldest slot still in the ring.
-3. A report belongs to this client when its ``producer_id`` is the client's.
+3. A report belongs to this client when (a) its ``producer_id`` is the client's,
+   (b) its account is one of the client's (the ``account`` given at attach and
+   every account named in a command it sent), and (c) it concerns this
+   incarnation: an outcome (ACCEPTED/REJECTED) of a command sequenced after
+   the attach, any other event of an order placed after it.  The automatic
+   producer id is itself an incarnation (ring rule P2: reused only after 32768
+   later attaches); (c) also covers fixed ids and a ring re-created by a
+   restart of the engine (sequences continue the journal, so the attach
+   sequence still separates incarnations).
+4. Reports are de-duplicated by ``(seq, event_index)``: the output stream is
+   ordered by it, and a restarted matcher re-publishes its replayed tail
+   (docs/interfaces.md), so the client keeps a high-water mark over every
+   event it reads and drops each event at or below it.  ``next_report``,
+   ``reports`` and ``wait_outcome`` all read through this filter.
+5. Administration (``publish_admin``, ``ClockTicker``) uses a privileged
+   producer id (ringbuf.records); the ring refuses those ids to an
+   ``EngineClient`` and stamps the client's own id into its records.
 """
 import os
 import threading
@@ -26,10 +42,11 @@ from decimal import Decimal
 
 from ringbuf.records import (
     CommandKind, EventKind, OrderFlags, OrderType, Side, StpMode, TimeInForce,
-    command_struct, EVENT_SIZE,
+    command_struct, EVENT_SIZE, SUPERVISOR_PRODUCER_ID,
 )
 
-__all__ = ["EngineClient", "ReportsLost", "publish_admin", "pack_command"]
+__all__ = ["EngineClient", "ReportsLost", "publish_admin", "publish_clock", "ClockTicker",
+           "pack_command"]
 
 _pack = command_struct.pack
 
@@ -71,19 +88,52 @@ def _write_and_publish(producer, data):
     return producer.write(data)
 
 
-def publish_admin(ring, kind, symbol_id=0, producer_id=0):
-    """Publish an admin command (SNAPSHOT, HALT, RESUME, STATE_HASH); return its seq.
+def publish_admin(ring, kind, symbol_id=0, producer_id=SUPERVISOR_PRODUCER_ID,
+                  timestamp_ns=None):
+    """Publish an admin command (SNAPSHOT, HALT, RESUME, STATE_HASH, CLOCK); return its seq.
 
+    For the supervisor and the CLI only: the producer is privileged (rule 5;
+    ``producer_id`` must be in the privileged range, docs/engine.md M9).
     Registers a producer for the one write and detaches it again, so periodic
-    callers (the supervisor's snapshot timer) never fill the producer table.
+    callers (the snapshot timer, the clock) never fill the producer table.
+    Raises RingError for an ordinary id.
     """
-    producer = ring.producer(producer_id=producer_id)
+    producer = ring.producer(producer_id=producer_id, privileged=True)
     try:
         return _write_and_publish(producer, pack_command(
             int(kind), symbol_id=symbol_id, producer_id=producer_id,
-            timestamp_ns=time.time_ns()))
+            timestamp_ns=time.time_ns() if timestamp_ns is None else timestamp_ns))
     finally:
         producer.close()
+
+
+def publish_clock(ring, timestamp_ns=None):
+    """Publish one trusted clock tick (CommandKind.CLOCK, wall clock now); return its seq."""
+    return publish_admin(ring, CommandKind.CLOCK, timestamp_ns=timestamp_ns)
+
+
+class ClockTicker(object):
+    """The supervisor's trusted clock: a CLOCK tick at most every ``every_s`` seconds.
+
+    ``tick()`` publishes one now (call it right after creating the input ring, so
+    the first record of a new ring is a tick); ``maybe_tick()`` from the
+    supervision loop publishes when ``every_s`` passed.  O(1) per call.
+    """
+
+    def __init__(self, ring, every_s=1.0):
+        self.ring = ring
+        self.every_s = every_s
+        self.last = None
+
+    def tick(self, now=None):
+        self.last = time.monotonic() if now is None else now
+        return publish_clock(self.ring)
+
+    def maybe_tick(self, now=None):
+        now = time.monotonic() if now is None else now
+        if self.last is None or now - self.last >= self.every_s:
+            return self.tick(now)
+        return None
 
 
 _SIDES = {"buy": Side.BUY, "b": Side.BUY, "sell": Side.SELL, "s": Side.SELL}
@@ -94,6 +144,9 @@ _TIFS = {"GTC": TimeInForce.GTC, "GTT": TimeInForce.GTT, "IOC": TimeInForce.IOC,
          "FOK": TimeInForce.FOK}
 _STPS = {"dc": StpMode.DECREMENT_AND_CANCEL, "co": StpMode.CANCEL_OLDEST,
          "cn": StpMode.CANCEL_NEWEST, "cb": StpMode.CANCEL_BOTH}
+
+
+_OUTCOMES = (EventKind.ACCEPTED, EventKind.REJECTED)
 
 
 def _enum(table, value, what):
@@ -115,12 +168,17 @@ class EngineClient(object):
         self.ring_out = ring_out
         self.exchange = exchange
         self.account = account
-        # producer_id None: the ring hands out an id unique among its live producers
+        # producer_id None: an automatic id, an incarnation (ring rule P2)
         self.producer = ring_in.producer(producer_id=producer_id)
         self.producer_id = self.producer.producer_id
+        #: accounts whose reports this client receives (rule 3b); grows with each command
+        self.accounts = set() if account is None else {account}
+        #: every command this client sends is sequenced after this (rule 3c)
+        self.first_seq = ring_in.claimed + 1
         self._lock = threading.Lock()
         self._report_lock = threading.Lock()
         self._next_out = ring_out.cursor + 1
+        self._high_water = -1          # (seq << 32 | event_index) of the last event read
         self._pending = []
 
     # -- attach / close -------------------------------------------------------
@@ -169,6 +227,7 @@ class EngineClient(object):
         account = self.account if account is None else account
         if account is None:
             raise ValueError("no account given (and the client has no default account)")
+        self.accounts.add(account)     # before the command exists: its reports are ours
         return account
 
     def _price(self, spec, value):
@@ -272,17 +331,27 @@ class EngineClient(object):
             self._next_out = cursor - capacity + 1
             raise ReportsLost("%d events were overwritten before this client read them" % lost)
         unpack = Event.unpack
-        mine = self.producer_id
+        mine, accounts, first, pending = self.producer_id, self.accounts, self.first_seq, \
+            self._pending
+        high_water = self._high_water
         while seq <= cursor:
             data = ring.read(seq)
             if ring.cursor - seq >= capacity:   # overwritten while we copied
                 self._next_out = seq
+                self._high_water = high_water
                 raise ReportsLost("event %d was overwritten while being read" % seq)
             event = unpack(data)
-            if event.producer_id == mine:
-                self._pending.append(event)
             seq += 1
+            key = event.seq << 32 | event.event_index
+            if key <= high_water:                 # rule 4: a replayed tail, seen already
+                continue
+            high_water = key
+            if event.producer_id == mine and event.account_id in accounts and (
+                    event.seq >= first if event.kind in _OUTCOMES or not event.order_id
+                    else event.order_id >= first):  # rule 3
+                pending.append(event)
         self._next_out = seq
+        self._high_water = high_water
         return True
 
     def next_report(self, timeout=None):

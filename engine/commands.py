@@ -16,7 +16,7 @@ Example::
     100
 """
 from ringbuf.records import (COMMAND_SLOTS, CommandKind, OrderFlags, OrderType, Side,
-                             StpMode, TimeInForce, command_struct)
+                             StpMode, SUPERVISOR_PRODUCER_ID, TimeInForce, command_struct)
 
 __all__ = ["Command", "COMMAND_ATTRS"]
 
@@ -129,20 +129,27 @@ class Command(object):
                    timestamp_ns=timestamp_ns, producer_id=producer_id)
 
     @classmethod
-    def halt(cls, symbol_id, timestamp_ns=0):
-        return cls(CommandKind.HALT, symbol_id=symbol_id, timestamp_ns=timestamp_ns)
+    def halt(cls, symbol_id, timestamp_ns=0, producer_id=0):
+        return cls(CommandKind.HALT, symbol_id=symbol_id, timestamp_ns=timestamp_ns,
+                   producer_id=producer_id)
 
     @classmethod
-    def resume(cls, symbol_id, timestamp_ns=0):
-        return cls(CommandKind.RESUME, symbol_id=symbol_id, timestamp_ns=timestamp_ns)
+    def resume(cls, symbol_id, timestamp_ns=0, producer_id=0):
+        return cls(CommandKind.RESUME, symbol_id=symbol_id, timestamp_ns=timestamp_ns,
+                   producer_id=producer_id)
 
     @classmethod
-    def snapshot(cls, timestamp_ns=0):
-        return cls(CommandKind.SNAPSHOT, timestamp_ns=timestamp_ns)
+    def snapshot(cls, timestamp_ns=0, producer_id=0):
+        return cls(CommandKind.SNAPSHOT, timestamp_ns=timestamp_ns, producer_id=producer_id)
 
     @classmethod
-    def state_hash(cls, timestamp_ns=0):
-        return cls(CommandKind.STATE_HASH, timestamp_ns=timestamp_ns)
+    def state_hash(cls, timestamp_ns=0, producer_id=0):
+        return cls(CommandKind.STATE_HASH, timestamp_ns=timestamp_ns, producer_id=producer_id)
+
+    @classmethod
+    def clock(cls, timestamp_ns, producer_id=SUPERVISOR_PRODUCER_ID):
+        """A trusted clock tick (matcher rule M9; only a privileged producer's counts)."""
+        return cls(CommandKind.CLOCK, timestamp_ns=timestamp_ns, producer_id=producer_id)
 
     # -- record bytes -----------------------------------------------------------
     def as_tuple(self):

@@ -37,6 +37,17 @@ M7. After a command's trades, stop orders of that symbol whose trigger holds at 
 M8. Duplicate client order ids: a non-zero client order id must be unique among the
     account's live orders (resting or waiting stops, all symbols); ids of finished
     orders may be reused.
+M9. Trust.  A CLOCK command from a privileged producer (ids 0x7F00..0x7FFF, which the
+    ring gives only to the supervisor, the CLI and the replicator and stamps out of
+    every other producer's records) is a trusted tick: ``clock = max(clock, ts)``.
+    From the first tick on the stream is *supervised* (``clock > 0``): before rule M1
+    uses a producer's timestamp it is clamped to ``clock + MAX_CLOCK_SKEW_NS`` (so one
+    record stamped 2^63-1 cannot move stream time beyond the skew), and an admin
+    command (SNAPSHOT, HALT, RESUME, STATE_HASH) from an unprivileged producer is
+    REJECTED(NOT_PRIVILEGED) and does nothing else.  A CLOCK from an unprivileged
+    producer is always rejected so.  A stream without ticks (in-process matchers,
+    LOBSTER replays, journals older than this rule) keeps M1 unchanged.  Everything
+    is a pure function of the input records, so replay gives the same result.
 """
 import hashlib
 import heapq
@@ -46,6 +57,8 @@ from engine.accounts import Accounts
 from engine.events import writer_for
 from engine.order_book import NO_ASK, NO_BID, Order, OrderBook
 from engine.stop_book import StopBook
+from ringbuf.records import (MAX_CLOCK_SKEW_NS, PRIVILEGED_PRODUCER_ID_MAX,
+                             PRIVILEGED_PRODUCER_ID_MIN)
 
 __all__ = ["Matcher", "SnapshotError", "SNAPSHOT_VERSION"]
 
@@ -54,7 +67,7 @@ _MAGIC = b"RMSNAP\x00\x01"
 
 # command kinds
 K_NOP, K_NEW, K_CANCEL, K_AMEND, K_MASS, K_DEPOSIT, K_WITHDRAW, K_SNAPSHOT, K_HALT, \
-    K_RESUME, K_HASH = range(11)
+    K_RESUME, K_HASH, K_CLOCK = range(12)
 BUY, SELL = 1, 2
 LIMIT, MARKET, STOP_LOSS, STOP_LIMIT, TAKE_PROFIT, TAKE_PROFIT_LIMIT = 1, 2, 3, 4, 5, 6
 GTC, GTT, IOC, FOK = 1, 2, 3, 4
@@ -75,7 +88,7 @@ R_INSUFFICIENT_FUNDS, R_PRICE_OUT_OF_BAND = 200, 201
 R_POST_ONLY_WOULD_TAKE, R_FOK_NOT_FILLABLE, R_NO_LIQUIDITY, R_SYMBOL_HALTED, \
     R_ORDER_NOT_FOUND, R_NOT_ORDER_OWNER, R_AMEND_BELOW_FILLED, R_AMEND_NOT_ALLOWED, \
     R_ORDER_EXPIRED = range(300, 309)
-R_ALREADY_HALTED, R_NOT_HALTED = 400, 401
+R_ALREADY_HALTED, R_NOT_HALTED, R_NOT_PRIVILEGED = 400, 401, 403
 R_CANCELLED_BY_USER, R_CANCELLED_IOC_REMAINDER, R_CANCELLED_MARKET_REMAINDER, \
     R_CANCELLED_STP, R_CANCELLED_MASS, R_CANCELLED_EXPIRED, R_CANCELLED_NO_FUNDS = \
     range(500, 507)
@@ -83,6 +96,7 @@ R_CANCELLED_BY_USER, R_CANCELLED_IOC_REMAINDER, R_CANCELLED_MARKET_REMAINDER, \
 MAX_VALUE = 1 << 62          # largest price / funds / amount accepted
 _MAX_TS = (1 << 63) - 1
 _MASK63 = (1 << 63) - 1
+_CLOCK_TRAILER = b"CLK1"      # snapshot trailer carrying the trusted clock (rule M9)
 _STOP_TYPES = (STOP_LOSS, STOP_LIMIT, TAKE_PROFIT, TAKE_PROFIT_LIMIT)
 _ALLOWED_TIF = {LIMIT: (GTC, GTT, IOC, FOK), MARKET: (GTC, IOC, FOK),
                 STOP_LOSS: (GTC, GTT), TAKE_PROFIT: (GTC, GTT),
@@ -205,6 +219,8 @@ class Matcher(object):
         self.orders = {}          # live orders: resting and waiting stops
         self.expiry = []          # heap of (expire_ns, order_id); stale entries skipped
         self.now = 0
+        self.clock = 0            # last trusted clock tick (rule M9); 0 = unsupervised
+        self.snapshot_seq = 0     # seq of the last accepted SNAPSHOT (not part of the state)
         self.last_seq = 0
         self.commands = 0
 
@@ -221,6 +237,21 @@ class Matcher(object):
         self.last_seq = seq
         self.commands += 1
         ts = cmd.timestamp_ns
+        refused = False
+        if kind >= K_SNAPSHOT:        # admin kinds, CLOCK, unknown kinds (rule M9)
+            privileged = PRIVILEGED_PRODUCER_ID_MIN <= cmd.producer_id \
+                <= PRIVILEGED_PRODUCER_ID_MAX
+            if kind == K_CLOCK:
+                if privileged:
+                    if self.clock < ts <= _MAX_TS:
+                        self.clock = ts
+                else:
+                    refused = True
+            elif kind <= K_HASH and not privileged and self.clock:
+                refused = True
+        clock = self.clock
+        if clock and ts > clock + MAX_CLOCK_SKEW_NS:
+            ts = clock + MAX_CLOCK_SKEW_NS
         now = self.now
         if ts > now and ts <= _MAX_TS:
             self.now = now = ts
@@ -232,7 +263,9 @@ class Matcher(object):
         expiry = self.expiry
         if expiry and expiry[0][0] <= now:
             self._expire(now)
-        if kind == K_NEW:
+        if refused:
+            self._reject(cmd, R_NOT_PRIVILEGED, 0)
+        elif kind == K_NEW:
             self._new_order(seq, cmd)
         elif kind == K_CANCEL:
             self._cancel(cmd)
@@ -246,9 +279,13 @@ class Matcher(object):
             self._halt(kind, cmd)
         elif kind == K_SNAPSHOT or kind == K_HASH:
             self._ack(cmd)
+            if kind == K_SNAPSHOT:
+                self.snapshot_seq = seq   # the process writes the state file (accepted only)
             h = self.state_hash() & _MASK63
             self._w_event(E_SNAPSHOT if kind == K_SNAPSHOT else E_HASH, 0, 0, 0, 0, 0, 0,
                           cmd.producer_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, h)
+        elif kind == K_CLOCK:
+            self._ack(cmd)
         else:
             self._w.ck = kind & 0xFF
             self._reject(cmd, R_UNKNOWN_COMMAND, 0)
@@ -1114,6 +1151,10 @@ class Matcher(object):
                                 o.filled, o.client_order_id, o.producer_id, o.expire_ns,
                                 o.stop_price, o.funds, o.hold,
                                 o.fee_num.to_bytes(16, "little", signed=True), o.fee_paid))
+        if clock and self.clock:
+            # only a supervised stream has a clock (rule M9): unsupervised states keep
+            # their encoding (and golden hashes) byte for byte
+            out.append(_CLOCK_TRAILER + struct.pack("<q", self.clock))
         return b"".join(out)
 
     def state_hash(self):
@@ -1189,6 +1230,9 @@ class Matcher(object):
                 acct.n_orders += 1
                 if o.client_order_id:
                     acct.by_coid[o.client_order_id] = o
+        if data[off:off + 4] == _CLOCK_TRAILER and len(data) == off + 12:
+            (m.clock,) = struct.unpack_from("<q", data, off + 4)
+            off += 12
         if off != len(data):
             raise SnapshotError("trailing bytes in snapshot")
         # expiry heap rebuilt (account order lists: in snapshot order; nothing

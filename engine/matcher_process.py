@@ -126,7 +126,7 @@ def main(argv=None):
         while seq < end:
             record = record_at(seq)
             process(seq, record)
-            if record.kind == snapshot_kind:   # rule 4: state exactly at seq
+            if record.kind == snapshot_kind and matcher.snapshot_seq == seq:   # rule 4 (accepted)
                 t0 = time.monotonic()
                 path = snapshots.write_snapshot(
                     data_dir, shard.name, seq, matcher, keep=keep,

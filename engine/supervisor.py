@@ -157,6 +157,7 @@ class Supervisor(object):
         self.config_path = None
         self._last_snapshot = None
         self._last_reap = 0.0
+        self.clock = None               # engine.client.ClockTicker: trusted time (M9)
 
     # -- rule 1 ---------------------------------------------------------------
     def acquire_lock(self):
@@ -195,6 +196,9 @@ class Supervisor(object):
         ring_in = Ring.create(self.shard.input_ring, capacity=self.shard.input_capacity,
                               record_size=64, consumers=consumers, initial_sequence=last)
         self.rings.append(ring_in)
+        from engine.client import ClockTicker
+        self.clock = ClockTicker(ring_in)
+        self.clock.tick()               # the first record of the new ring (docs/engine.md M9)
         ring_out = Ring.create(self.shard.output_ring, capacity=self.shard.output_capacity,
                                record_size=128,
                                consumers=dict([("publisher", [])] + [
@@ -465,6 +469,8 @@ def run_supervisors(supervisors, poll_interval=0.2):
             for sup in supervisors:
                 sup.reap_dead_producers()
                 sup.maybe_snapshot()
+                if sup.clock is not None:
+                    sup.clock.maybe_tick()
             time.sleep(poll_interval)
     finally:
         for s, h in old.items():

@@ -91,7 +91,7 @@ def main(argv=None):
               gate=source.committed(), cursor=source.cursor())
     sender.start()
     hash_every = float(conf.get("state_hash_every_s", 1.0) or 0)
-    producer = ring_in.producer(producer_id=0x7FFD) if hash_every > 0 else None
+    producer = ring_in.producer(producer_id=0x7FFD, privileged=True) if hash_every > 0 else None
     spath = status_path(runtime.data_dir, shard.name)
     last_hash = time.monotonic()
     last_status = 0.0

@@ -199,7 +199,7 @@ class RingSink(object):
 
     def __init__(self, ring_in, ring_out=None, producer_id=0x7FFE):
         self.ring = ring_in
-        self.producer = ring_in.producer(producer_id=producer_id)
+        self.producer = ring_in.producer(producer_id=producer_id, privileged=True)
         self.record_size = ring_in.record_size
         self.max_chunk = max(1, ring_in.capacity // 4)
         self.hashes = OutputHashFollower(ring_out) if ring_out is not None else None

@@ -10,7 +10,8 @@ One POSIX shared-memory segment holds one ring::
     256     64                cursor line: int64 producer cursor
     320     64                futex line: int32 signal word, int32 waiter count
     384     64                reaper line: int64 pid holding the recovery lock,
-                              int64 count of slots recovered as NOP records
+                              int64 count of slots recovered as NOP records,
+                              int64 count of automatic producer ids handed out
     512     64 * 16           consumer gating sequences, one per cache line
     1536    64 * 16           consumer descriptors: name[40], deps mask, flags
     2560    64 * 64           producer table (``ProducerEntry`` fields below)
@@ -57,6 +58,7 @@ HEADER_SIZE = 256
 CURSOR_OFFSET = 256
 FUTEX_OFFSET = 320
 REAPER_OFFSET = 384          # int64 lock pid, int64 recovered-slot count
+AUTO_ID_OFFSET = REAPER_OFFSET + 16   # int64 automatic producer ids handed out (ring rule P2)
 CONSUMER_SEQ_OFFSET = 512
 CONSUMER_DESC_OFFSET = CONSUMER_SEQ_OFFSET + CACHE_LINE * MAX_CONSUMERS
 PRODUCER_OFFSET = CONSUMER_DESC_OFFSET + CACHE_LINE * MAX_CONSUMERS

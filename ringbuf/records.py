@@ -26,6 +26,8 @@ __all__ = [
     "COMMAND_CDEF", "EVENT_CDEF", "SCHEMA_HASH", "LAYOUT_VERSION",
     "CommandKind", "Side", "OrderType", "TimeInForce", "OrderFlags", "StpMode",
     "EventKind", "EventFlags", "Reason", "command_struct", "event_struct",
+    "PRIVILEGED_PRODUCER_ID_MIN", "PRIVILEGED_PRODUCER_ID_MAX", "SUPERVISOR_PRODUCER_ID",
+    "CLI_PRODUCER_ID", "AUTO_PRODUCER_ID_BASE", "MAX_CLOCK_SKEW_NS", "is_privileged",
 ]
 
 LAYOUT_VERSION = 1
@@ -163,13 +165,42 @@ class CommandKind(IntEnum):
     HALT = 8            # halt trading of symbol_id
     RESUME = 9
     STATE_HASH = 10     # emit the state hash at this sequence (replica comparison)
+    CLOCK = 11          # privileged clock tick: timestamp_ns is the trusted time
 
 
 CommandKind.MUTATES = frozenset({
     CommandKind.NEW_ORDER, CommandKind.CANCEL, CommandKind.AMEND,
     CommandKind.MASS_CANCEL, CommandKind.DEPOSIT, CommandKind.WITHDRAW,
-    CommandKind.HALT, CommandKind.RESUME,
+    CommandKind.HALT, CommandKind.RESUME, CommandKind.CLOCK,
 })
+
+#: admin command kinds: accepted only from privileged producers (docs/engine.md, M9)
+CommandKind.ADMIN = frozenset({
+    CommandKind.SNAPSHOT, CommandKind.HALT, CommandKind.RESUME, CommandKind.STATE_HASH,
+    CommandKind.CLOCK,
+})
+
+# ---------------------------------------------------------------------------
+# Producer ids (u16, the ``producer_id`` slot of both records).
+#   0 .. 0x7EFF       fixed ids of ordinary producers (gateway, load generators)
+#   0x7F00 .. 0x7FFF  privileged producers: the supervisor, the CLI, the replicator;
+#                     ``Ring.producer`` hands them out only with ``privileged=True``
+#   0x8000 .. 0xFFFF  automatic ids (``Ring.producer(producer_id=None)``): a counter
+#                     in the ring header, so an id comes back only after 32768 later
+#                     automatic attaches to the same ring
+# ---------------------------------------------------------------------------
+PRIVILEGED_PRODUCER_ID_MIN = 0x7F00
+PRIVILEGED_PRODUCER_ID_MAX = 0x7FFF
+SUPERVISOR_PRODUCER_ID = 0x7F00
+CLI_PRODUCER_ID = 0x7F01
+AUTO_PRODUCER_ID_BASE = 0x8000
+#: how far (ns) a producer's timestamp may run ahead of the last trusted clock tick
+MAX_CLOCK_SKEW_NS = 5 * 10 ** 9
+
+
+def is_privileged(producer_id):
+    """True for the reserved privileged producer ids.  O(1)."""
+    return PRIVILEGED_PRODUCER_ID_MIN <= producer_id <= PRIVILEGED_PRODUCER_ID_MAX
 
 
 class Side(IntEnum):
@@ -278,6 +309,7 @@ class Reason(IntEnum):
     ALREADY_HALTED = 400
     NOT_HALTED = 401
     SNAPSHOT_FAILED = 402
+    NOT_PRIVILEGED = 403    # admin command (or clock tick) from an ordinary producer
     # 500-599: why an order left the book (CANCELLED / EXPIRED events)
     CANCELLED_BY_USER = 500
     CANCELLED_IOC_REMAINDER = 501

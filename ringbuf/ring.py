@@ -24,10 +24,27 @@ Batched::
 
 Using a Producer/Consumer after ``Ring.close()`` raises (TypeError from a
 detached pointer) instead of touching unmapped memory.
+
+Producer ids (rules P1-P3; the id ranges live in ``records``)
+P1. Ids 0x7F00..0x7FFF are privileged (supervisor, CLI, replicator): ``producer()``
+    hands one out only with ``privileged=True``.  Fixed ids must be below 0x8000.
+P2. ``producer_id=None`` takes the next automatic id from a counter in the
+    header (``AUTO_ID_OFFSET``): ``0x8000 | (n mod 32768)``, skipping ids of
+    live producers.  An id therefore comes back only after 32768 later
+    automatic attaches to this ring: an incarnation, not a table slot.
+P3. On a command ring, every record an ordinary (unprivileged) producer
+    publishes through ``write``, ``write_batch``, ``publish`` or
+    ``publish_batch`` gets the producer's own id stamped into its
+    ``producer_id`` field just before it is published, so a client cannot
+    claim another producer's id (or a privileged one) through this API.
+    Privileged producers publish records as given (the standby's replicator
+    relays the primary's records unchanged).  A process of the same uid that
+    writes the shared memory directly is not stopped by this (docs/ring.md).
 """
 import mmap
 import os
 import platform
+import struct
 import time
 import weakref
 
@@ -42,10 +59,13 @@ from .reaper import ClaimReaper, process_alive, process_start_time
 from .sequence import Sequence
 from .sequencer import MultiProducerSequencer, SingleProducerSequencer
 from .wait_strategy import make_wait_strategy
+from .records import (AUTO_PRODUCER_ID_BASE, PRIVILEGED_PRODUCER_ID_MAX,
+                      PRIVILEGED_PRODUCER_ID_MIN)
 
 __all__ = ["Ring", "RingSpec", "Producer", "Consumer", "Batch"]
 
 _monotonic_ns = lib.rm_monotonic_ns
+_U16 = struct.Struct("<H")
 _PYPY = platform.python_implementation() == "PyPy"
 
 
@@ -319,18 +339,33 @@ class Ring(object):
             raise RingClosedError("ring %r is closed" % self.name)
 
     # ---------------------------------------------------------------- roles
-    def producer(self, producer_id=0, check_waiters=None):
+    def producer(self, producer_id=0, check_waiters=None, privileged=False):
         """A Producer registered in the producer table (dead-producer detection).
 
-        ``producer_id=None`` picks an id unique among the ring's live producers:
-        ``AUTO_PRODUCER_ID_BASE | table slot`` (fixed ids stay below the base).
+        ``producer_id=None`` picks an automatic id (rule P2: never reused
+        before 32768 later automatic attaches, never one of a live producer).
+        A privileged id (0x7F00..0x7FFF) needs ``privileged=True`` (rule P1);
+        an ordinary producer's id is stamped into its records (rule P3).
 
         ``check_waiters`` (default: the ring's strategy can block) makes every
-        publish wake futex waiters.  Raises RingError if the table is full or,
-        on a single-producer ring, another live producer is registered.
+        publish wake futex waiters.  Raises RingError if the table is full,
+        the id is privileged or out of range, or, on a single-producer ring,
+        another live producer is registered.
         """
         self._check_open()
-        p = Producer(self, producer_id, self._signals if check_waiters is None else check_waiters)
+        if producer_id is not None:
+            if not isinstance(producer_id, int) or not 0 <= producer_id < AUTO_PRODUCER_ID_BASE:
+                raise RingError("ring %r: a fixed producer id must be 0..0x7fff, got %r"
+                                % (self.name, producer_id))
+            if PRIVILEGED_PRODUCER_ID_MIN <= producer_id <= PRIVILEGED_PRODUCER_ID_MAX \
+                    and not privileged:
+                raise RingError("ring %r: producer id 0x%x is reserved for privileged "
+                                "producers (supervisor, CLI): pass privileged=True"
+                                % (self.name, producer_id))
+        elif privileged:
+            raise RingError("ring %r: a privileged producer needs a fixed id" % self.name)
+        p = Producer(self, producer_id, self._signals if check_waiters is None else check_waiters,
+                     privileged)
         self._users.add(p)
         return p
 
@@ -464,8 +499,9 @@ class Ring(object):
             ", closed" if self._closed else "")
 
 
-#: automatic producer ids are this base plus the producer-table slot (< 64)
-AUTO_PRODUCER_ID_BASE = 0x8000
+#: offset of the ``producer_id`` field in a command record (records.COMMAND_FIELDS)
+_PRODUCER_ID_OFFSET = 12
+_AUTO_IDS = 0x8000          # automatic ids: AUTO_PRODUCER_ID_BASE | 0..0x7fff
 
 
 class Producer(object):
@@ -474,9 +510,10 @@ class Producer(object):
     claim/try_claim/publish: O(1); batches O(n) in C.
     """
 
-    def __init__(self, ring, producer_id, check_waiters):
+    def __init__(self, ring, producer_id, check_waiters, privileged=False):
         self._ring = ring
         self.producer_id = producer_id
+        self.privileged = privileged
         layout = ring._layout
         self._capacity = layout.capacity
         self._mask = layout.mask
@@ -487,9 +524,10 @@ class Producer(object):
         #: index in the ring's producer table; unique among this ring's live producers
         self.slot = [i for i, e in enumerate(ring._producer_table) if e == self._entry][0]
         if producer_id is None:
-            # automatic id: unique among live producers of this ring (table slot)
-            self.producer_id = AUTO_PRODUCER_ID_BASE | self.slot
+            self.producer_id = self._next_automatic_id(ring, self._entry)    # rule P2
             lib.rm_store_release(self._entry + H.P_ID, self.producer_id)
+        #: rule P3: records of an ordinary producer on a command ring carry its id
+        self._stamp = not privileged and ring.header.record_kind == H.RECORD_COMMAND
         self._ptr_type = ffi.typeof((ring._ctype or "char") + " *")
         self._records = ffi.cast(self._ptr_type, ring._data)
         if ring.header.single_producer:
@@ -507,10 +545,35 @@ class Producer(object):
         self.claim = self._sequencer.claim_one_function(self._wait_claim)
         self.publish = self._sequencer.publish_one_function()
         records, mask = self._records, self._mask
+        if self._stamp:
+            publish_one, pid = self.publish, self.producer_id
+
+            def stamped_publish(seq):
+                records[seq & mask].producer_id = pid
+                publish_one(seq)
+            self.publish = stamped_publish
 
         def record(seq):
             return records + (seq & mask)
         self.record = record
+
+    @staticmethod
+    def _next_automatic_id(ring, own_entry):
+        """Rule P2: the next counter value whose id no other live producer holds.
+
+        O(ids skipped x producers); at most MAX_PRODUCERS - 1 ids can be skipped.
+        """
+        counter = int64_at(ring._base, H.AUTO_ID_OFFSET)
+        in_use = set()
+        for e in ring._producer_table:
+            if e != own_entry and lib.rm_load_acquire(e + H.P_PID):
+                in_use.add(lib.rm_load_acquire(e + H.P_ID))
+        for _ in range(_AUTO_IDS):
+            n = lib.rm_fetch_add(counter, 1)
+            candidate = AUTO_PRODUCER_ID_BASE | (n % _AUTO_IDS)
+            if candidate not in in_use:
+                return candidate
+        raise RingError("ring %r: no automatic producer id free" % ring.name)
 
     @staticmethod
     def _register(ring, producer_id):
@@ -605,9 +668,17 @@ class Producer(object):
         seq = self.claim(timeout)
         if seq is None:
             return None
-        ffi.memmove(self._records + (seq & self._mask), data, self._record_size)
-        self.publish(seq)
+        size = self._record_size
+        ffi.memmove(self._data + (seq & self._mask) * size, data, size)   # any record kind
+        self.publish(seq)          # stamps the producer id (rule P3)
         return seq
+
+    def _stamp_views(self, views):
+        """Rule P3: write this producer's id into every record of ``views``.  O(records)."""
+        pack_into, pid, size = _U16.pack_into, self.producer_id, self._record_size
+        for view in views:
+            for offset in range(_PRODUCER_ID_OFFSET, len(view), size):
+                pack_into(view, offset, pid)
 
     # ---------------------------------------------------------------- batched
     def _views(self, first, n):
@@ -673,12 +744,19 @@ class Producer(object):
                 length = len(view)
                 view[:] = mv[offset:offset + length]
                 offset += length
+            if self._stamp:
+                self._stamp_views(views)
             self._publish(first, first + n - 1)
             done += n
         return first_seq
 
     def publish_batch(self, first, n):
-        """Publish seqs ``first .. first + n - 1``.  O(n) in C (multi producer), O(1) single."""
+        """Publish seqs ``first .. first + n - 1``.  O(n) in C (multi producer), O(1) single.
+
+        An ordinary producer's id is stamped into the records first (rule P3; O(n)).
+        """
+        if self._stamp:
+            self._stamp_views(self._views(first, n))
         self._publish(first, first + n - 1)
 
     def __repr__(self):

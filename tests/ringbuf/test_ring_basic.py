@@ -163,7 +163,8 @@ def test_full_ring_try_claim_and_wrap_around(make_ring, single_producer):
 @pytest.mark.parametrize("single_producer", [False, True])
 def test_batches_that_wrap_give_two_chunks(make_ring, single_producer):
     r = make_ring(capacity=8, single_producer=single_producer)
-    p, c = r.producer(), r.consumer("a")
+    # privileged: its records are published as given (ring rule P3), byte for byte
+    p, c = r.producer(0x7F10, privileged=True), r.consumer("a")
     s = p.claim_batch(6)[0]
     p.publish_batch(s, 6)
     c.commit(c.poll(timeout=0).last_seq)
@@ -262,7 +263,7 @@ def test_event_ring_records(make_ring):
 
 
 def test_batch_copy_into_handles_wrap_and_bounds(make_ring):
-    r = make_ring(capacity=8)
+    r = make_ring(capacity=8, record_kind="raw")
     p, c = r.producer(), r.consumer("a")
     first, _ = p.claim_batch(6)
     p.publish_batch(first, 6)

@@ -9,7 +9,7 @@ from ringbuf.errors import RingConfigError, RingError
 @pytest.mark.parametrize("single_producer", [False, True])
 def test_initial_sequence_continues_numbering(make_ring, single_producer):
     ring = make_ring(capacity=8, consumers={"j": [], "m": ["j"]},
-                     single_producer=single_producer, initial_sequence=1000)
+                     single_producer=single_producer, initial_sequence=1000, record_kind="raw")
     assert ring.cursor == 1000
     assert ring.consumer_sequence("j") == ring.consumer_sequence("m") == 1000
     p = ring.producer(3)
@@ -30,7 +30,7 @@ def test_initial_sequence_continues_numbering(make_ring, single_producer):
 
 @pytest.mark.pypy
 def test_read_copies_slot_without_gating(make_ring):
-    ring = make_ring(capacity=4, consumers={"a": []})
+    ring = make_ring(capacity=4, consumers={"a": []}, record_kind="raw")
     p = ring.producer(1)
     seq = p.write(b"\x07" * 64)
     data = ring.read(seq)
@@ -76,7 +76,7 @@ def test_automatic_producer_ids_are_unique_among_live_producers(make_ring):
 
 @pytest.mark.pypy
 def test_write_batch_chunks_wraps_and_checks_expected_sequence(make_ring):
-    ring = make_ring(capacity=8, consumers={"a": []})
+    ring = make_ring(capacity=8, consumers={"a": []}, record_kind="raw")
     p = ring.producer(1)
     c = ring.consumer("a")
     p.write(b"\x00" * 64)
