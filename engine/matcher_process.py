@@ -21,7 +21,12 @@ Theory of operation:
    committed.  A crash between the two re-processes the batch (rule 1 dedup).
 4. A SNAPSHOT command makes the process write the matcher's state to
    ``<data>/snapshots`` after the command is processed (in-band, so every
-   replica snapshots at the same sequence).
+   replica snapshots at the same sequence).  The events of the batch up to
+   and including the SNAPSHOT are published to the output ring *before* the
+   file is written: a snapshot at S is only ever on disk once every outcome
+   up to S is on the output ring, so a crash right after the write cannot
+   leave commands at or before S applied (restored from the snapshot) with no
+   outcome published (recovery replays only after S).
 5. SIGTERM: finish the current batch, then exit 0.
 """
 import os
@@ -127,6 +132,7 @@ def main(argv=None):
             record = record_at(seq)
             process(seq, record)
             if record.kind == snapshot_kind and matcher.snapshot_seq == seq:   # rule 4 (accepted)
+                writer.flush(sink.take_view())     # rule 4: publish, then snapshot
                 t0 = time.monotonic()
                 path = snapshots.write_snapshot(
                     data_dir, shard.name, seq, matcher, keep=keep,

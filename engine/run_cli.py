@@ -15,6 +15,7 @@ def run(args):
     from engine.runtime import RuntimeConfig, ConfigError
     from engine.supervisor import Supervisor, AlreadyRunningError, run_supervisors
     from replicator.epoch import FencedError
+    from journaler.errors import JournalError
     try:
         runtime = RuntimeConfig.load(args.config)
         raw = dict(runtime.raw)
@@ -45,6 +46,16 @@ def run(args):
         for sup in started:
             sup.stop()
         return 5
+    except JournalError as exc:      # damaged journal: one precise line, files untouched
+        print("ringmatch run: journal: %s" % exc, file=sys.stderr)
+        for sup in started:
+            sup.stop()
+        return 4
+    except OSError as exc:           # e.g. a read-only or missing data dir
+        print("ringmatch run: %s: %s" % (exc.strerror or exc, exc.filename or ""), file=sys.stderr)
+        for sup in started:
+            sup.stop()
+        return 6
     except BaseException:
         for sup in started:
             sup.stop()
