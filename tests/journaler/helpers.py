@@ -4,6 +4,11 @@ import numpy as np
 from ringbuf import records
 
 
+#: the fixed id the tests' producers attach with: an ordinary producer's id is
+#: stamped into its records (ring rule P3), so the expected content carries it
+PRODUCER_ID = 1
+
+
 def make_records(first_seq, count):
     """``count`` command records whose fields are functions of their sequence."""
     seqs = np.arange(first_seq, first_seq + count, dtype=np.int64)
@@ -14,6 +19,7 @@ def make_records(first_seq, count):
     arr["tif"] = 1
     arr["symbol_id"] = 1 + (seqs % 3)
     arr["account_id"] = 1 + (seqs % 7)
+    arr["producer_id"] = PRODUCER_ID
     arr["price"] = 1000 + (seqs % 50)
     arr["qty"] = seqs
     arr["timestamp_ns"] = seqs * 1000

@@ -14,7 +14,7 @@ from journaler.reader import JournalReader, verify_journal
 from journaler.writer import JournalWriter
 from ringbuf import Ring, records
 
-from helpers import check_content, make_records
+from helpers import PRODUCER_ID, check_content, make_records
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -51,7 +51,7 @@ def shard_ring():
 
 
 def publish(ring, first, n, content_first=None):
-    p = ring.producer(producer_id=2)
+    p = ring.producer(producer_id=PRODUCER_ID)
     try:
         got, views = p.claim_batch(n, timeout=1.0)
         assert got == first

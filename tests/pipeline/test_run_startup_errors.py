@@ -8,7 +8,9 @@ and leave no shared-memory segment behind.
 import hashlib
 import json
 import os
+import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +18,17 @@ from journaler.segment import BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, list_segme
 from journaler.writer import JournalWriter
 from ringbuf import records
 
-from conftest import RINGMATCH, ROOT, free_port
+# not imported from conftest: several test folders have one, and which module
+# the name "conftest" means depends on what the run collected first
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RINGMATCH = os.path.join(os.path.dirname(sys.executable), "ringmatch")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 pytestmark = [pytest.mark.timeout(120)]
 RS = records.COMMAND_SIZE
