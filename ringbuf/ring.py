@@ -58,7 +58,7 @@ from .errors import (RingClosedError, RingConfigError, RingError, RingMismatchEr
 from .reaper import ClaimReaper, process_alive, process_start_time
 from .sequence import Sequence
 from .sequencer import MultiProducerSequencer, SingleProducerSequencer
-from .wait_strategy import make_wait_strategy
+from .wait_strategy import make_space_wait, make_wait_strategy
 from .records import (AUTO_PRODUCER_ID_BASE, PRIVILEGED_PRODUCER_ID_MAX,
                       PRIVILEGED_PRODUCER_ID_MIN)
 
@@ -339,7 +339,7 @@ class Ring(object):
             raise RingClosedError("ring %r is closed" % self.name)
 
     # ---------------------------------------------------------------- roles
-    def producer(self, producer_id=0, check_waiters=None, privileged=False):
+    def producer(self, producer_id=0, check_waiters=None, privileged=False, wait_strategy=None):
         """A Producer registered in the producer table (dead-producer detection).
 
         ``producer_id=None`` picks an automatic id (rule P2: never reused
@@ -348,7 +348,10 @@ class Ring(object):
         an ordinary producer's id is stamped into its records (rule P3).
 
         ``check_waiters`` (default: the ring's strategy can block) makes every
-        publish wake futex waiters.  Raises RingError if the table is full,
+        publish wake futex waiters.  ``wait_strategy`` is how ``claim`` /
+        ``claim_batch`` wait while the ring is full (``wait_strategy.make_space_wait``:
+        default ``RINGMATCH_PRODUCER_WAIT`` or the machine's default, which
+        blocks on the ring's space futex).  Raises RingError if the table is full,
         the id is privileged or out of range, or, on a single-producer ring,
         another live producer is registered.
         """
@@ -365,7 +368,7 @@ class Ring(object):
         elif privileged:
             raise RingError("ring %r: a privileged producer needs a fixed id" % self.name)
         p = Producer(self, producer_id, self._signals if check_waiters is None else check_waiters,
-                     privileged)
+                     privileged, wait_strategy)
         self._users.add(p)
         return p
 
@@ -510,8 +513,10 @@ class Producer(object):
     claim/try_claim/publish: O(1); batches O(n) in C.
     """
 
-    def __init__(self, ring, producer_id, check_waiters, privileged=False):
+    def __init__(self, ring, producer_id, check_waiters, privileged=False, wait_strategy=None):
         self._ring = ring
+        #: how claim/claim_batch wait while the ring is full (a SpaceWaitStrategy)
+        self.wait_strategy = make_space_wait(wait_strategy, ring._signals)
         self.producer_id = producer_id
         self.privileged = privileged
         layout = ring._layout
@@ -628,7 +633,7 @@ class Producer(object):
         return try_claim_n(1)
 
     def claim(self, timeout=None):
-        """Claim one slot, waiting (spin -> yield -> sleep) while the ring is full.
+        """Claim one slot, waiting (``wait_strategy``: by default on the futex) while full.
 
         Returns the seq, or None if ``timeout`` seconds pass first.
         """
@@ -638,22 +643,29 @@ class Producer(object):
         return seq
 
     def _wait_claim(self, n, timeout):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        rounds = 0
+        """Claim ``n`` slots, waiting while the ring is full; None after ``timeout`` s.
+
+        The wait is the producer's space wait strategy: by default it blocks on
+        the ring's space futex, which the gating (leaf) consumers signal when
+        they commit and a producer is registered as waiting (``rm_commit``), so
+        a producer facing a full ring uses no CPU.  A claim that fails again
+        after a wake (other producers took the space) waits again.
+        """
+        deadline = None if timeout is None else _monotonic_ns() + int(timeout * 1e9)
         try_claim = self.try_claim_n
+        sequencer = self._sequencer
+        ring = self._ring
+        wait = self.wait_strategy.wait_for_space
+        capacity = self._capacity
         while True:
             seq = try_claim(n)
             if seq is not None:
                 return seq
-            rounds += 1
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            if rounds < 100:
-                continue
-            if rounds < 1000:
-                os.sched_yield()
-            else:
-                time.sleep(0.00005)
+            # the lowest gating sequence that lets n more slots past the cursor
+            needed = sequencer.claimed + n - capacity
+            g = wait(ring._gating, len(ring._leaves), needed, ring._futex, deadline)
+            if g < needed and deadline is not None and _monotonic_ns() >= deadline:
+                return try_claim(n)
 
     def record(self, seq):
         """The cffi record pointer (``rm_command_t *`` / ``rm_event_t *``) of slot ``seq``.  O(1)."""
@@ -870,6 +882,8 @@ class Consumer(object):
         # a consumer others depend on wakes their futex waits when it commits
         self._signal_commit = 1 if (ring._signals and any(
             index in d for _, d in ring._table)) else 0
+        # a leaf consumer gates producers: it wakes producers blocked on a full ring
+        self._signal_space = 1 if (ring._signals and index in ring._leaves) else 0
         self._polled = lib.rm_load_acquire(self._seq_ptr)
 
     def _detach(self):
@@ -942,7 +956,9 @@ class Consumer(object):
         if last_seq > self._polled:
             raise RingError("consumer %r: commit(%d) past the last polled seq %d"
                             % (self.name, last_seq, self._polled))
-        lib.rm_publish_sp(self._seq_ptr, last_seq, self._ring._futex, self._signal_commit)
+        # rm_commit: release store, then (one fence) wakes only where waiters are registered
+        lib.rm_commit(self._seq_ptr, last_seq, self._ring._futex, self._signal_commit,
+                      self._signal_space)
 
     def seek(self, seq):
         """Continue after ``seq``: records up to it were consumed by other means.

@@ -19,8 +19,31 @@ BackoffWaitStrategy       spin -> yield -> futex (the default: this       yes
 
 "signals": producers of a ring whose strategy signals pay one seq_cst fence
 and a load of the waiter count per publish.
+
+Producers facing a full ring wait through a *space* wait strategy
+(``wait_for_space(gating, ngating, needed, futex, deadline_ns)``: returns
+``min(gating)``, ``>= needed`` on success).  On a ring whose strategy signals,
+the leaf consumers (the ones that gate producers) wake blocked producers when
+they commit, through a second futex word in the same line (``futex[2]``, waiter
+count ``futex[3]``), so a blocked producer sleeps in the kernel and costs no CPU:
+
+========================  ==============================================
+space wait                how a producer waits for a consumer to free slots
+========================  ==============================================
+BackoffSpaceWait          spin ``spin_ns``, yield until ``yield_ns``, then
+                          futex; the default (spin/yield phases are short
+                          or zero on machines with few cores)
+YieldingSpaceWait         spin, then ``sched_yield`` (rings that do not signal)
+SleepPollSpaceWait        the old loop: spin, yield, then ``time.sleep(50 us)``
+                          polls (kept to measure against; costs CPU while full)
+========================  ==============================================
+
+``RINGMATCH_PRODUCER_WAIT`` (environment) overrides the default for every
+producer that does not name its own: ``backoff[:SPIN_NS[:YIELD_NS]]``,
+``blocking`` (= ``backoff:0:0``), ``yield`` or ``sleep-poll``.
 """
 import os
+import time
 
 try:
     from typing import Protocol
@@ -32,7 +55,8 @@ from .errors import RingConfigError
 
 __all__ = ["WaitStrategy", "BusySpinWaitStrategy", "YieldingWaitStrategy",
            "BlockingWaitStrategy", "TimeoutBlockingWaitStrategy", "BackoffWaitStrategy",
-           "make_wait_strategy"]
+           "make_wait_strategy", "SpaceWaitStrategy", "BackoffSpaceWait", "YieldingSpaceWait",
+           "SleepPollSpaceWait", "make_space_wait", "default_space_wait"]
 
 _SPIN_CHUNK = 2000          # pause rounds between deadline checks
 _FUTEX_SLICE_NS = 50000000  # a futex sleep never exceeds 50 ms (re-check, deadlines)
@@ -193,3 +217,189 @@ def make_wait_strategy(spec):
     if not hasattr(spec, "wait_for"):
         raise RingConfigError("not a wait strategy: %r" % (spec,))
     return spec
+
+
+# ---------------------------------------------------------------- producers: waiting for space
+_SPACE_SLICE_NS = 200000000   # a blocked producer re-checks at least every 200 ms anyway
+_INT64_MAX = (1 << 63) - 1
+
+
+class SpaceWaitStrategy(Protocol):
+    """Role: wait until ``min(gating) >= needed`` (a producer facing a full ring)."""
+
+    name = "abstract"
+    blocks = False
+
+    def wait_for_space(self, gating, ngating, needed, futex, deadline_ns):
+        """``min(gating)`` once it is ``>= needed``, or earlier when ``deadline_ns`` passed."""
+
+
+class BackoffSpaceWait(object):
+    """Spin ``spin_ns``, yield until ``yield_ns``, then sleep on the ring's space futex.
+
+    Needs a ring whose strategy signals (its leaf consumers wake space waiters
+    on commit).  A blocked producer costs ~0 CPU; the wake-up costs one futex
+    wake in the consumer's commit, issued only when a producer is registered.
+
+    >>> BackoffSpaceWait(0, 0).name
+    'blocking'
+    """
+
+    blocks = True
+
+    def __init__(self, spin_ns=1000, yield_ns=0):
+        if spin_ns < 0 or yield_ns < 0:
+            raise RingConfigError("spin_ns and yield_ns must be >= 0")
+        self.spin_ns = spin_ns
+        self.yield_ns = yield_ns
+        self.name = "blocking" if spin_ns == 0 and yield_ns == 0 else "backoff"
+
+    def __repr__(self):
+        return "BackoffSpaceWait(spin_ns=%d, yield_ns=%d)" % (self.spin_ns, self.yield_ns)
+
+    def wait_for_space(self, gating, ngating, needed, futex, deadline_ns):
+        g = lib.rm_gating_spin(gating, ngating, needed, 100)
+        if g >= needed:
+            return g
+        spin_ns, yield_ns = self.spin_ns, self.yield_ns
+        if spin_ns or yield_ns:
+            start = _monotonic_ns()
+            spin = lib.rm_gating_spin
+            while True:
+                now = _monotonic_ns()
+                if deadline_ns is not None and now >= deadline_ns:
+                    return g
+                elapsed = now - start
+                if elapsed < spin_ns:
+                    g = spin(gating, ngating, needed, 100)
+                elif elapsed < yield_ns:
+                    os.sched_yield()
+                    g = spin(gating, ngating, needed, 0)
+                else:
+                    break
+                if g >= needed:
+                    return g
+        block = lib.rm_gating_block
+        while True:
+            if deadline_ns is None:
+                slice_ns = _SPACE_SLICE_NS
+            else:
+                slice_ns = min(_SPACE_SLICE_NS, deadline_ns - _monotonic_ns())
+                if slice_ns <= 0:
+                    return lib.rm_min_sequence(gating, ngating, _INT64_MAX)
+            g = block(gating, ngating, needed, futex, slice_ns)
+            if g >= needed:
+                return g
+
+
+class YieldingSpaceWait(object):
+    """Spin ``spins`` rounds, then ``sched_yield`` between checks (for rings that do not signal)."""
+
+    name = "yield"
+    blocks = False
+
+    def __init__(self, spins=100):
+        self.spins = spins
+
+    def wait_for_space(self, gating, ngating, needed, futex, deadline_ns):
+        spin = lib.rm_gating_spin
+        g = spin(gating, ngating, needed, self.spins)
+        sched_yield = os.sched_yield
+        while g < needed:
+            if deadline_ns is not None and _monotonic_ns() >= deadline_ns:
+                return g
+            sched_yield()
+            g = spin(gating, ngating, needed, 0)
+        return g
+
+
+class SleepPollSpaceWait(object):
+    """The producer wait before issue 13: 100 spins, yields to round 1000, then 50 us sleeps.
+
+    Kept only to measure against: while the ring stays full it wakes 20,000
+    times a second and burns CPU the consumer needs.
+    """
+
+    name = "sleep-poll"
+    blocks = False
+
+    def wait_for_space(self, gating, ngating, needed, futex, deadline_ns):
+        check = lib.rm_gating_spin
+        rounds = 0
+        while True:
+            g = check(gating, ngating, needed, 0)
+            if g >= needed:
+                return g
+            rounds += 1
+            if deadline_ns is not None and _monotonic_ns() >= deadline_ns:
+                return g
+            if rounds < 100:
+                continue
+            if rounds < 1000:
+                os.sched_yield()
+            else:
+                time.sleep(0.00005)
+
+
+def default_space_wait(cpus=None):
+    """The default producer wait for this machine: no yield phase and a 1 us spin on <= 2 cores.
+
+    With more cores a waiting producer may spin 2 us and yield until 10 us
+    first (the consumer it waits for likely runs on another core).
+    """
+    cpus = cpus or os.cpu_count() or 1
+    if cpus <= 2:
+        return BackoffSpaceWait(spin_ns=1000, yield_ns=0)
+    return BackoffSpaceWait(spin_ns=2000, yield_ns=10000)
+
+
+def _parse_space_wait(spec):
+    parts = spec.strip().split(":")
+    name = parts[0]
+    try:
+        if name == "backoff":
+            nums = [int(x) for x in parts[1:]]
+            if len(nums) > 2:
+                raise ValueError(spec)
+            if not nums:
+                return default_space_wait()
+            return BackoffSpaceWait(nums[0], nums[1] if len(nums) > 1 else 0)
+    except ValueError:
+        raise RingConfigError("bad producer wait %r (backoff[:SPIN_NS[:YIELD_NS]])" % (spec,))
+    if len(parts) == 1:
+        if name == "blocking":
+            return BackoffSpaceWait(0, 0)
+        if name == "yield":
+            return YieldingSpaceWait()
+        if name == "sleep-poll":
+            return SleepPollSpaceWait()
+    raise RingConfigError("unknown producer wait %r (choose from backoff[:SPIN_NS[:YIELD_NS]], "
+                          "blocking, yield, sleep-poll)" % (spec,))
+
+
+def make_space_wait(spec, ring_signals):
+    """The producer wait for ``spec`` (None, a name as in ``RINGMATCH_PRODUCER_WAIT``, an instance).
+
+    ``None`` takes ``RINGMATCH_PRODUCER_WAIT`` or ``default_space_wait()``.  On a
+    ring whose consumers do not signal (busy-spin / yield strategies) a
+    blocking wait would never be woken early, so the default there is
+    ``YieldingSpaceWait`` and an explicit blocking one is refused
+    (RingConfigError).
+    """
+    explicit = spec is not None
+    if spec is None:
+        spec = os.environ.get("RINGMATCH_PRODUCER_WAIT") or None
+    if spec is None:
+        strategy = default_space_wait()
+    elif isinstance(spec, str):
+        strategy = _parse_space_wait(spec)
+    elif hasattr(spec, "wait_for_space"):
+        strategy = spec
+    else:
+        raise RingConfigError("not a producer wait strategy: %r" % (spec,))
+    if strategy.blocks and not ring_signals:
+        if explicit:
+            raise RingConfigError("producer wait %r blocks, but the ring's consumers do not "
+                                  "signal (busy-spin / yield ring)" % (strategy.name,))
+        return YieldingSpaceWait()
+    return strategy

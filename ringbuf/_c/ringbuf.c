@@ -168,3 +168,47 @@ void rm_publish_mp_one(int64_t *avail, int64_t mask, int32_t shift, int64_t *ent
                        int32_t *futex, int32_t check_waiters, int64_t seq) {
     rm_publish_mp(avail, mask, shift, seq, seq, entry, futex, check_waiters);
 }
+
+/* ---- producers waiting for space ---- */
+int64_t rm_gating_spin(int64_t **gating, int32_t ngating, int64_t needed, int64_t spins) {
+    int64_t g = rm_min_sequence(gating, ngating, INT64_MAX);
+    while (g < needed && spins-- > 0) {
+        rm_pause();
+        g = rm_min_sequence(gating, ngating, INT64_MAX);
+    }
+    return g;
+}
+
+int64_t rm_gating_block(int64_t **gating, int32_t ngating, int64_t needed, int32_t *futex,
+                        int64_t timeout_ns) {
+    /* seq_cst RMW + fence: the waiter count is visible before we re-read the
+       gating sequences; pairs with the fence + waiter load in rm_commit (Dekker
+       style: either we see the consumer's new sequence or it sees our count) */
+    __atomic_fetch_add(&futex[3], 1, __ATOMIC_SEQ_CST);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    int32_t sig = __atomic_load_n(&futex[2], __ATOMIC_ACQUIRE);
+    int64_t g = rm_min_sequence(gating, ngating, INT64_MAX);
+    if (g < needed) {
+        rm_futex_wait(&futex[2], sig, timeout_ns);
+        g = rm_min_sequence(gating, ngating, INT64_MAX);
+    }
+    __atomic_fetch_sub(&futex[3], 1, __ATOMIC_SEQ_CST);
+    return g;
+}
+
+void rm_commit(int64_t *seq_ptr, int64_t seq, int32_t *futex, int32_t signal_consumers,
+               int32_t signal_producers) {
+    /* release store; pairs with the acquire loads of producers' gating checks and
+       dependents' barriers */
+    __atomic_store_n(seq_ptr, seq, __ATOMIC_RELEASE);
+    if (!(signal_consumers | signal_producers)) return;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (signal_consumers && __atomic_load_n(&futex[1], __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&futex[0], 1, __ATOMIC_SEQ_CST);
+        rm_futex_wake(&futex[0], 0x7fffffff);
+    }
+    if (signal_producers && __atomic_load_n(&futex[3], __ATOMIC_SEQ_CST) > 0) {
+        __atomic_fetch_add(&futex[2], 1, __ATOMIC_SEQ_CST);
+        rm_futex_wake(&futex[2], 0x7fffffff);
+    }
+}

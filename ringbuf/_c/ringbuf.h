@@ -70,5 +70,20 @@ int64_t rm_sp_offer(int64_t *cursor, int64_t seq, int64_t capacity, int64_t **ga
 void rm_publish_sp_at(int64_t *cursor, int32_t *futex, int32_t check_waiters, int64_t seq);
 void rm_publish_mp_one(int64_t *avail, int64_t mask, int32_t shift, int64_t *entry,
                        int32_t *futex, int32_t check_waiters, int64_t seq);
+/* ---- producers waiting for space (the "space" futex: futex[2] word, futex[3] waiter count) ---- */
+
+/* spin (with the CPU pause hint) up to `spins` rounds until min(gating) >= needed;
+   returns min(gating) */
+int64_t rm_gating_spin(int64_t **gating, int32_t ngating, int64_t needed, int64_t spins);
+/* register as a space waiter (seq_cst increment of futex[3]), re-check min(gating),
+   sleep on futex[2] at most timeout_ns unless min(gating) >= needed, unregister;
+   returns min(gating).  Pairs with the fence + waiter load in rm_commit. */
+int64_t rm_gating_block(int64_t **gating, int32_t ngating, int64_t needed, int32_t *futex,
+                        int64_t timeout_ns);
+/* consumer commit: release-store *seq_ptr = seq; then (one seq_cst fence) wake
+   consumer waiters (futex[0]) if signal_consumers and any are registered, and
+   space waiters (futex[2]) if signal_producers and any are registered */
+void rm_commit(int64_t *seq_ptr, int64_t seq, int32_t *futex, int32_t signal_consumers,
+               int32_t signal_producers);
 int64_t rm_monotonic_ns(void);
 #endif
