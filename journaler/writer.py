@@ -10,14 +10,17 @@ Theory of operation:
 3. One append is one block per segment it touches (header + the 1-2 chunks,
    written with one ``writev``); a segment rolls before a block would take it
    past ``segment_bytes`` (a segment holds at least one block).  Rolling
-   fsyncs the old segment and creates the new one with its header fsynced and
-   the directory fsynced.
+   fsyncs the old segment -- under every policy, ``off`` included -- and only
+   then creates the new one with its header fsynced and the directory
+   fsynced: a segment is never durable while the one before it is not (after
+   a power loss that would be a gap, which start-up treats as damage).
 4. Durability policy (``fsync``): ``"batch"`` fdatasyncs after every append
    (group commit: one sync per ring batch); ``"interval"`` fdatasyncs when
    ``fsync_interval_ms`` have passed since the last sync (``sync_if_due()``
-   is also called by the process loop when idle); ``"off"`` never syncs and
-   counts a record durable once ``write`` returned (it survives a process
-   crash, not an OS crash or power loss).  ``durable_sequence`` is the last
+   is also called by the process loop when idle); ``"off"`` syncs only at a
+   segment roll (rule 3) and counts a record durable once ``write`` returned
+   (it survives a process crash; after an OS crash or power loss only the
+   records before the last segment are certain to remain).  ``durable_sequence`` is the last
    sequence the policy made durable; only that may be acknowledged.
 5. A failed write (disk full, EIO) or fsync raises JournalIOError after
    truncating the current segment back to its last durable offset (after a
@@ -31,6 +34,7 @@ import errno as errno_module
 import os
 import time
 
+from journaler import fsio
 from journaler.errors import (
     JournalError, JournalGapError, JournalIOError, JournalOverlapError,
 )
@@ -46,15 +50,14 @@ POLICIES = ("batch", "interval", "off")
 #: records per block at most (a block's count is u32; keep blocks modest)
 MAX_BLOCK_RECORDS = 1 << 16
 
-# Indirections so tests can inject I/O failures (disk full, EIO).
-def _write_joined(fd, parts):
-    """os.writev stand-in (PyPy 3.9 has no os.writev): one copy, one write."""
-    return os.write(fd, b"".join(parts))
-
-
-_writev = getattr(os, "writev", _write_joined)
-_fsync = getattr(os, "fdatasync", os.fsync)
-_open = os.open
+# Every call that changes a file or a directory entry goes through journaler.fsio
+# (the one I/O layer, pass-through by default; tests install a crash simulation
+# there).  Bound once as module aliases: the hot path does one global lookup, and
+# tests can still monkeypatch one call site (``_writev``, ``_fsync``) to inject
+# failures (disk full, EIO).
+_write_joined = fsio._write_joined
+fsio.bind(globals(), _writev="writev", _fsync="fdatasync", _open="open", _close="close",
+          _ftruncate="ftruncate", _unlink="unlink", _fsync_dir="fsync_dir")
 
 
 def _as_chunks(data):
@@ -81,14 +84,6 @@ def _split(chunks, nbytes):
             rest.append(mv[need:])
             need = 0
     return head, rest
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalWriter(object):
@@ -127,7 +122,8 @@ class JournalWriter(object):
         self._fd = None
         self._path = None
         self._size = 0              # bytes in the current segment file
-        self._durable_offset = 0    # bytes of the current segment known durable
+        self._durable_offset = 0    # bytes of the current segment the policy counts durable
+        self._synced_offset = 0     # bytes of the current segment covered by a completed fsync
         self._last_sync = clock()
         self.syncs = 0
         self.closed = False
@@ -168,20 +164,36 @@ class JournalWriter(object):
         fd = _open(path, os.O_WRONLY | os.O_APPEND)
         size = os.fstat(fd).st_size
         if size != end_offset:   # recovery truncated it; be exact anyway
-            os.ftruncate(fd, end_offset)
+            _ftruncate(fd, end_offset)
         self._fd, self._path, self._size = fd, path, end_offset
         self._durable_offset = end_offset
+        # a previous writer (policy ``off``, or killed) may have left it unsynced:
+        # the roll away from it fsyncs it (rule 3)
+        self._synced_offset = 0
 
-    def _close_segment(self):
+    def _close_segment(self, roll=False):
+        """Close the current segment; ``roll``: fsync it first under every policy (rule 3)."""
         if self._fd is not None:
             if self.policy != "off" and self._size > self._durable_offset:
                 self._sync()
-            os.close(self._fd)
+            if roll and self._synced_offset < self._size:
+                # policy ``off`` (or a segment a previous writer left unsynced): the
+                # next segment is made durable below, so this one must be first, or
+                # a power loss could leave a durable segment after a torn one -- a
+                # gap, which start-up must treat as damage (reader rule 5a)
+                try:
+                    _fsync(self._fd)
+                except OSError as exc:
+                    self._rewind()
+                    self._failure("fsync", exc, self._durable + 1)
+                self.syncs += 1
+                self._synced_offset = self._size
+            _close(self._fd)
             self._fd = None
 
     def _new_segment(self, first_seq):
         """Rule 3: fsync + close the old segment, create the next one durably."""
-        self._close_segment()
+        self._close_segment(roll=True)
         path = os.path.join(self.directory, segment_name(self.shard, first_seq))
         header = pack_segment_header(self.schema_hash, self.record_size, first_seq, self.shard)
         try:
@@ -189,7 +201,7 @@ class JournalWriter(object):
         except FileExistsError:
             # left by a creation that failed half way (e.g. disk full): it holds no
             # records (recovery would have kept it otherwise), so start it again
-            os.unlink(path)
+            _unlink(path)
             fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         except OSError as exc:
             raise JournalIOError("cannot create segment %s: %s" % (path, exc),
@@ -201,15 +213,15 @@ class JournalWriter(object):
             _fsync(fd)
             _fsync_dir(self.directory)
         except OSError as exc:
-            os.close(fd)
+            _close(fd)
             try:
-                os.unlink(path)
+                _unlink(path)
             except OSError:
                 pass
             raise JournalIOError("cannot create segment %s: %s" % (path, exc),
                                  exc.errno, "create", path)
         self._fd, self._path, self._size = fd, path, len(header)
-        self._durable_offset = len(header)
+        self._durable_offset = self._synced_offset = len(header)
         if self.log is not None:
             self.log.event("segment_created", file=path, first_seq=first_seq)
 
@@ -297,10 +309,10 @@ class JournalWriter(object):
             # nothing was ever durable in a journal without a fixed start: forget
             # the header-only segment too, so the next append may start anywhere
             if self._fd is not None and self._size == SEGMENT_HEADER_SIZE:
-                os.close(self._fd)
+                _close(self._fd)
                 self._fd = None
                 try:
-                    os.unlink(self._path)
+                    _unlink(self._path)
                 except OSError:
                     pass
             self._next = None
@@ -309,7 +321,7 @@ class JournalWriter(object):
 
     def _truncate(self, offset):
         try:
-            os.ftruncate(self._fd, offset)
+            _ftruncate(self._fd, offset)
         except OSError:
             pass  # recovery will cut the torn block at the next start
 
@@ -334,7 +346,7 @@ class JournalWriter(object):
             self._rewind()
             self._failure("fsync", exc, self._durable + 1)
         self.syncs += 1
-        self._durable_offset = self._size
+        self._durable_offset = self._synced_offset = self._size
         self._durable = self._written
         self._last_sync = self.clock()
 
