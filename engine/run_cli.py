@@ -1,5 +1,33 @@
-"""``ringmatch run``: start the engine's shards in the foreground (all, or ``--shard``)."""
+"""``ringmatch run``: start the engine's shards in the foreground (all, or ``--shard``).
+
+Exit codes (docs/operations.md):
+
+== ==========================================================================
+0  stopped by SIGINT/SIGTERM -- at any point, start-up included -- cleanly:
+   children reaped, rings unlinked, locks released
+1  a child gave up restarting (crash loop), or an unexpected error
+2  bad configuration
+3  the shard is already run: by an engine on this data dir, or (host-wide)
+   by an engine on another data dir that owns the shard's ring names
+4  the journal is damaged (docs/journal.md); no file was changed
+5  refused: this node is fenced (docs/replication.md)
+6  the data dir cannot be written (read-only, permissions) or another OS error
+7  the publisher's port is in use (or cannot be bound)
+== ==========================================================================
+
+Every refusal is one line on stderr starting ``ringmatch run:``, no traceback.
+"""
+import errno
 import sys
+
+EXIT_STOPPED = 0
+EXIT_CHILD_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ALREADY_RUNNING = 3
+EXIT_JOURNAL = 4
+EXIT_FENCED = 5
+EXIT_OS = 6
+EXIT_PORT = 7
 
 
 def add_arguments(parser):
@@ -11,9 +39,40 @@ def add_arguments(parser):
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
 
 
+def _refuse(message, code, started):
+    print("ringmatch run: %s" % message, file=sys.stderr)
+    return _stop_all(started, code)
+
+
+def _stop_all(started, code):
+    for sup in started:
+        if not sup.stopping:        # the one that failed stopped itself already
+            sup.stop()
+    return code
+
+
+def _print_running(sup):
+    pub = sup.runtime.publisher
+    url = "http://%s:%s" % (pub["host"], pub["port"])
+    print("ringmatch: shard %s (%s) running; API %s (docs %s/docs); "
+          "status: ringmatch status --data-dir %s --shard %s; Ctrl-C to stop"
+          % (sup.shard.name, ", ".join(sup.shard.symbols), url, url,
+             sup.runtime.data_dir, sup.shard.name), file=sys.stderr)
+
+
 def run(args):
+    from engine.supervisor import StopSignals
+    signals = StopSignals().install()       # supervisor rule 6: before the first step
+    try:
+        return _run(args, signals)
+    finally:
+        signals.restore()
+
+
+def _run(args, signals):
     from engine.runtime import RuntimeConfig, ConfigError
-    from engine.supervisor import Supervisor, AlreadyRunningError, run_supervisors
+    from engine.supervisor import (Supervisor, AlreadyRunningError, DataDirError, PortInUseError,
+                                   StopRequested, run_supervisors)
     from replicator.epoch import FencedError
     from journaler.errors import JournalError
     try:
@@ -30,46 +89,37 @@ def run(args):
         supervisors = [Supervisor(runtime, name) for name in names]
     except ConfigError as exc:
         print("ringmatch run: bad configuration: %s" % exc, file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if signals:
+        return EXIT_STOPPED
     started = []
     try:
         for sup in supervisors:
+            sup.stop_signals = signals
+            sup.on_ready = _print_running
+            started.append(sup)         # stop() is safe on a partly started supervisor
             sup.start()
-            started.append(sup)
+    except StopRequested as exc:    # start() already stopped the one it was starting
+        for sup in started:
+            sup.log.event("stopping", signal=exc.signum, during="start-up")
+        return _stop_all(started, EXIT_STOPPED)
     except AlreadyRunningError as exc:
-        print("ringmatch run: %s" % exc, file=sys.stderr)
-        for sup in started:
-            sup.stop()
-        return 3
+        return _refuse(exc, EXIT_ALREADY_RUNNING, started)
     except FencedError as exc:
-        print("ringmatch run: refused, this node is fenced: %s" % exc, file=sys.stderr)
-        for sup in started:
-            sup.stop()
-        return 5
+        return _refuse("refused, this node is fenced: %s" % exc, EXIT_FENCED, started)
     except JournalError as exc:      # damaged journal: one precise line, files untouched
-        print("ringmatch run: journal: %s" % exc, file=sys.stderr)
-        for sup in started:
-            sup.stop()
-        return 4
+        return _refuse("journal: %s" % exc, EXIT_JOURNAL, started)
+    except DataDirError as exc:
+        return _refuse(exc, EXIT_OS, started)
+    except PortInUseError as exc:
+        return _refuse(exc, EXIT_PORT, started)
     except OSError as exc:           # e.g. a read-only or missing data dir
-        print("ringmatch run: %s: %s" % (exc.strerror or exc, exc.filename or ""), file=sys.stderr)
-        for sup in started:
-            sup.stop()
-        return 6
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+            return _refuse("data dir %s is not writable (%s: %s)"
+                           % (runtime.data_dir, exc.filename or "?", exc.strerror or exc),
+                           EXIT_OS, started)
+        return _refuse("%s: %s" % (exc.strerror or exc, exc.filename or ""), EXIT_OS, started)
     except BaseException:
-        for sup in started:
-            sup.stop()
+        _stop_all(started, None)
         raise
-    for sup in supervisors:
-        if not sup.wait_ready():
-            sup.log.warning("not_ready", detail="publisher port not answering yet; supervising anyway")
-        pub = sup.runtime.publisher
-        url = "http://%s:%s" % (pub["host"], pub["port"])
-        sup.log.event("ready", api=url, docs=url + "/docs", page=url + "/",
-                      symbols=",".join(sup.shard.symbols),
-                      status="ringmatch status --config %s" % sup.config_path)
-        print("ringmatch: shard %s (%s) running; API %s (docs %s/docs); "
-              "status: ringmatch status --data-dir %s --shard %s; Ctrl-C to stop"
-              % (sup.shard.name, ", ".join(sup.shard.symbols), url, url,
-                 sup.runtime.data_dir, sup.shard.name), file=sys.stderr)
-    return run_supervisors(supervisors)
+    return run_supervisors(supervisors, signals=signals)

@@ -32,6 +32,9 @@ DEFAULT_RUNTIME = {
     "standby": None,                       # {"host": ..., "port": ...} of a standby
     "replication": {"mode": "sync", "on_unreachable": "stall", "degrade_after_s": 5.0},
     "exchange": None,                      # None: engine.config.DEFAULT_CONFIG
+    # engine/supervisor.py rules 9, 10: a ready child whose ring position does not move for
+    # stall_after_s while work is pending is stalled; not ready after ready_timeout_s: a warning
+    "supervisor": {"stall_after_s": 3.0, "ready_timeout_s": 60.0},
 }
 
 
@@ -102,6 +105,11 @@ class RuntimeConfig(object):
         self.matcher = raw["matcher"]
         self.standby = raw.get("standby")
         self.replication = raw.get("replication") or {}
+        self.supervisor = raw.get("supervisor") or {}
+        for key in ("stall_after_s", "ready_timeout_s"):
+            value = self.supervisor.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError("supervisor.%s must be a number > 0, not %r" % (key, value))
 
     @classmethod
     def from_dict(cls, override=None):
@@ -122,9 +130,15 @@ class RuntimeConfig(object):
         return cls.from_dict(override)
 
     def dump(self, path):
-        """Write the resolved configuration (what children are started with)."""
+        """Write the resolved configuration (what children are started with), mode 0600.
+
+        It holds the API secrets: created 0600 (a temporary file renamed over
+        ``path``), never readable by others, even for a moment.
+        """
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)                # an older temporary file keeps its mode otherwise
+        with os.fdopen(fd, "w") as f:
             json.dump(self.raw, f, indent=2, sort_keys=True)
             f.flush()
             os.fsync(f.fileno())
@@ -179,8 +193,11 @@ class RuntimeConfig(object):
         return RuntimeConfig(raw)
 
     def run_dir(self):
+        """``<data>/run`` (configs with secrets, locks, health): created 0700, data dir too if new."""
         path = os.path.join(self.data_dir, "run")
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+            os.makedirs(path, mode=0o700, exist_ok=True)
         return path
 
 

@@ -1,16 +1,28 @@
 """``ringmatch status``: a live view (like top) of a running shard, or one JSON shot.
 
-Sources, all read-only: the two rings' headers (cursor, every consumer's
-gating sequence; the journaler's gating sequence *is* its durable sequence),
-the status files processes drop in ``<data>/run/<shard>.<proc>.json`` (fsync
-latency, replica ack), and the publisher's REST ticker for best bid/ask and
-last price.
+Sources, all read-only: the supervisor's health file
+``<data>/run/<shard>.health.json`` (engine state, each child's state, pid and
+restarts; engine/supervisor.py rule 11), the two rings' headers (cursor, every
+consumer's gating sequence; the journaler's gating sequence *is* its durable
+sequence), the status files processes drop in ``<data>/run/<shard>.<proc>.json``
+(fsync latency, replica ack), and the publisher's REST ticker for best bid/ask
+and last price.
+
+``state`` (and the exit code of ``--json``): ``ready`` 0, ``starting`` 3,
+``degraded`` 4 (a child stalled, restarting or dead), ``stopping`` 5,
+``not_running`` 6 (no health file, or its supervisor is gone), ``stale`` 7
+(the supervisor is alive but has not updated the file for 5 s).
 """
 import json
 import os
 import sys
 import time
 import urllib.request
+
+#: ``state`` -> exit code of ``ringmatch status --json`` (0 only when ready)
+EXIT_CODES = {"ready": 0, "starting": 3, "degraded": 4, "stopping": 5, "not_running": 6,
+              "stale": 7}
+HEALTH_FRESH_S = 5.0
 
 
 def add_arguments(parser):
@@ -59,7 +71,9 @@ def _proc_status(runtime, shard):
     except OSError:
         return out
     for fname in names:
-        if fname.startswith(prefix) and fname.endswith(".json"):
+        # not <shard>.json (the resolved config: it holds secrets) nor the health file
+        if fname.startswith(prefix) and fname.endswith(".json") and \
+                fname[len(prefix):-5] not in ("", "health"):
             try:
                 with open(os.path.join(run_dir, fname)) as f:
                     out[fname[len(prefix):-5]] = json.load(f)
@@ -81,12 +95,46 @@ def _tickers(runtime, shard):
     return out
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def health(runtime, shard, now_ns=None):
+    """(state, health file content or None): the engine's state as ``ringmatch status`` reports it."""
+    from engine.supervisor import health_path
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    try:
+        with open(health_path(runtime.data_dir, shard.name)) as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError):
+        return "not_running", None
+    pid = data.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or not _pid_alive(pid):
+        return "not_running", data
+    updated = data.get("updated_ns")
+    if not isinstance(updated, int) or now_ns - updated > HEALTH_FRESH_S * 1e9:
+        return "stale", data
+    state = data.get("state")
+    return (state if state in EXIT_CODES else "not_running"), data
+
+
 def snapshot(runtime, shard):
     """One status snapshot as a dict (what ``--json`` prints)."""
+    state, report = health(runtime, shard)
     return {
         "time": time.time(),
         "shard": shard.name,
         "data_dir": runtime.data_dir,
+        "state": state,
+        "health": report,
         "rings": {"input": _ring_view(shard.input_ring), "output": _ring_view(shard.output_ring)},
         "processes": _proc_status(runtime, shard),
         "symbols": _tickers(runtime, shard),
@@ -107,8 +155,15 @@ def _rates(prev, cur, dt):
 
 
 def render(snap, rates):
-    lines = ["ringmatch status  shard=%s  data=%s  %s" % (
-        snap["shard"], snap["data_dir"], time.strftime("%H:%M:%S", time.localtime(snap["time"])))]
+    lines = ["ringmatch status  shard=%s  data=%s  %s  state=%s" % (
+        snap["shard"], snap["data_dir"], time.strftime("%H:%M:%S", time.localtime(snap["time"])),
+        snap["state"])]
+    report = snap.get("health") or {}
+    children = report.get("children") or {}
+    if children:
+        lines.append("  ".join("%s=%s(pid %s, restarts %s)" % (
+            name, c.get("state"), c.get("pid"), c.get("restarts"))
+            for name, c in sorted(children.items())))
     lines.append("")
     lines.append("%-10s %-22s %14s %10s %12s" % ("ring", "consumer", "sequence", "lag", "rate/s"))
     for key in ("input", "output"):
@@ -140,8 +195,9 @@ def render(snap, rates):
 def run(args):
     runtime, shard = _load_runtime(args)
     if args.json:
-        print(json.dumps(snapshot(runtime, shard), indent=2, sort_keys=True))
-        return 0
+        snap = snapshot(runtime, shard)
+        print(json.dumps(snap, indent=2, sort_keys=True))
+        return EXIT_CODES[snap["state"]]
     prev = snapshot(runtime, shard)
     prev_t = time.monotonic()
     shown = 0
