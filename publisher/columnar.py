@@ -1,0 +1,1354 @@
+"""The columnar read model: the publisher's fold over events, one numpy pass per batch.
+
+Same views as ``publisher.read_model.ReadModel`` (the object model, kept as the
+reference implementation in tests): books, tickers, trades, 24h statistics, order
+states and balances, built from events only.  Where the object model touches one
+Python object per event, this one applies a whole batch with vectorized operations.
+
+Theory of operation (numbered rules; the code refers to them; the object model's
+rules 1-8 hold unchanged, these say how):
+
+1. Input.  A batch is a numpy structured array of ``EVENT_DTYPE`` records
+   (``EventBatch``: decoded zero-copy with ``np.frombuffer`` over the bytes; the
+   ring feed copies the ring's slots out once per batch, one memcpy, before it
+   commits).  Lists of event tuples are accepted too (tests, the ListSink).
+2. Python work per batch is bounded by what changed for readers, not by the
+   event count: the number of distinct book levels touched (the L2 books stay
+   ``SortedDict``s, set once per level with its final value of the batch), the
+   symbols traded, and the events of accounts someone listens to
+   (``report_accounts``, the hub's user subscriptions).  Everything else is a
+   fixed number of numpy operations per batch; sections whose event kinds are
+   absent from the batch are skipped, so a small batch costs little.
+3. Orders are rows of dense column arrays (``_Orders``), in increasing order id
+   (= the input sequence of the NEW_ORDER, so ACCEPTED events append), grown by
+   doubling; an event finds its row by binary search (``np.searchsorted``).
+   Within a batch a field written by several events of one order gets the last
+   write (events sorted by row, stable, once per batch), sums (executed value,
+   fees, fills) use ``np.add.at``, and the status is the fold of its transitions
+   (``_apply_order_updates``).  Done orders enter the done log in the order they
+   first became done; beyond ``done_orders_keep`` the oldest are forgotten at the
+   end of the batch (object model: at once, which differs only for events about an
+   order forgotten earlier in the same batch: none in practice, it needs
+   ``done_orders_keep`` newer done orders).  Forgotten rows are dropped by a
+   compaction when they outnumber the rest, so memory is bounded by open orders
+   plus twice the done window.
+4. Balances: totals per (account, asset) in a sorted key array (key =
+   account * 65536 + asset).  Per key, a batch's final total is the last BALANCE
+   set (or the previous total) plus the FILL moves after it.  Held amounts are
+   derived on request from the account's open orders by ``_order_hold``, the one
+   place where the matcher's hold rule M4 is re-derived (the events do not carry
+   the hold after a fill: see the module ``_order_hold`` docstring).
+5. Trades go to a numpy ring per symbol (``trades_keep``); the 24h window is an
+   append-only array per symbol with a moving head (stream time never goes
+   back), volumes kept as running sums, high/low from per-block extrema.
+6. Order objects are ``OrderView``s: live views of a row, resolved by order id
+   (so they stay right across compactions), exposing the ``OrderState``
+   attributes; ``stop_price`` is writable (the API and the rebuild set it).
+   Rejections are kept as raw records (newest ``rejections_keep``) and turned into
+   ``OrderState``s on demand (cached, so a caller's change sticks as in the object
+   model).  Client order ids are indexed lazily: creations with a client id are
+   appended to arrays and folded into the dict on the first lookup.
+"""
+import numpy as np
+from sortedcontainers import SortedDict
+
+from ringbuf.records import (EVENT_SLOTS, CommandKind, EventFlags, EventKind, OrderType,
+                             Reason, Side)
+from ringbuf import records as _records
+from publisher.event_decoder import PublishedEvent
+from publisher.read_model import DAY_NS, OrderState, SymbolView, Trade, _reason_name
+
+__all__ = ["ColumnarReadModel", "EventBatch", "OrderView", "as_event_array", "ColumnarChanges"]
+
+EVENT_DTYPE = _records.EVENT_DTYPE
+assert tuple(EVENT_DTYPE.names) == tuple(EVENT_SLOTS)
+
+_K_ACCEPTED = int(EventKind.ACCEPTED)
+_K_REJECTED = int(EventKind.REJECTED)
+_K_FILL = int(EventKind.FILL)
+_K_CANCELLED = int(EventKind.CANCELLED)
+_K_EXPIRED = int(EventKind.EXPIRED)
+_K_TRIGGERED = int(EventKind.TRIGGERED)
+_K_TRADE = int(EventKind.TRADE)
+_K_BOOK_DELTA = int(EventKind.BOOK_DELTA)
+_K_AMENDED = int(EventKind.AMENDED)
+_K_BALANCE = int(EventKind.BALANCE)
+_K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
+_C_NEW = int(CommandKind.NEW_ORDER)
+_LAST = int(EventFlags.LAST)
+_TAKER = int(EventFlags.TAKER)
+_BUY = int(Side.BUY)
+_HALTED = int(Reason.SYMBOL_HALTED)
+_STOP_TYPES = (int(OrderType.STOP_LOSS), int(OrderType.STOP_LIMIT), int(OrderType.TAKE_PROFIT),
+               int(OrderType.TAKE_PROFIT_LIMIT))
+_USER_KINDS = (_K_ACCEPTED, _K_REJECTED, _K_FILL, _K_CANCELLED, _K_EXPIRED, _K_TRIGGERED,
+               _K_AMENDED, _K_BALANCE)
+_UPDATE_KINDS = (_K_FILL, _K_CANCELLED, _K_EXPIRED, _K_AMENDED, _K_TRIGGERED)
+
+_USER_KIND = np.zeros(256, bool)
+_USER_KIND[list(_USER_KINDS)] = True
+_UPDATE_KIND = np.zeros(256, bool)
+_UPDATE_KIND[list(_UPDATE_KINDS)] = True
+_STOP_TYPE = np.zeros(256, bool)
+_STOP_TYPE[list(_STOP_TYPES)] = True
+
+# status codes (OrderState.status strings) and done reasons
+_PENDING, _OPEN, _DONE = 0, 1, 2
+_STATUS_NAMES = ("pending", "open", "done")
+_DONE_NAMES = (None, "filled", "canceled", "expired")
+
+_EMPTY_I = np.zeros(0, np.int64)
+
+
+def _new_event(values):
+    return tuple.__new__(PublishedEvent, values)
+
+
+def _events_of(arr):
+    """PublishedEvent tuples of a structured array (O(n) Python: only for what readers need)."""
+    return list(map(_new_event, arr.tolist()))
+
+
+def as_event_array(events):
+    """A structured ``EVENT_DTYPE`` array of ``events`` (EventBatch, array, bytes or tuples)."""
+    if isinstance(events, EventBatch):
+        return events.array
+    if isinstance(events, np.ndarray):
+        return events
+    if isinstance(events, (bytes, bytearray, memoryview)):
+        return np.frombuffer(events, EVENT_DTYPE)
+    events = list(events)
+    if not events:
+        return np.zeros(0, EVENT_DTYPE)
+    return np.array([tuple(int(v) for v in e) for e in events], dtype=EVENT_DTYPE)
+
+
+class EventBatch(object):
+    """A batch of events as numpy structured arrays (rule 1), list-like for old callers.
+
+    ``len``, ``extend`` (the ring feed's merging), ``[i]`` and iteration (PublishedEvent
+    tuples, decoded on demand), ``.array`` (one array; parts concatenated once).
+    """
+    __slots__ = ("parts", "count", "_array")
+
+    def __init__(self, array=None):
+        self.parts = [] if array is None or not len(array) else [array]
+        self.count = 0 if array is None else len(array)
+        self._array = array
+
+    @classmethod
+    def from_bytes(cls, data):
+        """Zero-copy view of ``data`` (n * 128 bytes)."""
+        return cls(np.frombuffer(data, EVENT_DTYPE))
+
+    @classmethod
+    def copy_of(cls, batch):
+        """A ring ``Batch``'s records copied out of the ring (one memcpy per chunk)."""
+        chunks = batch.chunks
+        if len(chunks) == 1:
+            return cls(np.frombuffer(chunks[0][1], EVENT_DTYPE).copy())
+        return cls(np.concatenate([np.frombuffer(v, EVENT_DTYPE) for _, v in chunks]))
+
+    def extend(self, other):
+        arr = as_event_array(other)
+        if len(arr):
+            self.parts.append(arr)
+            self.count += len(arr)
+            self._array = None
+
+    @property
+    def array(self):
+        a = self._array
+        if a is None:
+            parts = self.parts
+            if not parts:
+                a = np.zeros(0, EVENT_DTYPE)
+            elif len(parts) == 1:
+                a = parts[0]
+            else:
+                a = np.concatenate(parts)
+                self.parts = [a]
+            self._array = a
+        return a
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return iter(_events_of(self.array))
+
+    def __getitem__(self, i):
+        a = self.array
+        if isinstance(i, slice):
+            return EventBatch(a[i])
+        return _new_event(a[i].tolist())
+
+    def filter_after(self, seq):
+        """Return a new batch of the events with ``seq`` greater than ``seq``."""
+        a = self.array
+        return EventBatch(a[a["seq"] > seq])
+
+
+# --------------------------------------------------------------------------- orders
+_ORDER_COLUMNS = (
+    # name, dtype
+    ("id", np.int64), ("account_id", np.int64), ("symbol_id", np.int64), ("side", np.int64),
+    ("order_type", np.int64), ("tif", np.int64), ("flags", np.int64), ("price", np.int64),
+    ("qty", np.int64), ("stop_price", np.int64), ("funds", np.int64), ("filled", np.int64),
+    ("remaining", np.int64), ("executed_value", np.int64), ("fees", np.int64),
+    ("status", np.int8), ("done_reason", np.int8), ("reason", np.int64),
+    ("client_order_id", np.uint64), ("created_ns", np.int64), ("done_ns", np.int64),
+    ("last_seq", np.int64), ("fills", np.int64), ("fee_num", np.int64), ("hold", np.int64),
+    ("ever_done", np.bool_), ("forgotten", np.bool_),
+)
+
+
+class _Orders(object):
+    """Column arrays of order rows in increasing id (rule 3)."""
+
+    def __init__(self, capacity=1024):
+        self.n = 0
+        self.cap = capacity
+        self.cols = {name: np.zeros(capacity, dt) for name, dt in _ORDER_COLUMNS}
+        self.forgotten_count = 0
+        self.gen = 0                      # bumped by every compaction (OrderView cache)
+
+    def reserve(self, k):
+        need = self.n + k
+        if need <= self.cap:
+            return
+        cap = self.cap
+        while cap < need:
+            cap *= 2
+        for name, col in self.cols.items():
+            new = np.zeros(cap, col.dtype)
+            new[:self.n] = col[:self.n]
+            self.cols[name] = new
+        self.cap = cap
+
+    def lookup(self, ids):
+        """(rows, found) of ``ids``: found rows exist and are not forgotten."""
+        n = self.n
+        if not n:
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        idcol = self.cols["id"][:n]
+        pos = np.searchsorted(idcol, ids)
+        np.minimum(pos, n - 1, out=pos)
+        found = idcol[pos] == ids
+        found &= ~self.cols["forgotten"][pos]
+        return pos, found
+
+    def row(self, oid):
+        n = self.n
+        if not n:
+            return -1
+        idcol = self.cols["id"]
+        i = int(np.searchsorted(idcol[:n], oid))
+        if i < n and idcol[i] == oid and not self.cols["forgotten"][i]:
+            return i
+        return -1
+
+    def compact(self):
+        """Drop forgotten rows (rule 3)."""
+        n = self.n
+        keep = ~self.cols["forgotten"][:n]
+        m = int(keep.sum())
+        for name, col in self.cols.items():
+            col[:m] = col[:n][keep]
+            col[m:n] = 0
+        self.n = m
+        self.forgotten_count = 0
+        self.gen += 1
+
+
+class OrderView(object):
+    """A live view of one order row with the ``OrderState`` attributes (rule 6)."""
+    __slots__ = ("_model", "order_id", "_row", "_gen")
+
+    def __init__(self, model, order_id, row):
+        self._model = model
+        self.order_id = order_id
+        self._row = row
+        self._gen = model._orders.gen
+
+    def _r(self):
+        t = self._model._orders
+        if self._gen != t.gen:
+            self._row = t.row(self.order_id)
+            self._gen = t.gen
+        return self._row
+
+    @property
+    def status(self):
+        return _STATUS_NAMES[self._model._orders.cols["status"][self._r()]]
+
+    @property
+    def done_reason(self):
+        return _DONE_NAMES[self._model._orders.cols["done_reason"][self._r()]]
+
+    @property
+    def is_open(self):
+        return self.status in ("open", "pending")
+
+    def _get_stop(self):
+        return int(self._model._orders.cols["stop_price"][self._r()])
+
+    def _set_stop(self, value):
+        self._model._orders.cols["stop_price"][self._r()] = value
+
+    stop_price = property(_get_stop, _set_stop)
+
+    def __repr__(self):
+        return "OrderView(%d, %s)" % (self.order_id, self.status)
+
+
+def _int_getter(col):
+    def get(self):
+        return int(self._model._orders.cols[col][self._r()])
+    return property(get)
+
+
+for _name in ("account_id", "symbol_id", "side", "order_type", "tif", "flags", "price", "qty",
+              "funds", "filled", "remaining", "executed_value", "fees", "reason",
+              "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "fee_num", "hold"):
+    setattr(OrderView, _name, _int_getter(_name))
+del _name
+
+
+def _order_hold(rows, cols, spec_of):
+    """{asset: held} of open order ``rows`` (rule 4): the matcher's rule M4 re-derived.
+
+    The one copy of the hold rule in the publisher (engine/matcher.py ``_need_rest`` /
+    ``_need_stop``; the object model's ``ReadModel._hold`` is the other).  A waiting
+    stop holds what its ACCEPTED event said (``aux``); a resting order what it still
+    needs as a maker, which the events do not carry: a FILL (and an AMENDED) would need
+    the order's hold after it (e.g. in FILL.aux, unused today) for the read model to stop
+    re-deriving the matcher's rule.  O(len(rows)) Python ints (no overflow).
+    """
+    held = {}
+    if not len(rows):
+        return held
+    for sid, side, status, price, rem, hold, fee_num, fees in zip(
+            *(cols[c][rows].tolist() for c in ("symbol_id", "side", "status", "price",
+                                               "remaining", "hold", "fee_num", "fees"))):
+        spec = spec_of.get(sid)
+        if spec is None:
+            continue
+        if side == _BUY:
+            asset = spec.quote_asset
+            if status == _PENDING:
+                h = hold
+            else:
+                n = price * rem * spec.quote_per_tick_lot
+                m = spec.maker_fee_bps
+                h = n - ((-(fee_num + n * m)) // 10000) - fees if m > 0 else n
+        else:
+            asset = spec.base_asset
+            h = hold if status == _PENDING else rem * spec.base_per_lot
+        held[asset] = held.get(asset, 0) + h
+    return held
+
+
+def _runs_last(sorted_keys):
+    """Mask of the last element of each run of equal values in a sorted array."""
+    last = np.empty(len(sorted_keys), bool)
+    if len(sorted_keys):
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=last[:-1])
+        last[-1] = True
+    return last
+
+
+def _runs_first(sorted_keys):
+    first = np.empty(len(sorted_keys), bool)
+    if len(sorted_keys):
+        first[0] = True
+        np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=first[1:])
+    return first
+
+
+class _ByRow(object):
+    """Events of a batch sorted by row (stable): last/first writer per row (rule 3)."""
+    __slots__ = ("order", "rows")
+
+    def __init__(self, rows):
+        self.order = np.argsort(rows, kind="stable")
+        self.rows = rows[self.order]
+
+    def last(self, mask):
+        """(rows, event indices) of the last event per row among ``mask`` (event order)."""
+        sel = np.flatnonzero(mask[self.order])
+        r = self.rows[sel]
+        keep = _runs_last(r)
+        return r[keep], self.order[sel[keep]]
+
+    def first(self, mask):
+        sel = np.flatnonzero(mask[self.order])
+        r = self.rows[sel]
+        keep = _runs_first(r)
+        return r[keep], self.order[sel[keep]]
+
+
+# --------------------------------------------------------------------------- trades
+TRADE_DTYPE = np.dtype([("trade_id", np.int64), ("price", np.int64), ("qty", np.int64),
+                        ("taker_side", np.int64), ("timestamp_ns", np.int64), ("seq", np.int64),
+                        ("maker_order_id", np.int64), ("taker_order_id", np.int64)])
+
+
+def _trade(rec):
+    return Trade(*rec)
+
+
+def _trades_of(arr):
+    return [Trade(*t) for t in arr.tolist()]
+
+
+class TradeList(object):
+    """The trades of a batch (``Changes.trades`` values): Trade objects built on access."""
+    __slots__ = ("parts", "_list")
+
+    def __init__(self, arr):
+        self.parts = [arr]
+        self._list = None
+
+    def _items(self):
+        if self._list is None:
+            out = []
+            for p in self.parts:
+                out.extend(_trades_of(p))
+            self._list = out
+        return self._list
+
+    def extend(self, other):
+        if isinstance(other, TradeList):
+            self.parts.extend(other.parts)
+            if self._list is not None and other._list is not None:
+                self._list.extend(other._list)
+            else:
+                self._list = None
+        else:
+            self._items().extend(other)
+            self.parts.append(np.array([(t.trade_id, t.price, t.qty, t.taker_side,
+                                         t.timestamp_ns, t.seq, t.maker_order_id,
+                                         t.taker_order_id) for t in other], TRADE_DTYPE))
+
+    def __len__(self):
+        return sum(len(p) for p in self.parts)
+
+    def __iter__(self):
+        return iter(self._items())
+
+    def __getitem__(self, i):
+        return self._items()[i]
+
+
+class TradeRing(object):
+    """The newest ``maxlen`` trades of a symbol (rule 5); deque-like reads, oldest first."""
+
+    def __init__(self, maxlen):
+        self.maxlen = maxlen
+        self.buf = np.zeros(max(1, maxlen), TRADE_DTYPE)
+        self.start = 0                 # index of the oldest
+        self.count = 0
+
+    def append_array(self, arr):
+        m = self.maxlen
+        if not m:
+            return
+        k = len(arr)
+        if k >= m:
+            self.buf[:] = arr[k - m:]
+            self.start, self.count = 0, m
+            return
+        end = (self.start + self.count) % m
+        first = min(k, m - end)
+        self.buf[end:end + first] = arr[:first]
+        if k > first:
+            self.buf[:k - first] = arr[first:]
+        total = self.count + k
+        if total > m:
+            self.start = (self.start + total - m) % m
+            total = m
+        self.count = total
+
+    def clear(self):
+        self.start, self.count = 0, 0
+
+    def _ordered(self):
+        m, s, c = self.maxlen, self.start, self.count
+        if s + c <= m:
+            return self.buf[s:s + c]
+        return np.concatenate([self.buf[s:], self.buf[:s + c - m]])
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return iter(_trades_of(self._ordered()))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return _trades_of(self._ordered()[i])
+        c = self.count
+        if i < 0:
+            i += c
+        if not 0 <= i < c:
+            raise IndexError("trade index out of range")
+        return Trade(*self.buf[(self.start + i) % self.maxlen].tolist())
+
+
+class _Window(object):
+    """24h window of (ts, price, qty), stream time (rule 5); extrema per block of ``B``."""
+    B = 4096
+
+    def __init__(self):
+        self.ts = np.zeros(1024, np.int64)
+        self.price = np.zeros(1024, np.int64)
+        self.qty = np.zeros(1024, np.int64)
+        self.off = 0                  # absolute index of element 0 of the arrays
+        self.head = 0                 # absolute index of the oldest in the window
+        self.tail = 0                 # absolute index past the newest
+        self.volume = 0
+        self.quote_volume = 0
+        self.blocks = {}              # complete block -> (max, min)
+
+    def add(self, ts, price, qty):
+        k = len(ts)
+        if not k:
+            return
+        if self.head - self.off > max(1024, (self.tail - self.off) // 2):
+            s = self.head - self.off
+            live = self.tail - self.head
+            for a in (self.ts, self.price, self.qty):
+                a[:live] = a[s:s + live]
+            self.off = self.head
+        need = self.tail - self.off + k
+        if need > len(self.ts):
+            cap = len(self.ts)
+            while cap < need:
+                cap *= 2
+            for name in ("ts", "price", "qty"):
+                old = getattr(self, name)
+                new = np.zeros(cap, np.int64)
+                new[:len(old)] = old
+                setattr(self, name, new)
+        t0 = self.tail - self.off
+        self.ts[t0:t0 + k] = ts
+        self.price[t0:t0 + k] = price
+        self.qty[t0:t0 + k] = qty
+        self.tail += k
+        self.volume += int(qty.sum())
+        self.quote_volume += int(np.dot(price, qty))
+        cutoff = int(ts[-1]) - DAY_NS              # object model: evict ts <= cutoff
+        h0 = self.head - self.off
+        t1 = self.tail - self.off
+        h1 = h0 + int(np.searchsorted(self.ts[h0:t1], cutoff, side="right"))
+        if h1 > h0:
+            self.volume -= int(self.qty[h0:h1].sum())
+            self.quote_volume -= int(np.dot(self.price[h0:h1], self.qty[h0:h1]))
+            self.head = h1 + self.off
+            for b in [b for b in self.blocks if (b + 1) * self.B <= self.head]:
+                del self.blocks[b]
+
+    def clear(self):
+        self.__init__()
+
+    def __len__(self):
+        return self.tail - self.head
+
+    def extrema(self):
+        """(max, min) price over the window; O(B + window/B)."""
+        B = self.B
+        h, t = self.head, self.tail
+        hi, lo = None, None
+        b0 = (h + B - 1) // B                      # first complete block inside [h, t)
+        b1 = t // B
+        parts = []
+        if b0 >= b1:
+            parts.append((h, t))
+        else:
+            parts.append((h, b0 * B))
+            parts.append((b1 * B, t))
+            for b in range(b0, b1):
+                mm = self.blocks.get(b)
+                if mm is None:
+                    seg = self.price[b * B - self.off:(b + 1) * B - self.off]
+                    mm = (int(seg.max()), int(seg.min()))
+                    self.blocks[b] = mm
+                hi = mm[0] if hi is None else max(hi, mm[0])
+                lo = mm[1] if lo is None else min(lo, mm[1])
+        for a, z in parts:
+            if z > a:
+                seg = self.price[a - self.off:z - self.off]
+                mx, mn = int(seg.max()), int(seg.min())
+                hi = mx if hi is None else max(hi, mx)
+                lo = mn if lo is None else min(lo, mn)
+        return hi, lo
+
+    def first_price(self):
+        return int(self.price[self.head - self.off])
+
+
+class ColumnarSymbolView(SymbolView):
+    """A symbol's L2 book (SortedDicts), trade ring and 24h window (rules 2, 5)."""
+
+    def __init__(self, symbol_id, trades_keep):
+        SymbolView.__init__(self, symbol_id, trades_keep)
+        self.trades = TradeRing(trades_keep)
+        self.window = _Window()
+        self.win_max = self.win_min = None
+
+    @property
+    def volume(self):
+        return self.window.volume
+
+    @volume.setter
+    def volume(self, value):
+        pass
+
+    @property
+    def quote_volume(self):
+        return self.window.quote_volume
+
+    @quote_volume.setter
+    def quote_volume(self, value):
+        pass
+
+    def _add_trade(self, trade):
+        arr = np.array([(trade.trade_id, trade.price, trade.qty, trade.taker_side,
+                         trade.timestamp_ns, trade.seq, trade.maker_order_id,
+                         trade.taker_order_id)], TRADE_DTYPE)
+        self._add_trades(arr)
+
+    def _add_trades(self, arr):
+        self.trades.append_array(arr)
+        last = arr[-1]
+        self.last_price = int(last["price"])
+        self.last_qty = int(last["qty"])
+        self.last_trade_id = int(last["trade_id"])
+        self.window.add(arr["timestamp_ns"], arr["price"], arr["qty"])
+
+    def stats(self):
+        w = self.window
+        if not len(w):
+            return {"open": None, "high": None, "low": None, "last": self.last_price,
+                    "volume": 0, "quote_volume": 0}
+        hi, lo = w.extrema()
+        return {"open": w.first_price(), "high": hi, "low": lo, "last": self.last_price,
+                "volume": w.volume, "quote_volume": w.quote_volume}
+
+
+class ColumnarChanges(object):
+    """What one ``apply`` changed (the object model's ``Changes``; rule 2).
+
+    ``level2`` symbol -> {(side, price): qty}; ``trades`` symbol -> TradeList;
+    ``ticker`` set of symbols; ``user`` account -> [(event, order)] for
+    ``report_accounts`` only; ``closed_seqs`` numpy array; ``status`` events.
+    """
+    __slots__ = ("level2", "trades", "ticker", "user", "closed_seqs", "status", "ts_ns")
+
+    def __init__(self):
+        self.ts_ns = 0
+        self.level2 = {}
+        self.trades = {}
+        self.ticker = set()
+        self.user = {}
+        self.closed_seqs = _EMPTY_I
+        self.status = []
+
+    def merge(self, later):
+        for sym, levels in later.level2.items():
+            mine = self.level2.get(sym)
+            if mine is None:
+                self.level2[sym] = levels
+            else:
+                mine.update(levels)
+        for sym, tlist in later.trades.items():
+            mine = self.trades.get(sym)
+            if mine is None:
+                self.trades[sym] = tlist
+            else:
+                mine.extend(tlist)
+        self.ticker.update(later.ticker)
+        for account, reports in later.user.items():
+            self.user.setdefault(account, []).extend(reports)
+        self.closed_seqs = np.concatenate([np.asarray(self.closed_seqs, np.int64),
+                                           np.asarray(later.closed_seqs, np.int64)])
+        self.status.extend(later.status)
+        self.ts_ns = max(self.ts_ns, later.ts_ns)
+        return self
+
+
+class ColumnarReadModel(object):
+    """Books, tickers, trades, 24h stats, order states and balances, one numpy pass a batch.
+
+    The interface of ``publisher.read_model.ReadModel`` (``apply``, ``symbol``,
+    ``order``, ``order_by_client_id``, ``open_orders``, ``account_orders``,
+    ``account_balances``, ``seed_from_matcher``, ``applied_seq``, ``events_applied``).
+
+    >>> ColumnarReadModel([1, 2]).applied_seq
+    0
+    """
+
+    def __init__(self, symbol_ids, trades_keep=1000, done_orders_keep=200000, specs=None,
+                 rejections_keep=10000):
+        self.trades_keep = trades_keep
+        self.symbols = {int(s): ColumnarSymbolView(int(s), trades_keep) for s in symbol_ids}
+        self.specs = dict(specs or {})
+        self.done_orders_keep = done_orders_keep
+        self.rejections_keep = rejections_keep
+        self.applied_seq = 0
+        self.events_applied = 0
+        self._open_seq = 0
+        self.last_timestamp_ns = 0
+        #: accounts whose execution reports ``apply`` builds (``Changes.user``); None = all.
+        #: The publisher sets it to the hub's user subscriptions (rule 2).
+        self.report_accounts = None
+        self._orders = _Orders()
+        self._done_log = np.zeros(1024, np.int64)
+        self._done_head = 0
+        self._done_tail = 0
+        self.done_total = 0                # orders ever done (tests, stats)
+        self._rej = np.zeros(max(16, min(rejections_keep, 1024)), EVENT_DTYPE)
+        self._rej_head = 0
+        self._rej_tail = 0
+        self._rej_cache = {}
+        self._coid_parts = []              # arrays (account, coid, id) not yet in _client_ids
+        self._client_ids = {}
+        self._tot_keys = _EMPTY_I
+        self._tot_vals = _EMPTY_I
+        sym_ok = np.zeros(65536, bool)
+        sym_ok[list(self.symbols)] = True
+        self._sym_ok = sym_ok
+        self._spec_ok = np.zeros(65536, bool)
+        self._spec_base = np.zeros(65536, np.int64)
+        self._spec_quote = np.zeros(65536, np.int64)
+        self._spec_bpl = np.zeros(65536, np.int64)
+        self._spec_maker = np.zeros(65536, np.int64)
+        self._spec_taker = np.zeros(65536, np.int64)
+        for sid, spec in self.specs.items():
+            self._spec_ok[sid] = True
+            self._spec_base[sid] = spec.base_asset
+            self._spec_quote[sid] = spec.quote_asset
+            self._spec_bpl[sid] = spec.base_per_lot
+            self._spec_maker[sid] = spec.maker_fee_bps
+            self._spec_taker[sid] = spec.taker_fee_bps
+
+    def reset(self):
+        """Back to empty (the rebuild's start-over), keeping the configuration."""
+        report = self.report_accounts
+        self.__init__(list(self.symbols), trades_keep=self.trades_keep,
+                      done_orders_keep=self.done_orders_keep, specs=self.specs,
+                      rejections_keep=self.rejections_keep)
+        self.report_accounts = report
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, events):
+        """Apply a batch in stream order; return the ``ColumnarChanges`` (rules 1-5)."""
+        arr = as_event_array(events)
+        changes = ColumnarChanges()
+        n = len(arr)
+        if not n:
+            changes.ts_ns = self.last_timestamp_ns
+            return changes
+        kind = arr["kind"]
+        present = np.bincount(kind, minlength=16)
+        seqs = arr["seq"]
+        flags = arr["flags"]
+        # rule 2 of the object model: applied_seq
+        applied = self.applied_seq
+        last_mask = (flags & _LAST) != 0
+        closed = seqs[last_mask]
+        if len(closed):
+            applied = max(applied, int(closed.max()))
+        prev = np.empty(n, np.int64)
+        prev[0] = self._open_seq
+        prev[1:] = seqs[:-1]
+        up = prev[seqs > prev]
+        if len(up):
+            applied = max(applied, int(up.max()))
+        self.applied_seq = applied
+        self._open_seq = int(seqs[-1])
+        ts_max = int(arr["timestamp_ns"].max())
+        if ts_max > self.last_timestamp_ns:
+            self.last_timestamp_ns = ts_max
+        changes.closed_seqs = closed
+
+        if present[_K_ACCEPTED] or present[_K_REJECTED]:
+            cmd_new = arr["command_kind"] == _C_NEW
+            if present[_K_ACCEPTED]:
+                acc = (kind == _K_ACCEPTED) & cmd_new
+                if acc.any():
+                    self._create(arr[acc])
+            if present[_K_REJECTED]:
+                rej = (kind == _K_REJECTED) & cmd_new
+                if rej.any():
+                    self._add_rejections(arr[rej])
+        upd = _UPDATE_KIND[kind]
+        if upd.any():
+            self._apply_order_updates(arr[upd])
+        if present[_K_BALANCE] or present[_K_FILL]:
+            self._apply_totals(arr, kind)
+        if present[_K_BOOK_DELTA]:
+            self._apply_books(arr[kind == _K_BOOK_DELTA], changes)
+        if present[_K_TRADE]:
+            self._apply_trades(arr[kind == _K_TRADE], changes)
+        if present[_K_SYMBOL_STATUS]:
+            for e in _events_of(arr[kind == _K_SYMBOL_STATUS]):
+                view = self.symbols.get(e.symbol_id)
+                if view is not None:
+                    view.halted = e.reason == _HALTED
+                    changes.status.append(e)
+        self._forget_done()
+        report = self.report_accounts
+        if report is None or report:
+            um = _USER_KIND[kind]
+            if report is not None and um.any():
+                um &= np.isin(arr["account_id"], np.fromiter(report, np.int64, len(report)))
+            if um.any():
+                self._reports(arr[um], changes.user)
+        self.events_applied += n
+        changes.ts_ns = self.last_timestamp_ns
+        changes.ticker.update(changes.level2)
+        changes.ticker.update(changes.trades)
+        return changes
+
+    def _create(self, ev):
+        """ACCEPTED of NEW_ORDER: new rows (rule 3)."""
+        t = self._orders
+        oid = ev["order_id"]
+        ids = np.where(oid != 0, oid, ev["seq"])
+        k = len(ids)
+        if t.n and ids[0] <= t.cols["id"][t.n - 1] or (k > 1 and (np.diff(ids) <= 0).any()):
+            self._create_slow(ev, ids)
+            return
+        t.reserve(k)
+        a, b = t.n, t.n + k
+        self._fill_rows(t.cols, slice(a, b), ev, ids)
+        t.n = b
+        coid = ev["client_order_id"]
+        has = coid != 0
+        if has.any():
+            self._coid_parts.append((ev["account_id"][has], coid[has], ids[has]))
+
+    @staticmethod
+    def _fill_rows(c, where, ev, ids):
+        c["id"][where] = ids
+        for name in ("account_id", "symbol_id", "side", "order_type", "tif", "flags", "price",
+                     "qty", "filled", "remaining", "reason", "client_order_id"):
+            c[name][where] = ev[name]
+        c["stop_price"][where] = 0
+        c["funds"][where] = ev["amount"]
+        c["executed_value"][where] = 0
+        c["fees"][where] = 0
+        c["status"][where] = np.where(_STOP_TYPE[ev["order_type"]], _PENDING, _OPEN)
+        c["done_reason"][where] = 0
+        c["created_ns"][where] = ev["timestamp_ns"]
+        c["done_ns"][where] = 0
+        c["last_seq"][where] = ev["seq"]
+        c["fills"][where] = 0
+        c["fee_num"][where] = 0
+        c["hold"][where] = ev["aux"]
+        c["ever_done"][where] = False
+        c["forgotten"][where] = False
+
+    def _create_slow(self, ev, ids):
+        """Ids not above every existing one (never from one matcher): one at a time."""
+        for i in range(len(ids)):
+            t = self._orders
+            oid = int(ids[i])
+            n = t.n
+            idcol = t.cols["id"][:n]
+            pos = int(np.searchsorted(idcol, oid))
+            if pos < n and idcol[pos] == oid:
+                if t.cols["forgotten"][pos]:
+                    t.forgotten_count -= 1
+                self._fill_rows(t.cols, slice(pos, pos + 1), ev[i:i + 1], ids[i:i + 1])
+            else:
+                t.reserve(1)
+                for col in t.cols.values():
+                    col[pos + 1:n + 1] = col[pos:n].copy()
+                t.n = n + 1
+                t.gen += 1
+                self._fill_rows(t.cols, slice(pos, pos + 1), ev[i:i + 1], ids[i:i + 1])
+            if ev["client_order_id"][i]:
+                self._coid_parts.append((ev["account_id"][i:i + 1], ev["client_order_id"][i:i + 1],
+                                         ids[i:i + 1]))
+
+    def _apply_order_updates(self, ev):
+        """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders (rule 3)."""
+        t = self._orders
+        rows, found = t.lookup(ev["order_id"])
+        if not found.all():
+            ev = ev[found]
+            rows = rows[found]
+        if not len(rows):
+            return
+        c = t.cols
+        k = ev["kind"]
+        rem = ev["remaining"]
+        is_fill = k == _K_FILL
+        is_can = k == _K_CANCELLED
+        is_exp = k == _K_EXPIRED
+        is_cx = is_can | is_exp
+        is_am = k == _K_AMENDED
+        is_tr = k == _K_TRIGGERED
+        fill_done = is_fill & (rem == 0)
+        done_ev = fill_done | is_cx
+        by = _ByRow(rows)
+        everything = np.ones(len(rows), bool)
+        r, i = by.last(everything)
+        c["last_seq"][r] = ev["seq"][i]
+        if is_fill.any():
+            r, i = by.last(is_fill)
+            c["filled"][r] = ev["filled"][i]
+            fr = rows[is_fill]
+            fe = ev[is_fill]
+            np.add.at(c["executed_value"], fr, fe["amount"])
+            np.add.at(c["fees"], fr, fe["fee"])
+            np.add.at(c["fills"], fr, 1)
+            sid = fe["symbol_id"]
+            ok = self._spec_ok[sid]
+            if ok.any():
+                taker = (fe["flags"] & _TAKER) != 0
+                rate = np.where(taker, self._spec_taker[sid], self._spec_maker[sid])
+                np.add.at(c["fee_num"], fr[ok], (fe["amount"] * rate)[ok])
+        remw = is_fill | is_cx | is_am
+        r, i = by.last(remw)
+        c["remaining"][r] = np.where(is_cx[i], 0, rem[i])
+        if is_am.any():
+            r, i = by.last(is_am & (ev["reason"] == 0))
+            c["hold"][r] = ev["aux"][i]
+            r, i = by.last(is_am & (ev["price"] != 0))
+            c["price"][r] = ev["price"][i]
+            r, i = by.last(is_am)
+            c["qty"][r] = ev["qty"][i]
+        if is_cx.any():
+            r, i = by.last(is_cx)
+            c["reason"][r] = ev["reason"][i]
+        if is_tr.any():
+            r, i = by.last(is_tr & (ev["aux"] != 0))
+            c["stop_price"][r] = ev["aux"][i]
+        if done_ev.any():
+            r, i = by.last(done_ev)
+            c["done_reason"][r] = np.where(is_exp[i], 3, np.where(is_can[i], 2, 1))
+            c["done_ns"][r] = ev["timestamp_ns"][i]
+        # status: the last constant transition (TRIGGERED -> open, done events -> done),
+        # then a partial FILL after it maps pending -> open
+        const = is_tr | done_ev
+        cr, ci = by.last(const)
+        if len(cr):
+            c["status"][cr] = np.where(done_ev[ci], _DONE, _OPEN)
+        partial = is_fill & (rem != 0)
+        if partial.any():
+            pr, pi = by.last(partial)
+            lastc = np.full(len(pr), -1, np.int64)
+            if len(cr):
+                pos = np.searchsorted(cr, pr)
+                np.minimum(pos, len(cr) - 1, out=pos)
+                hit = cr[pos] == pr
+                lastc[hit] = ci[pos[hit]]
+            sel = (pi > lastc) & (c["status"][pr] == _PENDING)
+            c["status"][pr[sel]] = _OPEN
+        if done_ev.any():
+            dr, di = by.first(done_ev)
+            new = ~c["ever_done"][dr]
+            if new.any():
+                dr, di = dr[new], di[new]
+                dr = dr[np.argsort(di, kind="stable")]
+                c["ever_done"][dr] = True
+                self._log_done(c["id"][dr])
+
+    def _log_done(self, ids):
+        k = len(ids)
+        log = self._done_log
+        if self._done_tail + k > len(log):
+            live = self._done_tail - self._done_head
+            cap = len(log)
+            while cap < 2 * (live + k):
+                cap *= 2
+            new = np.zeros(cap, np.int64)
+            new[:live] = log[self._done_head:self._done_tail]
+            self._done_log = log = new
+            self._done_head, self._done_tail = 0, live
+        log[self._done_tail:self._done_tail + k] = ids
+        self._done_tail += k
+        self.done_total += k
+
+    def _forget_done(self):
+        """Done orders beyond ``done_orders_keep`` are forgotten, oldest first (rule 3)."""
+        excess = self._done_tail - self._done_head - self.done_orders_keep
+        if excess <= 0:
+            return
+        t = self._orders
+        old = self._done_log[self._done_head:self._done_head + excess]
+        self._done_head += excess
+        rows, found = t.lookup(old)
+        rows = rows[found]
+        t.cols["forgotten"][rows] = True
+        t.forgotten_count += len(rows)
+        if t.forgotten_count > max(4096, t.n // 2):
+            t.compact()
+
+    def _add_rejections(self, ev):
+        """REJECTED NEW_ORDER of this model's symbols: raw records, newest kept (rule 6)."""
+        ev = ev[self._sym_ok[ev["symbol_id"]]]
+        k = len(ev)
+        if not k:
+            return
+        keep = self.rejections_keep
+        if k > keep:
+            ev = ev[k - keep:]
+            k = keep
+        if self._rej_tail + k > len(self._rej):
+            live = self._rej_tail - self._rej_head
+            cap = len(self._rej)
+            while cap < 2 * (live + k):
+                cap *= 2
+            new = np.zeros(cap, EVENT_DTYPE)
+            new[:live] = self._rej[self._rej_head:self._rej_tail]
+            self._rej = new
+            self._rej_head, self._rej_tail = 0, live
+        self._rej[self._rej_tail:self._rej_tail + k] = ev
+        self._rej_tail += k
+        excess = self._rej_tail - self._rej_head - keep
+        if excess > 0:
+            if self._rej_cache:
+                for s in self._rej["seq"][self._rej_head:self._rej_head + excess].tolist():
+                    self._rej_cache.pop(s, None)
+            self._rej_head += excess
+
+    @staticmethod
+    def _rejection_state(e):
+        order = OrderState(e)
+        order.order_id = e.seq
+        order.status = "rejected"
+        order.done_reason = _reason_name(e.reason)
+        order.remaining = 0
+        return order
+
+    def _rejection(self, seq):
+        order = self._rej_cache.get(seq)
+        if order is not None:
+            return order
+        h, tl = self._rej_head, self._rej_tail
+        if h == tl:
+            return None
+        s = self._rej["seq"][h:tl]
+        i = int(np.searchsorted(s, seq))
+        if i >= len(s) or s[i] != seq:
+            return None
+        order = self._rejection_state(_new_event(self._rej[h + i].tolist()))
+        self._rej_cache[seq] = order
+        return order
+
+    def _apply_totals(self, arr, kind):
+        """BALANCE sets and FILL moves of totals per (account, asset) (rule 4)."""
+        bal = np.flatnonzero(kind == _K_BALANCE)
+        fills = np.flatnonzero(kind == _K_FILL)
+        if len(fills):
+            fe = arr[fills]
+            sid = fe["symbol_id"]
+            ok = self._spec_ok[sid]
+            _rows, found = self._orders.lookup(fe["order_id"])
+            ok &= found
+            if not ok.all():
+                fills, fe, sid = fills[ok], fe[ok], sid[ok]
+        parts_key, parts_pos, parts_val, parts_set = [], [], [], []
+        if len(bal):
+            be = arr[bal]
+            parts_key.append(be["account_id"].astype(np.int64) * 65536 + be["symbol_id"])
+            parts_pos.append(bal)
+            parts_val.append(be["amount"] + be["aux"])
+            parts_set.append(np.ones(len(bal), bool))
+        if len(fills):
+            acct = fe["account_id"].astype(np.int64) * 65536
+            buy = fe["side"] == _BUY
+            b = fe["qty"] * self._spec_bpl[sid]
+            amount, fee = fe["amount"], fe["fee"]
+            parts_key.append(acct + self._spec_base[sid])
+            parts_pos.append(fills)
+            parts_val.append(np.where(buy, b, -b))
+            parts_set.append(np.zeros(len(fills), bool))
+            parts_key.append(acct + self._spec_quote[sid])
+            parts_pos.append(fills)
+            parts_val.append(np.where(buy, -amount - fee, amount - fee))
+            parts_set.append(np.zeros(len(fills), bool))
+        if not parts_key:
+            return
+        keys = np.concatenate(parts_key)
+        pos = np.concatenate(parts_pos)
+        vals = np.concatenate(parts_val)
+        is_set = np.concatenate(parts_set)
+        tk = self._tot_keys
+        idx = np.searchsorted(tk, keys)
+        missing = (idx >= len(tk)) | (tk[np.minimum(idx, len(tk) - 1)] != keys) if len(tk) \
+            else np.ones(len(keys), bool)
+        if missing.any():
+            new_keys = np.unique(keys[missing])
+            merged = np.union1d(tk, new_keys)
+            vals_old = np.zeros(len(merged), np.int64)
+            vals_old[np.searchsorted(merged, tk)] = self._tot_vals
+            self._tot_keys, self._tot_vals = merged, vals_old
+            tk = merged
+            idx = np.searchsorted(tk, keys)
+        tv = self._tot_vals
+        last_set = np.full(len(tk), -1, np.int64)
+        if is_set.any():
+            sk, sp, sv = idx[is_set], pos[is_set], vals[is_set]
+            order = np.argsort(sk, kind="stable")
+            sks = sk[order]
+            lastm = _runs_last(sks)
+            sel = order[lastm]
+            tv[sk[sel]] = sv[sel]
+            last_set[sk[sel]] = sp[sel]
+        adds = ~is_set
+        if adds.any():
+            ak, ap, av = idx[adds], pos[adds], vals[adds]
+            after = ap > last_set[ak]
+            np.add.at(tv, ak[after], av[after])
+
+    def _apply_books(self, bd, changes):
+        """BOOK_DELTA: each level touched set once to its final size of the batch (rule 2)."""
+        bd = bd[self._sym_ok[bd["symbol_id"]]]
+        k = len(bd)
+        if not k:
+            return
+        sym = bd["symbol_id"].astype(np.int64)
+        side = bd["side"].astype(np.int64)
+        price = bd["price"]
+        if int(price.min()) >= 0 and int(price.max()) < (1 << 40):
+            key = (sym << 42) | ((side & 3) << 40) | price
+            order = np.argsort(key, kind="stable")
+            ks = key[order]
+            first, last = order[_runs_first(ks)], order[_runs_last(ks)]
+        else:                                              # huge prices: sort by the triple
+            order = np.lexsort((np.arange(k), price, side, sym))
+            ks = np.stack([sym[order], side[order], price[order]], axis=1)
+            brk = np.ones(k, bool)
+            brk[1:] = (ks[1:] != ks[:-1]).any(axis=1)
+            starts = np.flatnonzero(brk)
+            ends = np.append(starts[1:], k) - 1
+            first, last = order[starts], order[ends]
+        o = np.argsort(first, kind="stable")
+        first, last = first[o], last[o]
+        qty_l = bd["qty"][last].tolist()
+        sym_l = sym[first].tolist()
+        side_l = side[first].tolist()
+        price_l = price[first].tolist()
+        symbols = self.symbols
+        l2 = changes.level2
+        for s, sd, p, q in zip(sym_l, side_l, price_l, qty_l):
+            view = symbols[s]
+            book = view.bids if sd == _BUY else view.asks
+            if q:
+                book[p] = q
+            else:
+                book.pop(p, None)
+            levels = l2.get(s)
+            if levels is None:
+                levels = l2[s] = {}
+            levels[(sd, p)] = q
+        # book_seq: the seq of each symbol's last BOOK_DELTA
+        bsym = bd["symbol_id"]
+        for s in set(sym_l):
+            view = symbols[s]
+            view.book_seq = int(bd["seq"][np.flatnonzero(bsym == s)[-1]])
+
+    def _apply_trades(self, tr, changes):
+        tr = tr[self._sym_ok[tr["symbol_id"]]]
+        if not len(tr):
+            return
+        arr = np.empty(len(tr), TRADE_DTYPE)
+        arr["trade_id"] = tr["trade_id"]
+        arr["price"] = tr["price"]
+        arr["qty"] = tr["qty"]
+        arr["taker_side"] = tr["side"]
+        arr["timestamp_ns"] = tr["timestamp_ns"]
+        arr["seq"] = tr["seq"]
+        arr["maker_order_id"] = tr["counter_order_id"]
+        arr["taker_order_id"] = tr["order_id"]
+        sym = tr["symbol_id"]
+        syms = np.unique(sym).tolist()
+        for s in syms:
+            part = arr if len(syms) == 1 else arr[sym == s]
+            self.symbols[s]._add_trades(part)
+            changes.trades[s] = TradeList(part)
+
+    def _reports(self, ev, user):
+        """(event, order) execution reports of ``ev`` (subscribed accounts' user events)."""
+        t = self._orders
+        for e in _events_of(ev):
+            kind = e.kind
+            order = None
+            if kind == _K_BALANCE:
+                order = None
+            elif kind == _K_REJECTED and e.command_kind == _C_NEW:
+                order = self._rejection(e.seq) if self._sym_ok[e.symbol_id] else None
+                if order is None:
+                    order = self._rejection_state(e)
+            elif kind == _K_REJECTED and e.order_id == e.seq:
+                order = None
+            else:
+                oid = (e.order_id or e.seq) if (kind == _K_ACCEPTED
+                                                and e.command_kind == _C_NEW) else e.order_id
+                row = t.row(oid)
+                order = OrderView(self, oid, row) if row >= 0 else None
+            user.setdefault(e.account_id, []).append((e, order))
+
+    # ------------------------------------------------------------------ seeding
+    def seed_from_matcher(self, matcher, seq):
+        """Load the state of a restored ``engine.matcher.Matcher`` at input ``seq``
+        (the object model's rule 7).  O(orders + accounts)."""
+        for sid, view in self.symbols.items():
+            sym = matcher.symbols.get(sid)
+            if sym is None:
+                continue
+            view.bids.clear()
+            view.asks.clear()
+            for price, level in sym.book.bid_levels.items():
+                view.bids[price] = level.total
+            for price, level in sym.book.ask_levels.items():
+                view.asks[price] = level.total
+            view.last_price = sym.last_price or None
+            view.last_trade_id = sym.trade_id
+            view.halted = bool(sym.halted)
+        oids = sorted(matcher.orders)
+        if oids:
+            t = self._orders
+            k = len(oids)
+            t.reserve(k)
+            rec = np.zeros(k, EVENT_DTYPE)
+            for j, oid in enumerate(oids):
+                o = matcher.orders[oid]
+                rec[j] = (0, o.side, o.order_type, o.tif, o.flags, _C_NEW, o.symbol_id, 0, 0,
+                          o.account_id, seq, oid, o.price, o.qty, o.remaining, o.filled, 0,
+                          o.funds, 0, 0, 0, 0, 0, o.client_order_id, o.hold)
+            ids = np.array(oids, np.int64)
+            if t.n and ids[0] <= t.cols["id"][t.n - 1]:
+                self._create_slow(rec, ids)
+            else:
+                self._create(rec)
+            c = t.cols
+            rows, _found = t.lookup(ids)
+            c["created_ns"][rows] = 0
+            c["last_seq"][rows] = seq
+            c["reason"][rows] = 0
+            c["stop_price"][rows] = [matcher.orders[o].stop_price for o in oids]
+            c["fees"][rows] = [matcher.orders[o].fee_paid for o in oids]
+            c["fee_num"][rows] = [matcher.orders[o].fee_num for o in oids]
+            c["status"][rows] = [_OPEN if matcher.orders[o].level is not None else _PENDING
+                                 for o in oids]
+        accounts = matcher.accounts
+        keys, vals = [], []
+        for account_id, acct in accounts.accounts.items():
+            if account_id == getattr(accounts, "fee_account_id", None):
+                continue
+            for asset_id, i in accounts.index.items():
+                keys.append(account_id * 65536 + asset_id)
+                vals.append(acct.bal[i] + acct.bal[i + 1])
+        if keys:
+            tk = dict(zip(self._tot_keys.tolist(), self._tot_vals.tolist()))
+            tk.update(zip(keys, vals))
+            ks = sorted(tk)
+            self._tot_keys = np.array(ks, np.int64)
+            self._tot_vals = np.array([tk[k] for k in ks], np.int64)
+        self.applied_seq = max(self.applied_seq, seq)
+        self._open_seq = max(self._open_seq, seq)
+
+    # ------------------------------------------------------------------ reads
+    def symbol(self, symbol_id):
+        """The symbol's view; KeyError when unknown."""
+        return self.symbols[symbol_id]
+
+    def order(self, order_id):
+        """OrderView (or a remembered rejection) or None.  O(log n)."""
+        row = self._orders.row(order_id)
+        if row >= 0:
+            return OrderView(self, order_id, row)
+        return self._rejection(order_id)
+
+    def set_stop_price_if_unset(self, order_id, stop_price):
+        """Rebuild rule 4: an order's stop price from its replayed command."""
+        row = self._orders.row(order_id)
+        if row >= 0 and not self._orders.cols["stop_price"][row]:
+            self._orders.cols["stop_price"][row] = stop_price
+
+    def order_by_client_id(self, account_id, client_order_id):
+        if self._coid_parts:
+            ids = self._client_ids
+            for acct, coid, oid in self._coid_parts:
+                ids.update(zip(zip(acct.tolist(), coid.tolist()), oid.tolist()))
+            self._coid_parts = []
+        oid = self._client_ids.get((account_id, client_order_id))
+        if oid is None:
+            return None
+        row = self._orders.row(oid)
+        return OrderView(self, oid, row) if row >= 0 else None
+
+    def _account_rows(self, account_id, symbol_id=None, open_only=False):
+        t = self._orders
+        c = t.cols
+        n = t.n
+        m = c["account_id"][:n] == account_id
+        if symbol_id is not None:
+            m &= c["symbol_id"][:n] == symbol_id
+        if open_only:
+            m &= ~c["ever_done"][:n]
+        else:
+            m &= ~c["forgotten"][:n]
+        return np.flatnonzero(m)
+
+    def _views(self, rows):
+        ids = self._orders.cols["id"][rows].tolist()
+        return [OrderView(self, oid, r) for oid, r in zip(ids, rows.tolist())]
+
+    def open_orders(self, account_id, symbol_id=None):
+        """Open (and pending stop) orders of an account, oldest first.  O(rows)."""
+        return self._views(self._account_rows(account_id, symbol_id, open_only=True))
+
+    def account_orders(self, account_id, symbol_id=None):
+        """Every remembered order of an account (open and done), oldest first.  O(rows)."""
+        return self._views(self._account_rows(account_id, symbol_id))
+
+    def account_balances(self, account_id):
+        """{asset_id: (available, held)} (rule 4).  O(log keys + rows)."""
+        tk = self._tot_keys
+        a = int(np.searchsorted(tk, account_id * 65536))
+        b = int(np.searchsorted(tk, (account_id + 1) * 65536))
+        if a == b:
+            return {}
+        held = _order_hold(self._account_rows(account_id, open_only=True), self._orders.cols,
+                           self.specs)
+        out = {}
+        for key, total in zip(tk[a:b].tolist(), self._tot_vals[a:b].tolist()):
+            asset = key - account_id * 65536
+            h = held.get(asset, 0)
+            out[asset] = (total - h, h)
+        return out
+
+    @property
+    def orders(self):
+        """{order_id: OrderView} of every remembered order (O(n): tests and tools only)."""
+        t = self._orders
+        rows = np.flatnonzero(~t.cols["forgotten"][:t.n])
+        return {o.order_id: o for o in self._views(rows)}
+
+    def _check(self):
+        """Assert structural invariants (tests)."""
+        for view in self.symbols.values():
+            for side in (view.bids, view.asks):
+                for price, qty in side.items():
+                    assert qty > 0, (view.symbol_id, price, qty)
+            bb, ba = view.best_bid(), view.best_ask()
+            if bb is not None and ba is not None:
+                assert bb[0] < ba[0], ("crossed book", view.symbol_id, bb, ba)
+            w = view.window
+            h, tl = w.head - w.off, w.tail - w.off
+            assert w.volume == int(w.qty[h:tl].sum())
+        t = self._orders
+        c = t.cols
+        ids = c["id"][:t.n]
+        assert (np.diff(ids) > 0).all(), "order ids not increasing"
+        assert not (c["forgotten"][:t.n] & ~c["ever_done"][:t.n]).any(), "open order forgotten"
+        st = c["status"][:t.n]
+        assert ((st != _DONE) | c["ever_done"][:t.n]).all()

@@ -1,0 +1,75 @@
+"""PublisherService over the columnar read model: the same rules, per batch not per event.
+
+``publisher.service.PublisherService`` rules 1-4 hold unchanged; ``on_events`` takes an
+``EventBatch`` (or anything ``as_event_array`` takes) and does the per-event parts with
+numpy: the duplicate skip (rule 2) is one comparison over the batch, and only the
+events of commands someone waits for (REST writes, rule 3) become Python tuples.
+"""
+import heapq
+
+import numpy as np
+
+from publisher.columnar import EventBatch, as_event_array, _events_of
+from publisher.service import PublisherService
+
+__all__ = ["ColumnarService"]
+
+
+class ColumnarService(PublisherService):
+    """A PublisherService whose model is a ``ColumnarReadModel``."""
+
+    def __init__(self, catalog, model, hub, sender=None, log=None, **kw):
+        PublisherService.__init__(self, catalog, model, hub, sender=sender, log=log, **kw)
+        subs = getattr(hub, "user_subs", None)
+        if subs is not None and hasattr(model, "report_accounts"):
+            model.report_accounts = subs          # reports only for subscribed accounts
+
+    @staticmethod
+    def decode_bytes(data):
+        """Event records (bytes) -> the batch ``on_events`` takes (zero-copy)."""
+        return EventBatch.from_bytes(data)
+
+    def on_events(self, events):
+        """Apply one batch (loop thread, rule 1)."""
+        arr = as_event_array(events)
+        n = len(arr)
+        if not n:
+            return None
+        last_seq, last_index = self.last_seq, self.last_index
+        s0 = int(arr["seq"][0])
+        if s0 < last_seq or (s0 == last_seq and int(arr["event_index"][0]) <= last_index):
+            seqs = arr["seq"]
+            keep = (seqs > last_seq) | ((seqs == last_seq) & (arr["event_index"] > last_index))
+            kept = int(keep.sum())
+            self.skipped += n - kept                           # rule 2
+            if not kept:
+                return None
+            arr = arr[keep]
+        self.last_seq = int(arr["seq"][-1])
+        self.last_index = int(arr["event_index"][-1])
+        changes = self.model.apply(arr)
+        self.batches += 1
+        waiters = self.waiters
+        if waiters:
+            keys = np.fromiter(waiters, np.int64, len(waiters))
+            mine = np.isin(arr["seq"], keys)
+            if mine.any():
+                for e in _events_of(arr[mine]):
+                    waiters[e.seq].events.append(e)
+        self.hub.publish(changes)
+        if waiters:
+            closed = changes.closed_seqs
+            hit = closed[np.isin(closed, np.fromiter(waiters, np.int64, len(waiters)))]
+            for seq in hit.tolist():                            # rule 3
+                w = waiters.pop(seq, None)
+                if w is not None and not w.future.done():
+                    w.future.set_result(w.events)
+        heap = self.seq_waiters
+        applied = self.model.applied_seq
+        while heap and heap[0][0] <= applied:
+            _s, _i, fut = heapq.heappop(heap)
+            if not fut.done():
+                fut.set_result(applied)
+        if self.on_batch is not None:
+            self.on_batch(arr, changes)
+        return changes
