@@ -8,9 +8,10 @@ Theory of operation (numbered; extends engine/supervisor.py's rules 1-6):
    sequences, the journaler journals them (its gating sequence is what the
    receiver acknowledges), and the matcher applies every command (hot).  No
    publisher runs: nobody can place orders on a standby.
-2. The standby publishes no command of its own: no periodic snapshots and no
-   SNAPSHOT on stop (the primary's SNAPSHOT commands arrive through the
-   stream, so both sides snapshot at the same sequences).  A command of our own
+2. The standby publishes no command of its own: no periodic snapshots, no
+   CLOCK ticks and no SNAPSHOT on stop (the primary's SNAPSHOT and CLOCK
+   commands arrive through the stream, so both sides snapshot at the same
+   sequences and share the primary's trusted time).  A command of our own
    would take a sequence the primary uses for something else.
 3. The epoch store is set to role ``standby`` at start.  A ``standby`` entry
    of the configuration is ignored (no chained replication before promotion).
@@ -132,6 +133,11 @@ class StandbySupervisor(Supervisor):
     def destroy_rings(self):
         self._stop_output_drain()                                # rule 5: before unmapping
         Supervisor.destroy_rings(self)
+
+    def tick_clock(self, now=None):                          # rule 2
+        if self.promoted:
+            return Supervisor.tick_clock(self, now)
+        return None
 
     def maybe_snapshot(self, now=None):                      # rule 2
         if self.promoted:

@@ -93,3 +93,26 @@ def matcher_l2(matcher, symbol_id):
     book = matcher.book(symbol_id)
     return ({p: lv.total for p, lv in book.bid_levels.items()},
             {p: lv.total for p, lv in book.ask_levels.items()})
+
+
+def engine_matcher(engine, commands, last):
+    """An in-test Matcher in the state the engine's matcher has after input ``last``.
+
+    Run mode: the engine's journal up to ``last`` replayed (what the engine really
+    sequenced: the supervisor's CLOCK ticks sit between the session's commands, so
+    order ids and stream time differ from ``enumerate(commands, 1)``; docs/engine.md
+    M9).  Loop mode (no supervisor, no ticks): ``commands`` at sequences 1, 2, ...
+    """
+    from engine.config import DEFAULT_CONFIG
+    from engine.events import ListSink
+    from engine.matcher import Matcher
+    matcher = Matcher(DEFAULT_CONFIG, ListSink())
+    if engine.mode == "run":
+        from journaler.recovery import journal_records
+        records = journal_records(engine.raw["data_dir"], engine.shard, last=last)
+    else:
+        records = enumerate(commands, 1)
+    for seq, record in records:
+        matcher.process(seq, record)
+        matcher.sink.events.clear()
+    return matcher

@@ -13,7 +13,7 @@ from engine.events import ListSink
 from engine.matcher import Matcher
 from publisher.auth import sign
 from pub_harness import Engine
-from pub_session import matcher_l2, session
+from pub_session import engine_matcher, matcher_l2, session
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -202,13 +202,10 @@ def _session_book_matches(tmp_path, n, seed):
                 api = engine.client(None)
                 await asyncio.to_thread(_wait_seq, api, last)
                 await _sync(ws, builders)
-                return builders, api
-        builders, api = asyncio.run(main())
-        # the same commands through an in-test matcher: the engine is deterministic
-        matcher = Matcher(DEFAULT_CONFIG, ListSink())
-        for seq, cmd in enumerate(cmds, 1):
-            matcher.process(seq, cmd)
-            matcher.sink.events.clear()
+                return builders, api, last
+        builders, api, last = asyncio.run(main())
+        # the same input through an in-test matcher: the engine is deterministic
+        matcher = engine_matcher(engine, cmds, last)
         from publisher.products import Catalog
         cat = Catalog.from_exchange(DEFAULT_CONFIG)
         for name, b in builders.items():
@@ -224,16 +221,16 @@ def _session_book_matches(tmp_path, n, seed):
         api.close()
         if engine.mode == "run":
             # the engine's own matcher is the one the books were checked against: its
-            # shutdown snapshot (after one more command, the SNAPSHOT itself, whose wall
-            # clock time expires the session's GTT orders) has the in-test matcher's state
+            # shutdown snapshot (after a few more commands: the supervisor's CLOCK ticks
+            # and the SNAPSHOT itself) has the in-test matcher's state
             from journaler.recovery import journal_records, restore_latest
             from ringbuf.records import CommandKind
             assert engine.shutdown() == 0, engine.log_text()
             data_dir = engine.raw["data_dir"]
             live, snap_seq = restore_latest(DEFAULT_CONFIG, data_dir, engine.shard)
-            assert snap_seq == len(cmds) + 1
-            for seq, record in journal_records(data_dir, engine.shard, after=len(cmds)):
-                assert record.kind == int(CommandKind.SNAPSHOT)
+            assert snap_seq > last
+            for seq, record in journal_records(data_dir, engine.shard, after=last):
+                assert record.kind in (int(CommandKind.CLOCK), int(CommandKind.SNAPSHOT))
                 matcher.process(seq, record)
             assert live.state_hash() == matcher.state_hash()
     finally:
