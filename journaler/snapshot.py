@@ -10,6 +10,15 @@ Theory of operation:
    and the directory is fsynced.  A crash leaves either the old set of
    snapshots or the old set plus the complete new one (and maybe a stale temp
    file, removed by the next write).
+2a. Before that, the journal segments holding the snapshot's binding records
+   (``seq-k+1 .. seq``) are fsynced (``sync_journal_through``; earlier
+   segments were fsynced when the journal rolled past them).  Under the
+   ``interval`` and ``off`` policies the matcher may run ahead of what the
+   journal has synced; without this a power loss could keep the snapshot and
+   lose its journal tail, and retention (rule 6), counting that snapshot,
+   would already have deleted the segments an older snapshot or a full
+   replay needs: start-up would fail with a gap.  A snapshot on disk thus
+   always has its history 1..seq on disk.
 3. Header (little endian, 104 bytes)::
 
        0  8s  magic          b"RMSNAPSH"
@@ -55,6 +64,7 @@ import re
 import struct
 import time
 
+from journaler import fsio
 from journaler.crc import crc32c
 from journaler.errors import SnapshotError, SnapshotStaleError
 
@@ -62,7 +72,7 @@ __all__ = [
     "snapshot_dir", "snapshot_name", "list_snapshots", "write_snapshot", "write_snapshot_bytes",
     "read_snapshot", "SnapshotFile", "load_latest", "prune", "SnapshotSchedule",
     "BINDING_MAX_RECORDS", "binding_of", "binding_from_chunks", "journal_binding",
-    "check_binding", "quarantine_snapshot",
+    "check_binding", "quarantine_snapshot", "sync_journal_through",
 ]
 
 SNAPSHOT_MAGIC = b"RMSNAPSH"
@@ -202,30 +212,51 @@ def check_binding(data_dir, shard, snap, journal_end=None):
 
 def quarantine_snapshot(path, reason="stale"):
     """Move a snapshot to ``snapshots/quarantine/`` (0700 dir, 0600 file); returns the new path."""
-    from journaler.reader import fsync_dir, quarantine_move
     directory = os.path.dirname(path)
     qdir = os.path.join(directory, "quarantine")
     os.makedirs(qdir, mode=0o700, exist_ok=True)
     if os.stat(qdir).st_mode & 0o077:
         os.chmod(qdir, 0o700)
-    target = quarantine_move(path, qdir, "%s.%s.%s" % (
-        os.path.basename(path), time.strftime("%Y%m%dT%H%M%S"), reason))
-    fsync_dir(qdir)
-    fsync_dir(directory)
+    name = "%s.%s.%s" % (os.path.basename(path), time.strftime("%Y%m%dT%H%M%S"), reason)
+    target = os.path.join(qdir, name)
+    n = 0
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(qdir, "%s.%d" % (name, n))
+    os.chmod(path, 0o600)
+    fsio.rename(path, target)
+    fsio.fsync_dir(qdir)
+    fsio.fsync_dir(directory)
     return target
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def sync_journal_through(data_dir, shard, first, last):
+    """fsync the journal segments holding records ``first .. last`` (rule 2a).  O(segments).
+
+    Returns the paths synced.  A segment that is missing meanwhile is skipped.
+    """
+    from journaler.segment import list_segments
+    segments = list_segments(data_dir, shard)
+    synced = []
+    for i, (seg_first, path) in enumerate(segments):
+        seg_next = segments[i + 1][0] if i + 1 < len(segments) else None
+        if seg_first > last or (seg_next is not None and seg_next <= first):
+            continue
+        try:
+            fd = fsio.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fsio.fdatasync(fd)
+        finally:
+            fsio.close(fd)
+        synced.append(path)
+    return synced
 
 
 def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=None,
                          binding=None):
-    """Write one snapshot file durably (rule 2) and return its path.  O(len(payload)).
+    """Write one snapshot file durably (rules 2, 2a) and return its path.  O(len(payload)).
 
     ``binding`` (k, crc) of rule 5; None: taken from the journal
     (``journal_binding``), which must hold ``seq``, else SnapshotError.
@@ -237,6 +268,11 @@ def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=
         if binding is None:
             raise SnapshotError("cannot bind the snapshot at seq %d: the journal of %s in %s "
                                 "does not hold that record" % (seq, shard, data_dir))
+    try:    # rule 2a: the records that bind the snapshot are durable before it is
+        sync_journal_through(data_dir, shard, seq - binding[0] + 1, seq)
+    except OSError as exc:
+        raise SnapshotError("cannot write the snapshot at seq %d: fsync of the journal "
+                            "failed: %s" % (seq, exc))
     directory = snapshot_dir(data_dir)
     os.makedirs(directory, exist_ok=True)
     name = snapshot_name(shard, seq)
@@ -245,7 +281,7 @@ def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=
             pid = stale.rsplit("-", 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):
                 try:
-                    os.unlink(os.path.join(directory, stale))
+                    fsio.unlink(os.path.join(directory, stale))
                 except OSError:
                     pass
     tmp = os.path.join(directory, ".%s.tmp-%d" % (name, os.getpid()))
@@ -256,21 +292,21 @@ def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=
                      binding[1])
     header = body + _HDR_CRC.pack(crc32c(body))
     path = os.path.join(directory, name)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fsio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
             view = memoryview(header + payload)
             while view:
-                n = os.write(fd, view)
+                n = fsio.write(fd, view)
                 view = view[n:]
-            os.fsync(fd)
+            fsio.fsync(fd)
         finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(directory)
+            fsio.close(fd)
+        fsio.replace(tmp, path)
+        fsio.fsync_dir(directory)
     except OSError as exc:
         try:
-            os.unlink(tmp)
+            fsio.unlink(tmp)
         except OSError:
             pass
         raise SnapshotError("cannot write snapshot %s: %s" % (path, exc))
@@ -456,7 +492,7 @@ def prune(data_dir, shard, keep, log=None, current_seq=None):
             log.warning("snapshot_quarantined", file=path, reason=reason, quarantine=target)
     for path in deleted_snaps:
         try:
-            os.unlink(path)
+            fsio.unlink(path)
         except OSError:
             pass
     deleted_segments = []
@@ -468,10 +504,15 @@ def prune(data_dir, shard, keep, log=None, current_seq=None):
             next_first = segments[i + 1][0]
             if next_first <= first_needed:       # every record of segment i < first_needed
                 try:
-                    os.unlink(segments[i][1])
+                    fsio.unlink(segments[i][1])
                     deleted_segments.append(segments[i][1])
                 except OSError:
                     pass
+                else:
+                    # oldest first, each deletion durable before the next: a power
+                    # loss brings back at most a contiguous run of the oldest
+                    # segments, never a gap (reader rule 5a)
+                    fsio.fsync_dir(os.path.dirname(segments[i][1]))
             else:
                 break
     if log is not None and (deleted_snaps or deleted_segments):
