@@ -100,6 +100,11 @@ _DONE_NAMES = (None, "filled", "canceled", "expired")
 _EMPTY_I = np.zeros(0, np.int64)
 
 
+def _take(arr, mask):
+    """``arr[mask]`` for a structured array (take is ~9x faster than boolean indexing)."""
+    return arr.take(np.flatnonzero(mask))
+
+
 def _new_event(values):
     return tuple.__new__(PublishedEvent, values)
 
@@ -212,6 +217,9 @@ class _Orders(object):
         self.cols = {name: np.zeros(capacity, dt) for name, dt in _ORDER_COLUMNS}
         self.forgotten_count = 0
         self.gen = 0                      # bumped by every compaction (OrderView cache)
+        self.dbase = 0                    # dense map: row_of[id - dbase] = row, or -1
+        self.row_of = np.full(1024, -1, np.int32)
+        self.indexed = 0
 
     def reserve(self, k):
         need = self.n + k
@@ -226,25 +234,84 @@ class _Orders(object):
             self.cols[name] = new
         self.cap = cap
 
-    def lookup(self, ids):
-        """(rows, found) of ``ids``: found rows exist and are not forgotten."""
+    def index_rows(self, a, b):
+        """Enter appended rows ``a .. b-1`` (ids above every indexed one) in the dense map."""
+        ids = self.cols["id"][a:b]
+        if not len(ids):
+            return
+        if self.indexed == 0:
+            self.dbase = int(ids[0])
+        hi = int(ids[-1]) - self.dbase + 1
+        if hi > len(self.row_of):
+            cap = len(self.row_of)
+            while cap < hi:
+                cap *= 2
+            new = np.full(cap, -1, np.int32)
+            new[:len(self.row_of)] = self.row_of
+            self.row_of = new
+        off = ids - self.dbase
+        sel = off >= 0
+        self.row_of[off[sel]] = np.arange(a, b, dtype=np.int32)[sel]
+        self.indexed += b - a
+
+    def reindex(self):
+        """Rebuild the dense map (after a compaction or an insertion): ids from ``dbase``,
+        chosen so the map spans at most ~4 rows' worth of ids; older ids (orders resting
+        long) are found by binary search."""
         n = self.n
+        ids = self.cols["id"][:n]
+        self.indexed = n
         if not n:
-            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        idcol = self.cols["id"][:n]
-        pos = np.searchsorted(idcol, ids)
-        np.minimum(pos, n - 1, out=pos)
-        found = idcol[pos] == ids
-        found &= ~self.cols["forgotten"][pos]
-        return pos, found
+            self.dbase = 0
+            self.row_of = np.full(1024, -1, np.int32)
+            return
+        self.dbase = max(int(ids[0]), int(ids[-1]) + 1 - (4 * n + 65536))
+        span = int(ids[-1]) - self.dbase + 1
+        cap = 1024
+        while cap < span:
+            cap *= 2
+        self.row_of = np.full(cap, -1, np.int32)
+        start = int(np.searchsorted(ids, self.dbase))
+        self.row_of[ids[start:] - self.dbase] = np.arange(start, n, dtype=np.int32)
+
+    def lookup(self, ids):
+        """(rows, found) of ``ids``: found rows exist and are not forgotten.  O(1) each
+        (the dense map), O(log n) for ids below its base."""
+        k = len(ids)
+        if not self.n:
+            return np.zeros(k, np.int64), np.zeros(k, bool)
+        off = ids - self.dbase
+        size = len(self.row_of)
+        inr = (off >= 0) & (off < size)
+        rows = self.row_of[np.where(inr, off, 0)].astype(np.int64)
+        found = inr & (rows >= 0)
+        old = np.flatnonzero(off < 0)
+        if len(old):
+            n = self.n
+            idcol = self.cols["id"][:n]
+            pos = np.minimum(np.searchsorted(idcol, ids[old]), n - 1)
+            hit = idcol[pos] == ids[old]
+            rows[old[hit]] = pos[hit]
+            found[old[hit]] = True
+        rows[~found] = 0
+        found &= ~self.cols["forgotten"][rows]
+        return rows, found
 
     def row(self, oid):
         n = self.n
         if not n:
             return -1
-        idcol = self.cols["id"]
-        i = int(np.searchsorted(idcol[:n], oid))
-        if i < n and idcol[i] == oid and not self.cols["forgotten"][i]:
+        off = oid - self.dbase
+        if 0 <= off < len(self.row_of):
+            i = int(self.row_of[off])
+        elif off < 0:
+            idcol = self.cols["id"]
+            i = int(np.searchsorted(idcol[:n], oid))
+            if i >= n or idcol[i] != oid:
+                i = -1
+        else:
+            i = -1
+        if i >= 0 and not self.cols["forgotten"][i]:
             return i
         return -1
 
@@ -259,6 +326,7 @@ class _Orders(object):
         self.n = m
         self.forgotten_count = 0
         self.gen += 1
+        self.reindex()
 
 
 class OrderView(object):
@@ -750,7 +818,7 @@ class ColumnarReadModel(object):
         if not n:
             changes.ts_ns = self.last_timestamp_ns
             return changes
-        kind = arr["kind"]
+        kind = arr["kind"].copy()                     # contiguous: compared many times
         present = np.bincount(kind, minlength=16)
         seqs = arr["seq"]
         flags = arr["flags"]
@@ -778,22 +846,29 @@ class ColumnarReadModel(object):
             if present[_K_ACCEPTED]:
                 acc = (kind == _K_ACCEPTED) & cmd_new
                 if acc.any():
-                    self._create(arr[acc])
+                    self._create(_take(arr, acc))
             if present[_K_REJECTED]:
                 rej = (kind == _K_REJECTED) & cmd_new
                 if rej.any():
-                    self._add_rejections(arr[rej])
-        upd = _UPDATE_KIND[kind]
-        if upd.any():
-            self._apply_order_updates(arr[upd])
-        if present[_K_BALANCE] or present[_K_FILL]:
-            self._apply_totals(arr, kind)
+                    self._add_rejections(_take(arr, rej))
+        upd = np.flatnonzero(_UPDATE_KIND[kind])
+        fills_found = _EMPTY_I
+        if len(upd):
+            ev = arr.take(upd)
+            rows, found = self._orders.lookup(ev["order_id"])
+            if not found.all():
+                ev, rows, upd = _take(ev, found), rows[found], upd[found]
+            if len(rows):
+                self._apply_order_updates(ev, rows)
+                fills_found = upd[ev["kind"] == _K_FILL]
+        if present[_K_BALANCE] or len(fills_found):
+            self._apply_totals(arr, kind, fills_found)
         if present[_K_BOOK_DELTA]:
-            self._apply_books(arr[kind == _K_BOOK_DELTA], changes)
+            self._apply_books(_take(arr, kind == _K_BOOK_DELTA), changes)
         if present[_K_TRADE]:
-            self._apply_trades(arr[kind == _K_TRADE], changes)
+            self._apply_trades(_take(arr, kind == _K_TRADE), changes)
         if present[_K_SYMBOL_STATUS]:
-            for e in _events_of(arr[kind == _K_SYMBOL_STATUS]):
+            for e in _events_of(_take(arr, kind == _K_SYMBOL_STATUS)):
                 view = self.symbols.get(e.symbol_id)
                 if view is not None:
                     view.halted = e.reason == _HALTED
@@ -805,7 +880,7 @@ class ColumnarReadModel(object):
             if report is not None and um.any():
                 um &= np.isin(arr["account_id"], np.fromiter(report, np.int64, len(report)))
             if um.any():
-                self._reports(arr[um], changes.user)
+                self._reports(_take(arr, um), changes.user)
         self.events_applied += n
         changes.ts_ns = self.last_timestamp_ns
         changes.ticker.update(changes.level2)
@@ -825,6 +900,7 @@ class ColumnarReadModel(object):
         a, b = t.n, t.n + k
         self._fill_rows(t.cols, slice(a, b), ev, ids)
         t.n = b
+        t.index_rows(a, b)
         coid = ev["client_order_id"]
         has = coid != 0
         if has.any():
@@ -870,19 +946,14 @@ class ColumnarReadModel(object):
                 t.n = n + 1
                 t.gen += 1
                 self._fill_rows(t.cols, slice(pos, pos + 1), ev[i:i + 1], ids[i:i + 1])
+                t.reindex()
             if ev["client_order_id"][i]:
                 self._coid_parts.append((ev["account_id"][i:i + 1], ev["client_order_id"][i:i + 1],
                                          ids[i:i + 1]))
 
-    def _apply_order_updates(self, ev):
-        """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders (rule 3)."""
+    def _apply_order_updates(self, ev, rows):
+        """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders at ``rows`` (rule 3)."""
         t = self._orders
-        rows, found = t.lookup(ev["order_id"])
-        if not found.all():
-            ev = ev[found]
-            rows = rows[found]
-        if not len(rows):
-            return
         c = t.cols
         k = ev["kind"]
         rem = ev["remaining"]
@@ -902,7 +973,7 @@ class ColumnarReadModel(object):
             r, i = by.last(is_fill)
             c["filled"][r] = ev["filled"][i]
             fr = rows[is_fill]
-            fe = ev[is_fill]
+            fe = _take(ev, is_fill)
             np.add.at(c["executed_value"], fr, fe["amount"])
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
@@ -991,7 +1062,7 @@ class ColumnarReadModel(object):
 
     def _add_rejections(self, ev):
         """REJECTED NEW_ORDER of this model's symbols: raw records, newest kept (rule 6)."""
-        ev = ev[self._sym_ok[ev["symbol_id"]]]
+        ev = _take(ev, self._sym_ok[ev["symbol_id"]])
         k = len(ev)
         if not k:
             return
@@ -1041,21 +1112,19 @@ class ColumnarReadModel(object):
         self._rej_cache[seq] = order
         return order
 
-    def _apply_totals(self, arr, kind):
-        """BALANCE sets and FILL moves of totals per (account, asset) (rule 4)."""
+    def _apply_totals(self, arr, kind, fills):
+        """BALANCE sets and moves of FILLs of known orders (positions ``fills``) of totals
+        per (account, asset) (rule 4)."""
         bal = np.flatnonzero(kind == _K_BALANCE)
-        fills = np.flatnonzero(kind == _K_FILL)
         if len(fills):
-            fe = arr[fills]
+            fe = arr.take(fills)
             sid = fe["symbol_id"]
             ok = self._spec_ok[sid]
-            _rows, found = self._orders.lookup(fe["order_id"])
-            ok &= found
             if not ok.all():
-                fills, fe, sid = fills[ok], fe[ok], sid[ok]
+                fills, fe, sid = fills[ok], _take(fe, ok), sid[ok]
         parts_key, parts_pos, parts_val, parts_set = [], [], [], []
         if len(bal):
-            be = arr[bal]
+            be = arr.take(bal)
             parts_key.append(be["account_id"].astype(np.int64) * 65536 + be["symbol_id"])
             parts_pos.append(bal)
             parts_val.append(be["amount"] + be["aux"])
@@ -1109,7 +1178,7 @@ class ColumnarReadModel(object):
 
     def _apply_books(self, bd, changes):
         """BOOK_DELTA: each level touched set once to its final size of the batch (rule 2)."""
-        bd = bd[self._sym_ok[bd["symbol_id"]]]
+        bd = _take(bd, self._sym_ok[bd["symbol_id"]])
         k = len(bd)
         if not k:
             return
@@ -1155,7 +1224,7 @@ class ColumnarReadModel(object):
             view.book_seq = int(bd["seq"][np.flatnonzero(bsym == s)[-1]])
 
     def _apply_trades(self, tr, changes):
-        tr = tr[self._sym_ok[tr["symbol_id"]]]
+        tr = _take(tr, self._sym_ok[tr["symbol_id"]])
         if not len(tr):
             return
         arr = np.empty(len(tr), TRADE_DTYPE)
@@ -1170,7 +1239,7 @@ class ColumnarReadModel(object):
         sym = tr["symbol_id"]
         syms = np.unique(sym).tolist()
         for s in syms:
-            part = arr if len(syms) == 1 else arr[sym == s]
+            part = arr if len(syms) == 1 else _take(arr, sym == s)
             self.symbols[s]._add_trades(part)
             changes.trades[s] = TradeList(part)
 
