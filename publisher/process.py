@@ -52,8 +52,9 @@ class RingFeed(object):
     """The consumer thread of rule 2."""
 
     def __init__(self, consumer, loop, on_events, max_batch=4096, max_inflight=8,
-                 poll_timeout=0.05, log=None, skip_upto=0):
+                 poll_timeout=0.05, log=None, skip_upto=0, decode=None):
         self.consumer = consumer
+        self.decode = decode                  # Batch -> events; default: columnar copy-out
         self.loop = loop                      # None until go_live()
         self.on_events = on_events
         self.max_batch = max_batch
@@ -125,8 +126,11 @@ class RingFeed(object):
             return True
 
     def _run(self):
-        from publisher.event_decoder import decode_batch
         consumer = self.consumer
+        decode = self.decode
+        if decode is None:
+            from publisher.columnar import EventBatch
+            decode = EventBatch.copy_of
         try:
             while not self.stopping.is_set():
                 if self.held and self.loop is not None and not self._hand_over():
@@ -134,12 +138,13 @@ class RingFeed(object):
                 batch = consumer.poll(max_batch=self.max_batch, timeout=self.poll_timeout)
                 if batch is None:
                     continue
-                events = decode_batch(batch)           # copy out before commit
+                events = decode(batch)                 # copy out before commit
                 consumer.commit(batch.last_seq)
                 skip = self.skip_upto
                 if skip and self.loop is None and events and events[0].seq <= skip:
                     n = len(events)
-                    events = [e for e in events if e.seq > skip]
+                    events = (events.filter_after(skip) if hasattr(events, "filter_after")
+                              else [e for e in events if e.seq > skip])
                     self.dropped += n - len(events)
                     if not events:
                         continue
@@ -166,13 +171,25 @@ def _exit_loop_hard():
     raise SystemExit(5)
 
 
-def build_service(runtime, shard, exchange, sender=None, log=None):
-    """Catalog + read model + hub + service for one shard (no rings, no server)."""
+def build_service(runtime, shard, exchange, sender=None, log=None, read_model=None):
+    """Catalog + read model + hub + service for one shard (no rings, no server).
+
+    ``read_model`` (or ``publisher.read_model`` in the runtime): ``"columnar"`` (the
+    default: ``publisher.columnar``, fed ``EventBatch``es) or ``"object"`` (the reference
+    ``publisher.read_model``, fed lists of event tuples).
+    """
     from publisher.products import Catalog
-    from publisher.read_model import ReadModel
-    from publisher.service import PublisherService
     from publisher.ws import Hub
     pub = runtime.publisher if hasattr(runtime, "publisher") else (runtime or {})
+    kind = read_model or pub.get("read_model", "columnar")
+    if kind == "object":
+        from publisher.read_model import ReadModel
+        from publisher.service import PublisherService
+    elif kind == "columnar":
+        from publisher.columnar import ColumnarReadModel as ReadModel
+        from publisher.columnar_service import ColumnarService as PublisherService
+    else:
+        raise ValueError("publisher.read_model must be 'columnar' or 'object', not %r" % (kind,))
     catalog = Catalog.from_exchange(exchange, symbols=shard.symbols or None)
     model = ReadModel([p.symbol_id for p in catalog.products],
                       trades_keep=int(pub.get("trades_keep", 1000)),
@@ -250,8 +267,11 @@ def main(argv=None):
 
     started = time.monotonic()
     durable = _durable(runtime, shard, log)
+    decode = None                                   # columnar: EventBatch copies
+    if not hasattr(service, "decode_bytes"):        # the object model: event tuples
+        from publisher.event_decoder import decode_batch as decode
     feed = RingFeed(consumer, None, service.on_events, max_batch=args.max_batch, log=log,
-                    skip_upto=durable)
+                    skip_upto=durable, decode=decode)
     feed.start()                                                              # rule 2
     try:
         info = rebuild(service, runtime, shard, exchange, consumer.sequence, log,

@@ -71,6 +71,10 @@ def choose_start(data_dir, shard, durable, history_commands=DEFAULT_HISTORY_COMM
 
 def _reset(service):
     model = service.model
+    if hasattr(model, "reset"):                     # the columnar model
+        model.reset()
+        service.last_seq, service.last_index = 0, -1
+        return
     model.__init__(list(model.symbols), trades_keep=next(iter(model.symbols.values())).trades.maxlen
                    if model.symbols else 1000, done_orders_keep=model.done_orders_keep,
                    specs=model.specs)
@@ -107,15 +111,25 @@ def _replay(service, exchange, data_dir, shard, durable, start):
 
 
 def _flush(service, sink, stops):
-    from publisher.event_decoder import decode_chunk
-    events = []
-    decode_chunk(sink.take(), events)
-    if events:
-        service.on_events(events)
+    data = sink.take()
+    decode_bytes = getattr(service, "decode_bytes", None)           # the columnar service
+    if decode_bytes is not None:
+        if data:
+            service.on_events(decode_bytes(data))
+    else:
+        from publisher.event_decoder import decode_chunk
+        events = []
+        decode_chunk(data, events)
+        if events:
+            service.on_events(events)
     if stops:
-        orders = service.model.orders
+        model = service.model
+        setter = getattr(model, "set_stop_price_if_unset", None)
         for seq, stop_price in stops:                                # rule 4
-            order = orders.get(seq)
+            if setter is not None:
+                setter(seq, stop_price)
+                continue
+            order = model.orders.get(seq)
             if order is not None and not order.stop_price:
                 order.stop_price = stop_price
         del stops[:]
