@@ -109,6 +109,63 @@ def test_stale_snapshots_are_refused_after_power_loss(tmp_path, monkeypatch):
     assert totals["off"]["stale_refused"] > 0, totals["off"]
 
 
+def history(first, count, tag):
+    import numpy as np
+    from ringbuf import records
+    arr = np.zeros(count, records.COMMAND_DTYPE)
+    arr["kind"] = 1
+    arr["qty"] = np.arange(first, first + count)
+    arr["client_order_id"] = tag
+    return arr.tobytes()
+
+
+@pytest.mark.parametrize("journal_sync", [True, False], ids=["rule-2a", "without-rule-2a"])
+def test_snapshot_fsynced_journal_tail_not(tmp_path, monkeypatch, journal_sync):
+    """Issue 11 defect 3 under power loss: ``off``, snapshot at 200 written, journal synced to 100.
+
+    With rule 2a the snapshot's journal is synced with it: nothing it needs
+    is lost.  Without it (the code before), the snapshot survives the journal:
+    start-up must refuse it (beyond the end), and once new commands reuse
+    101..250 (another history), refuse it again by its binding.
+    """
+    from _crashsim_trial import ChainMatcher, Lines
+    from journaler import recovery
+    if not journal_sync:
+        monkeypatch.setattr(snapshots, "sync_journal_through", lambda *a: [])
+    d = str(tmp_path)
+    with JournalWriter(d, "s0", fsync="batch") as w:
+        w.append(1, history(1, 100, 1))
+    sim = CrashSim(d, seed=1, writeback="none", tears=("drop",)).install()
+    w = JournalWriter(d, "s0", fsync="off")
+    a = history(101, 100, 1)
+    w.append(101, a)
+    matcher = ChainMatcher()
+    for seq, raw in recovery.journal_records(d, "s0"):
+        matcher.process(seq, raw)
+    snapshots.write_snapshot(d, "s0", 200, matcher,
+                             binding=snapshots.binding_from_chunks([(101, a)], 200))
+    sim.power_loss()
+    lines = Lines()
+    end = recovery.durable_sequence(d, "s0")
+    m, snap_seq = recovery.restore_latest(None, d, "s0", max_seq=end, log=lines,
+                                          matcher_class=ChainMatcher)
+    if journal_sync:
+        assert (end, snap_seq, m.state_hash()) == (200, 200, matcher.state_hash())
+        return
+    assert (end, snap_seq) == (100, 0)
+    assert [f["reason"] for f in lines.named("snapshot_stale")] == ["beyond_journal_end"]
+    with JournalWriter(d, "s0", fsync="batch") as w:      # another history reuses 101..250
+        assert w.next_sequence == 101
+        w.append(101, history(101, 150, 2))
+    lines = Lines()
+    m, last = recovery.recover(None, d, "s0", log=lines, matcher_class=ChainMatcher)
+    assert [f["reason"] for f in lines.named("snapshot_stale")] == ["binding_mismatch"]
+    fresh = ChainMatcher()
+    for seq, raw in recovery.journal_records(d, "s0"):
+        fresh.process(seq, raw)
+    assert (last, m.state_hash()) == (250, fresh.state_hash())
+
+
 # -- the trials can fail ----------------------------------------------------------
 
 def test_trials_fail_when_fsync_lies(tmp_path):
