@@ -397,6 +397,11 @@ class JournalWriter(object):
             assert self._next == self._written + 1
         if self._fd is not None:
             assert os.fstat(self._fd).st_size == self._size, (os.fstat(self._fd).st_size, self._size)
+            assert 0 <= self._synced_offset <= self._size
+            if self.policy != "off" and self._durable_offset > SEGMENT_HEADER_SIZE:
+                # batch/interval count durable only what an fsync covered
+                assert self._synced_offset >= self._durable_offset or \
+                    self._synced_offset == 0, (self._synced_offset, self._durable_offset)
             assert SEGMENT_HEADER_SIZE <= self._durable_offset <= self._size <= max(
                 self.segment_bytes, SEGMENT_HEADER_SIZE + BLOCK_HEADER_SIZE + MAX_BLOCK_RECORDS
                 * self.record_size)

@@ -226,6 +226,7 @@ class Trial(object):
                     cut = rng.randrange(0, n) * RS      # two chunks when the ring wraps
                     chunks = [memoryview(data)[:cut], memoryview(data)[cut:]] if cut else [data]
                     w.append(seq, chunks)
+                    w._check()
                     acked = max(acked, w.durable_sequence)
                     seq += n
                     clock.now += rng.uniform(0, STEP_MS / 1000.0)
