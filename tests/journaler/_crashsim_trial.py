@@ -326,8 +326,9 @@ class Trial(object):
                         self.fail("record %d appended %.1f ms before the crash was lost: more "
                                   "than fsync_interval_ms=%d" % (s, age * 1000, INTERVAL_MS))
         self._cut_history(end)
-        # the matcher's start-up
-        matcher, snap_seq = recovery.restore_latest(None, self.d, SHARD, max_seq=end, log=lines,
+        # the matcher's start-up, as engine/matcher_process.py does it (max_seq: the
+        # journal's durable end, computed inside; replay up to the ring's start)
+        matcher, snap_seq = recovery.restore_latest(None, self.d, SHARD, log=lines,
                                                     matcher_class=ChainMatcher)
         self.stats["stale_refused"] += len(lines.named("snapshot_stale"))
         if snap_seq > end:
@@ -336,7 +337,8 @@ class Trial(object):
             self.fail("snapshot at %d restored a state of another history (stale)" % snap_seq)
         self.stats["snapshot_used"] += snap_seq > 0
         try:
-            for seq, record in recovery.journal_records(self.d, SHARD, after=snap_seq, last=end):
+            for seq, record in recovery.journal_records(self.d, SHARD, after=snap_seq,
+                                                        last=max(ring_start, snap_seq)):
                 matcher.process(seq, record)
         except JournalError as exc:
             self.fail("replay after snapshot %d failed: %r; loss=%s"
