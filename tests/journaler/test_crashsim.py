@@ -213,6 +213,22 @@ def test_out_of_order_writeback_in_the_last_segment_is_a_torn_tail(tmp_path):
 
 # -- the shim itself ----------------------------------------------------------
 
+@pytest.mark.pypy
+def test_fsio_is_the_os_by_default_and_after_a_shim(tmp_path):
+    """No wrapper on the hot path: the writer's aliases are the os functions themselves."""
+    import os
+    from journaler import writer
+    plain = (getattr(os, "writev", fsio._write_joined), getattr(os, "fdatasync", os.fsync))
+    assert (writer._writev, writer._fsync, writer._open) == plain + (os.open,)
+    sim = CrashSim(str(tmp_path), seed=0).install()
+    assert writer._writev == sim.writev and fsio.fdatasync == sim.fsync
+    with pytest.raises(RuntimeError):
+        CrashSim(str(tmp_path), seed=0).install()
+    sim.power_loss()
+    assert (writer._writev, writer._fsync, writer._open) == plain + (os.open,)
+    assert fsio.installed() is None
+
+
 def test_shim_keeps_synced_data_and_loses_unsynced_data(tmp_path):
     path = str(tmp_path / "f")
     sim = CrashSim(str(tmp_path), seed=1, writeback="none", tears=("drop",)).install()
