@@ -1,9 +1,9 @@
-"""End-to-end benchmark: open-loop producers -> the whole engine -> outcome receipt.
+"""End-to-end benchmark: the matcher's ceiling and the whole engine, in one run.
 
 Topology (one shard, started as a user would: ``ringmatch run``)::
 
-    K load-generator processes (open loop, scheduled send times)
-        |  batched multi-producer claims
+    K load-generator processes (open loop, constant-rate schedule, numpy batches,
+        |                       claim_batch/publish_batch of up to 4096 records)
         v
     rm-S-in --> journaler (fsync per batch) --> matcher (PyPy when available)
                                                     |
@@ -11,17 +11,31 @@ Topology (one shard, started as a user would: ``ringmatch run``)::
                  rm-S-out --> publisher (REST/WS read model)
                           `-> "bench" consumer (gated, like the publisher): receipt time
 
-Latency = receipt of a command's outcome event (ACCEPTED/REJECTED) by the bench
-consumer - the command's *scheduled* send time, which the producer writes as
-its timestamp: a producer that falls behind (ring full, descheduled) does not
-hide the delay (no coordinated omission).  The bench consumer is a gated
-output-ring consumer beside the publisher, so it sees each outcome when the
-publisher could; it measures in the bench process, not inside the publisher.
+One invocation measures, on the same workload (perf.workload.generate_commands)
+and the same matcher interpreter:
 
-Each step runs the target rate for ``--seconds``; a step passes when the rate
-received is >= 95% of the target and p99 <= 10 ms.  The sweep reports the
-highest passing rate, per-process CPU time (where the time goes), and writes
-perf/results/e2e_*.md|json and a latency-percentile plot (PNG).
+* the load generator alone (it must offer >= 2M commands/s, so that the bench
+  measures the engine, not the generator);
+* the matcher alone (``Matcher.process`` over the same 64-byte records through
+  cffi, batches of 1024, no rings): the ceiling;
+* for each ``--producer-wait`` setting (``RINGMATCH_PRODUCER_WAIT`` of the
+  engine and the generators; ``sleep-poll`` is the wait before issue 13): the
+  idle engine's CPU over ``--idle-seconds``, then every offered rate
+  ``--passes`` times: received rate, latency percentiles, CPU microseconds per
+  command of every process (/proc/<pid>/stat utime+stime before/after;
+  generators read their own around the sending loop);
+* the saturation rate (highest median received rate), the highest rate that
+  passes (p99 <= 10 ms, >= 95% received, everything scheduled sent), and both
+  as a share of the matcher-alone rate.
+
+Latency = receipt of a command's outcome event (ACCEPTED/REJECTED) by the bench
+consumer - the command's *scheduled* send time, which the generator writes as
+its timestamp: a generator that falls behind (ring full, descheduled) does not
+hide the delay (no coordinated omission).  Commands a generator could not send
+by 250 ms after its schedule ended are reported as ``unsent`` (the step fails).
+
+Results: perf/results/<stem>.md|json|png (default stem e2e_<date>), with the
+exact command, interpreter, CPU count and load averages.
 """
 import argparse
 import json
@@ -40,96 +54,257 @@ RESULTS = os.path.join(ROOT, "perf", "results")
 ACCOUNTS = 1000
 P99_LIMIT_NS = 10 * 1000 * 1000
 CPU_TICK = os.sysconf("SC_CLK_TCK")
+BLOCK = 1 << 20           # rows of workload a generator builds (then repeats)
+MAX_CLAIM = 4096          # records per claim_batch / publish_batch
+DEADLINE_GRACE_NS = 250 * 1000 * 1000   # "deadline" generators stop 250 ms after the schedule
 
 
 # ---------------------------------------------------------------- producers
 def _build_commands(n, seed, symbol_id):
-    """Rows of the matcher workload as a command array; cancels name their target row."""
-    import numpy as np
-    from perf.workload import generate
-    from ringbuf.records import COMMAND_DTYPE, CommandKind, OrderType, Side, TimeInForce
-    rows = generate(n, seed=seed)
-    arr = np.zeros(len(rows), dtype=COMMAND_DTYPE)
-    target_row = np.full(len(rows), -1, dtype=np.int64)
-    row_of = {}
-    account_of = {}
-    tifs = {"L": TimeInForce.GTC, "I": TimeInForce.IOC, "F": TimeInForce.FOK, "M": TimeInForce.IOC}
-    n_orders = 0
-    for i, (side, type_, price, qty, order_id, target) in enumerate(rows):
-        rec = arr[i]
-        rec["symbol_id"] = symbol_id
-        if type_ == "C":
-            rec["kind"] = CommandKind.CANCEL
-            rec["account_id"] = account_of[target]
-            target_row[i] = row_of[target]
-        else:
-            account = 1 + n_orders % ACCOUNTS
-            n_orders += 1
-            row_of[order_id] = i
-            account_of[order_id] = account
-            rec["kind"] = CommandKind.NEW_ORDER
-            rec["side"] = Side.BUY if side == "B" else Side.SELL
-            rec["order_type"] = OrderType.MARKET if type_ == "M" else OrderType.LIMIT
-            rec["tif"] = tifs[type_]
-            rec["account_id"] = account
-            rec["price"] = price
-            rec["qty"] = qty
-    return arr, target_row
+    """The load generator's workload: perf.workload.generate_commands (vectorized, numpy)."""
+    from perf.workload import generate_commands
+    return generate_commands(n, seed=seed, symbol_id=symbol_id, accounts=ACCOUNTS)
+
+
+def _proc_cpu_seconds(pid="self"):
+    """utime + stime of a process from /proc/<pid>/stat (0.0 if it is gone)."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            parts = f.read().rsplit(")", 1)[1].split()
+        return (int(parts[11]) + int(parts[12])) / CPU_TICK
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def producer_main(argv):
-    """One open-loop load generator (run as a child process)."""
+    """One open-loop load generator (run as a child process).
+
+    Arguments: ring, rate, seconds, seed, producer id, mode.  Commands are
+    scheduled at a constant rate from the common start time; each is stamped
+    with its *scheduled* send time.  Every loop sends what is due (up to
+    ``MAX_CLAIM`` records per claim_batch/publish_batch); a generator that
+    falls behind sends late, and the delay counts in the latency.  Mode
+    ``deadline`` stops 250 ms after the end of the schedule (what was not sent by then
+    is reported as ``unsent``: the engine did not take it), ``all`` sends
+    every scheduled command however long it takes (warm-up).  The workload is
+    a block of at most ``BLOCK`` rows, repeated.  Prints ``ready``, reads the
+    start time (time.time() seconds) from stdin, prints a JSON summary with
+    the CPU time of the sending loop (/proc/self/stat).
+    """
     import numpy as np
     from ringbuf import Ring
-    shard, rate, seconds, seed, producer_id = argv
+    ring_name, rate, seconds, seed, producer_id, mode = argv
     rate, seconds, seed = float(rate), float(seconds), int(seed)
     n = int(rate * seconds)
-    arr, target_row = _build_commands(n, seed, 1)
+    block = max(1, min(n, BLOCK))
+    arr, target_row = _build_commands(block, seed, 1)
     arr["producer_id"] = int(producer_id)
     cancel_rows = np.nonzero(target_row >= 0)[0]
-    row_seq = np.zeros(n, dtype=np.int64)
-    ring = Ring.attach("rm-%s-in" % shard)
+    row_seq = np.zeros(block, dtype=np.int64)
+    raw = arr.view(np.uint8).reshape(block, 64)
+    ring = Ring.attach(ring_name)
     producer = ring.producer(producer_id=int(producer_id))
-    max_batch = min(4096, ring.capacity // 4)
+    max_batch = min(MAX_CLAIM, ring.capacity // 4)
     period_ns = 1e9 / rate
     print("ready", flush=True)            # built and attached: wait for the common start time
     t0 = int(float(sys.stdin.readline()) * 1e9)
     while time.time_ns() < t0:
         time.sleep(0.0005)
-    sched = (t0 + np.arange(n, dtype=np.float64) * period_ns).astype(np.int64)
-    arr["timestamp_ns"] = sched
-    raw = arr.view(np.uint8).reshape(n, 64)
+    cpu0 = _proc_cpu_seconds()
+    wall0 = time.monotonic()
+    end_ns = t0 + int(seconds * 1e9) + DEADLINE_GRACE_NS
     sent = 0
-    size = 64
     late_batches = 0
+    batches = 0
     while sent < n:
         now = time.time_ns()
+        if mode == "deadline" and now >= end_ns:
+            break
         due = min(n, int((now - t0) / period_ns) + 1)
         if due <= sent:
-            time.sleep(min(0.0005, (t0 + sent * period_ns - now) / 1e9))
+            time.sleep(min(0.0005, max(0.0, (t0 + sent * period_ns - now) / 1e9)))
             continue
-        m = min(due - sent, max_batch)
+        row = sent % block
+        m = min(due - sent, max_batch, block - row)   # a batch never crosses the block's end
         first, views = producer.claim_batch(m)
-        end = sent + m
-        row_seq[sent:end] = np.arange(first, first + m, dtype=np.int64)
-        lo, hi = np.searchsorted(cancel_rows, [sent, end])
+        end = row + m
+        row_seq[row:end] = np.arange(first, first + m, dtype=np.int64)
+        lo, hi = np.searchsorted(cancel_rows, [row, end])
         if hi > lo:
             rows = cancel_rows[lo:hi]
-            arr["order_id"][rows] = row_seq[target_row[rows]]
-        src = raw[sent:end].reshape(-1)
+            arr["order_id"][rows] = row_seq[target_row[rows]]   # targets: earlier rows
+        arr["timestamp_ns"][row:end] = (t0 + np.arange(sent, sent + m, dtype=np.float64)
+                                        * period_ns).astype(np.int64)
+        src = raw[row:end].reshape(-1)
         offset = 0
         for view in views:
             length = len(view)
             view[:] = src[offset:offset + length].data
             offset += length
         producer.publish_batch(first, m)
+        batches += 1
         if due - sent > max_batch:
             late_batches += 1
-        sent = end
+        sent += m
+    cpu = _proc_cpu_seconds() - cpu0
+    wall = time.monotonic() - wall0
     producer.close()
     ring.close()
-    print(json.dumps({"sent": sent, "late_batches": late_batches}), flush=True)
+    print(json.dumps({"sent": sent, "scheduled": n, "late_batches": late_batches,
+                      "batches": batches, "cpu_seconds": cpu, "wall_seconds": wall}), flush=True)
     return 0
+
+
+def _start_producers(ring_name, rate, seconds, producers, mode, env=None, seed_base=0):
+    procs = []
+    for k in range(producers):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "perf.e2e_bench", "--producer", ring_name,
+             str(rate / producers), str(seconds), str(1 + k + seed_base), str(100 + k), mode],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env))
+    for p in procs:
+        line = p.stdout.readline().decode().strip()
+        if line != "ready":
+            raise RuntimeError("load generator failed to start: %r" % line)
+    return procs
+
+
+def _go(procs, delay=0.2):
+    start_at = time.time() + delay
+    for p in procs:
+        p.stdin.write(("%r\n" % start_at).encode())
+        p.stdin.flush()
+    return start_at
+
+
+def _finish_producers(procs, timeout):
+    out = []
+    for p in procs:
+        stdout, _ = p.communicate(timeout=timeout)
+        out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+    return out
+
+
+def generator_ceiling(rate=4e6, seconds=2.0, producers=1):
+    """How fast the load generator can offer: into a scratch ring whose only consumer commits.
+
+    Topology: ``producers`` generator processes -> [ring 65536] -> a drain
+    thread of this process (poll + commit, no decoding).  Returns the offered
+    rate (commands sent / wall time of the sending loop, summed).
+    """
+    from ringbuf import Ring
+    name = "rm-e2egen-%d" % os.getpid()
+    ring = Ring.create(name, 1 << 16, consumers={"drain": []})
+    stop = []
+    try:
+        consumer = ring.consumer("drain")
+
+        def drain():
+            while not stop:
+                b = consumer.poll(1 << 16, timeout=0.05)
+                if b is not None:
+                    consumer.commit(b.last_seq)
+        t = threading.Thread(target=drain, daemon=True)
+        t.start()
+        procs = _start_producers(name, rate, seconds, producers, "deadline")
+        _go(procs)
+        results = _finish_producers(procs, seconds * 10 + 60)
+        stop.append(1)
+        t.join(5)
+        sent = sum(r["sent"] for r in results)
+        wall = max(r["wall_seconds"] for r in results)
+        return {"offered_rate": rate, "producers": producers, "sent": sent,
+                "rate": sent / wall if wall else 0.0,
+                "cpu_us_per_command": 1e6 * sum(r["cpu_seconds"] for r in results) / max(1, sent)}
+    finally:
+        stop.append(1)
+        ring.unlink()
+        ring.close()
+
+
+# ---------------------------------------------------------------- the matcher alone
+def matcher_alone_main(argv):
+    """The ceiling: Matcher.process over the generator's records, no rings (child process).
+
+    Same workload (generate_commands, seed 1), same funding as ``_fund``,
+    same record access as engine/matcher_process (cffi ``rm_command_t *``
+    into a buffer of 64-byte records) and the same batching (the event
+    buffer is taken every ``max_batch`` commands).  Runs on the matcher's
+    interpreter; prints JSON: commands/s of each pass (fresh matcher each
+    pass, after one untimed warm-up pass).
+    """
+    import numpy as np
+    from engine.commands import Command
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    from engine.runtime import RuntimeConfig
+    from ringbuf._native import ffi
+    from ringbuf.records import CommandKind
+    config_path, commands, passes, max_batch = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    exchange = RuntimeConfig.load(config_path).exchange()
+    spec = exchange.symbols[1]
+    arr, target_row = _build_commands(commands, 1, 1)
+    arr["producer_id"] = 100
+    deposits = []
+    for account in range(1, ACCOUNTS + 1):
+        deposits.append(Command.deposit(account, spec.quote_asset, 10 ** 13))
+        deposits.append(Command.deposit(account, spec.base_asset, 10 ** 14))
+    first = len(deposits) + 1
+    cancels = target_row >= 0
+    arr["order_id"][cancels] = first + target_row[cancels]
+    arr["timestamp_ns"] = 1700000000 * 10 ** 9 + np.arange(commands, dtype=np.int64) * 1000
+    assert int(arr["kind"][0]) == int(CommandKind.NEW_ORDER)
+    buf = bytearray(arr.tobytes())
+    records = ffi.cast("rm_command_t *", ffi.from_buffer(buf))
+
+    def one_pass(count=None):
+        sink = BytesSink()
+        matcher = Matcher(exchange, sink)
+        for seq, cmd in enumerate(deposits, 1):
+            matcher.process(seq, cmd)
+        sink.take()
+        process, take_view = matcher.process, sink.take_view
+        events = 0
+        t0 = time.perf_counter()
+        for start in range(0, commands, max_batch):
+            stop = min(commands, start + max_batch)
+            for i in range(start, stop):
+                process(first + i, records[i])
+            view = take_view()
+            events += len(view)
+            if count is not None:
+                count(view)
+        return time.perf_counter() - t0, events // 128
+
+    from ringbuf.records import EVENT_DTYPE, EventKind
+    outcomes = {}
+
+    def count(view):
+        ev = np.frombuffer(view, dtype=EVENT_DTYPE)
+        for kind in (EventKind.ACCEPTED, EventKind.REJECTED):
+            reasons = ev["reason"][ev["kind"] == int(kind)]
+            for r, k in zip(*np.unique(reasons, return_counts=True)):
+                key = "%s/%d" % (kind.name, int(r))
+                outcomes[key] = outcomes.get(key, 0) + int(k)
+    one_pass(count)                         # warm-up (PyPy's JIT), counts outcomes by reason
+    rates, events = [], 0
+    for _ in range(passes):
+        seconds, events = one_pass()
+        rates.append(commands / seconds)
+    impl = sys.implementation.name
+    print(json.dumps({"interpreter": "%s %s" % (impl, ".".join(map(str, sys.version_info[:3]))),
+                      "commands": commands, "rates": rates, "events_per_pass": events,
+                      "outcomes_by_reason": outcomes}))
+    return 0
+
+
+def matcher_alone(python, config_path, commands, passes, max_batch=1024):
+    out = subprocess.run([python, "-m", "perf.e2e_bench", "--matcher-alone", config_path,
+                          str(commands), str(passes), str(max_batch)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=1800)
+    if out.returncode:
+        raise RuntimeError("matcher-alone run failed:\n" + out.stderr.decode()[-3000:])
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- measuring
@@ -207,17 +382,13 @@ def _hdr(latencies):
 
 
 def _cpu_seconds(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / CPU_TICK
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    return _proc_cpu_seconds(pid)
 
 
 # ---------------------------------------------------------------- engine
 class Engine(object):
-    def __init__(self, workdir, interpreter, fsync, port):
+    def __init__(self, workdir, interpreter, fsync, port, env=None):
+        self.env = env
         self.shard = "e2e%d" % os.getpid()
         self.data_dir = os.path.join(workdir, "data")
         self.config = os.path.join(workdir, "engine.json")
@@ -238,7 +409,7 @@ class Engine(object):
         exe = os.path.join(os.path.dirname(sys.executable), "ringmatch")
         self.proc = subprocess.Popen([exe, "run", "--config", self.config], cwd=ROOT,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env)
         ready = threading.Event()
 
         def read():
@@ -288,172 +459,371 @@ def _fund(engine):
         c.wait_outcome(last, timeout=120)
 
 
-def run_step(engine, timer, rate, seconds, producers):
-    procs = []
-    for k in range(producers):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "perf.e2e_bench", "--producer", engine.shard,
-             str(rate / producers), str(seconds), str(1 + k + int(rate) % 1000), str(100 + k)],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
-    for p in procs:
-        line = p.stdout.readline().decode().strip()
-        if line != "ready":
-            raise RuntimeError("load generator failed to start: %r" % line)
-    pids = engine.pids()
+def engine_pids(engine):
+    """{process name: pid} of the engine: supervisor and every child it reports."""
+    pids = dict(engine.pids())
+    if engine.proc is not None:
+        pids["supervisor"] = engine.proc.pid
+    return pids
+
+
+def idle_cpu(engine, seconds):
+    """CPU seconds per second (share of one core) each engine process used while idle."""
+    pids = engine_pids(engine)
     cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
-    start_at = time.time() + 0.2
-    for p in procs:
-        p.stdin.write(("%r\n" % start_at).encode())
-        p.stdin.flush()
-    sent = 0
-    producer_cpu = 0.0
-    for p in procs:
-        out, _ = p.communicate(timeout=seconds * 20 + 120)
-        sent += json.loads(out.decode().strip().splitlines()[-1])["sent"]
-    elapsed_send = time.time() - start_at
-    # drain: every outcome received (or a timeout says the pipeline is stuck)
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - t0
+    return {name: (_cpu_seconds(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+
+
+def _drain(engine, timeout=120):
     from ringbuf import Ring
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     with Ring.attach("rm-%s-out" % engine.shard) as out_ring, \
             Ring.attach("rm-%s-in" % engine.shard) as in_ring:
         while time.monotonic() < deadline:
             if in_ring.consumer_sequence("matcher") >= in_ring.cursor and \
                     out_ring.consumer_sequence("bench") >= out_ring.cursor:
-                break
+                return True
             time.sleep(0.02)
+    return False
+
+
+def run_step(engine, timer, rate, seconds, producers, mode="deadline", env=None):
+    """One step: ``producers`` generators offer ``rate`` commands/s for ``seconds``.
+
+    Returns received rate, latency percentiles (from the scheduled send time),
+    CPU seconds and CPU microseconds per command of every process (engine
+    processes from /proc/<pid>/stat before/after, generators from their own
+    /proc/self/stat around the sending loop, "bench" = this process, which
+    runs the outcome timer), and whether the step passed (everything
+    scheduled was sent and answered, >= 95% of the rate received, p99 <= 10 ms).
+    """
+    procs = _start_producers("rm-%s-in" % engine.shard, rate, seconds, producers, mode,
+                             env=env, seed_base=int(rate) % 1000)
+    pids = engine_pids(engine)
+    pids["bench"] = os.getpid()
+    cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    start_at = _go(procs)
+    gen = _finish_producers(procs, seconds * 20 + 300)
+    sent = sum(g["sent"] for g in gen)
+    scheduled = sum(g["scheduled"] for g in gen)
+    elapsed_send = time.time() - start_at
+    drained = _drain(engine)        # every outcome received (or the pipeline is stuck)
     lat, outcomes, events, last_receipt_ns = timer.take()
     span = max(1e-9, last_receipt_ns / 1e9 - start_at)
-    cpu = {name: round(_cpu_seconds(pid) - cpu0.get(name, 0.0), 2) for name, pid in pids.items()}
+    cpu = {name: _cpu_seconds(pid) - cpu0.get(name, 0.0) for name, pid in pids.items()}
+    cpu["producers"] = sum(g["cpu_seconds"] for g in gen)
+    per_cmd = {name: (1e6 * v / outcomes if outcomes else None) for name, v in cpu.items()}
+    engine_names = [n for n in cpu if n not in ("producers", "bench")]
+    per_cmd["engine total"] = (1e6 * sum(cpu[n] for n in engine_names) / outcomes
+                               if outcomes else None)
     pct, curve = _hdr(lat)
     received_rate = outcomes / span if outcomes else 0.0
-    return {"target_rate": rate, "seconds": seconds, "sent": sent, "outcomes": outcomes,
+    return {"target_rate": rate, "seconds": seconds, "sent": sent, "scheduled": scheduled,
+            "unsent": scheduled - sent, "outcomes": outcomes, "drained": drained,
             "events": events, "received_rate": received_rate, "send_elapsed": elapsed_send,
-            "latency_ns": pct, "curve": curve, "cpu_seconds": cpu,
-            "passed": bool(outcomes >= sent and received_rate >= 0.95 * rate
-                           and pct["p99"] <= P99_LIMIT_NS)}
+            "late_batches": sum(g["late_batches"] for g in gen),
+            "batches": sum(g["batches"] for g in gen),
+            "latency_ns": pct, "curve": curve,
+            "cpu_seconds": {k: round(v, 3) for k, v in cpu.items()},
+            "cpu_us_per_command": {k: (round(v, 2) if v is not None else None)
+                                   for k, v in per_cmd.items()},
+            "passed": bool(drained and sent == scheduled and outcomes >= sent
+                           and received_rate >= 0.95 * rate and pct["p99"] <= P99_LIMIT_NS)}
 
 
-def _plot(steps, path):
+def _median(values):
+    import statistics
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(passes):
+    """Median / min / max over the passes of one offered rate."""
+    rec = [p["received_rate"] for p in passes]
+    out = {"target_rate": passes[0]["target_rate"], "passes": len(passes),
+           "passed": sum(1 for p in passes if p["passed"]),
+           "received_rate": {"median": _median(rec), "min": min(rec), "max": max(rec)},
+           "unsent": [p["unsent"] for p in passes],
+           "loadavg": [p.get("loadavg") for p in passes]}
+    for key in ("p50", "p99", "p99.9", "max"):
+        vals = [p["latency_ns"][key] for p in passes]
+        out[key + "_ms"] = {"median": _median(vals) / 1e6, "min": min(vals) / 1e6,
+                            "max": max(vals) / 1e6}
+    names = sorted(set(k for p in passes for k in p["cpu_us_per_command"]))
+    out["cpu_us_per_command"] = {n: _median([p["cpu_us_per_command"].get(n) for p in passes])
+                                 for n in names}
+    return out
+
+
+def _fmt_rate(v):
+    return "-" if v is None else format(int(round(v)), ",")
+
+
+def _fmt_us(v):
+    return "-" if v is None else ("%.1f" % v if v < 100 else "%.0f" % v)
+
+
+CPU_COLUMNS = ("producers", "journaler", "replicator", "matcher", "publisher", "supervisor",
+               "engine total", "bench")
+
+
+def _markdown(report):
+    L = ["# End to end: producers -> journal (fsync) -> matcher -> output ring -> publisher", ""]
+    st = report["settings"]
+    L.append("Command: `%s`" % st["command"])
+    L.append("")
+    for k in sorted(st):
+        if k != "command":
+            L.append("- %s: %s" % (k, st[k]))
+    env = report["environment"]
+    L.append("- bench interpreter: %s; host %s, %s CPUs; load average at start %s, at end %s"
+             % (env["interpreter"], env["host"], env["cpus"], report["loadavg_start"],
+                env["loadavg_at_end"]))
+    L.append("- **noisy**: other engineers' test runs shared this 2-core machine during the "
+             "run (see the load averages per step); treat differences under ~20% as noise.")
+    g = report.get("generator")
+    if g:
+        L.append("- load generator alone (%d process, into a ring drained by commit only): "
+                 "%s commands/s offered (asked %s/s), %.2f us CPU per command"
+                 % (g["producers"], _fmt_rate(g["rate"]), _fmt_rate(g["offered_rate"]),
+                    g["cpu_us_per_command"]))
+    m = report["matcher_alone"]
+    L.append("- matcher alone (the ceiling; %s, %s commands x %d passes after a warm-up, "
+             "same workload, cffi records, batches of 1024): median %s/s (min %s, max %s)"
+             % (m["interpreter"], format(m["commands"], ","), len(m["rates"]),
+                _fmt_rate(m["median"]), _fmt_rate(min(m["rates"])), _fmt_rate(max(m["rates"]))))
+    L.append("")
+    L.append("## Summary")
+    L.append("")
+    L.append("| producer wait | matcher interpreter | saturation (max received/s) | saturation / "
+             "matcher alone | highest rate passing (p99 <= 10 ms, >= 95% received) | "
+             "sustained / matcher alone | idle engine CPU (% of a core) |")
+    L.append("|---|---|---:|---:|---:|---:|---:|")
+    for c in report["configs"]:
+        L.append("| %s | %s | %s | %.1f%% | %s | %.1f%% | %.2f%% |" % (
+            c["producer_wait"], c["matcher_interpreter"], _fmt_rate(c["saturation_rate"]),
+            100.0 * c["saturation_ratio"], _fmt_rate(c["sustained_rate"]) if c["sustained_rate"]
+            else "none", 100.0 * c["sustained_ratio"], 100.0 * sum(c["idle_cpu"].values())))
+    L.append("")
+    for c in report["configs"]:
+        L.append("## Producer wait: %s" % c["producer_wait"])
+        L.append("")
+        L.append("Idle engine (%.0f s, nothing offered), share of one core: %s" % (
+            report["settings"]["idle seconds"], ", ".join(
+                "%s %.2f%%" % (k, 100 * v) for k, v in sorted(c["idle_cpu"].items()))))
+        L.append("")
+        L.append("Latency = outcome received by the gated bench consumer - the command's "
+                 "scheduled send time (no coordinated omission); medians over passes "
+                 "(min-max in brackets for the received rate).")
+        L.append("")
+        L.append("| offered/s | received/s (min-max) | pass | p50 ms | p99 ms | p99.9 ms | max ms "
+                 "| unsent | load avg |")
+        L.append("|---:|---:|---|---:|---:|---:|---:|---:|---|")
+        for r in c["rates"]:
+            rr = r["received_rate"]
+            L.append("| %s | %s (%s-%s) | %d/%d | %.2f | %.2f | %.2f | %.1f | %s | %s |" % (
+                _fmt_rate(r["target_rate"]), _fmt_rate(rr["median"]), _fmt_rate(rr["min"]),
+                _fmt_rate(rr["max"]), r["passed"], r["passes"], r["p50_ms"]["median"],
+                r["p99_ms"]["median"], r["p99.9_ms"]["median"], r["max_ms"]["median"],
+                "/".join(str(u) for u in r["unsent"]),
+                " ".join("%.1f" % la[0] for la in r["loadavg"] if la)))
+        L.append("")
+        L.append("CPU microseconds per command answered (median over passes; producers = the "
+                 "load generators' sending loops, bench = this process's outcome timer):")
+        L.append("")
+        cols = [col for col in CPU_COLUMNS
+                if any(r["cpu_us_per_command"].get(col) is not None for r in c["rates"])]
+        L.append("| offered/s | " + " | ".join(cols) + " |")
+        L.append("|---:|" + "---:|" * len(cols))
+        for r in c["rates"]:
+            L.append("| %s | %s |" % (_fmt_rate(r["target_rate"]), " | ".join(
+                _fmt_us(r["cpu_us_per_command"].get(col)) for col in cols)))
+        L.append("")
+    return "\n".join(L)
+
+
+def _plot(report, path):
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for s in steps:
-        xs = [1.0 / (1.0 - p / 100.0) if p < 100 else 1e6 for p, _ in s["curve"]]
-        ys = [v / 1e6 for _, v in s["curve"]]
-        ax.plot(xs, ys, marker="o", label="%s/s" % format(int(s["target_rate"]), ","))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ticks = [1, 2, 10, 100, 1000, 10000, 100000]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels(["0%", "50%", "90%", "99%", "99.9%", "99.99%", "99.999%"])
-    ax.axhline(10, color="red", linestyle="--", linewidth=1, label="10 ms")
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("latency (ms), scheduled send -> outcome received")
-    ax.set_title("ringmatch end-to-end latency by offered rate")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5))
+    ceiling = report["matcher_alone"]["median"]
+    for c in report["configs"]:
+        xs = [r["target_rate"] for r in c["rates"]]
+        med = [r["received_rate"]["median"] for r in c["rates"]]
+        lo = [m - r["received_rate"]["min"] for m, r in zip(med, c["rates"])]
+        hi = [r["received_rate"]["max"] - m for m, r in zip(med, c["rates"])]
+        axes[0].errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3,
+                         label="producer wait %s" % c["producer_wait"])
+        axes[1].plot(xs, [r["p99_ms"]["median"] for r in c["rates"]], marker="o",
+                     label="p99, %s" % c["producer_wait"])
+        axes[1].plot(xs, [r["p50_ms"]["median"] for r in c["rates"]], marker=".", linestyle=":",
+                     label="p50, %s" % c["producer_wait"])
+        axes[2].plot(xs, [r["cpu_us_per_command"].get("engine total") for r in c["rates"]],
+                     marker="o", label="engine, %s" % c["producer_wait"])
+    axes[0].axhline(ceiling, color="green", linestyle="--", label="matcher alone %s/s"
+                    % _fmt_rate(ceiling))
+    axes[0].plot([1e3, 1e7], [1e3, 1e7], color="grey", linewidth=0.5, label="received = offered")
+    axes[0].set_ylabel("received commands/s (median, min-max)")
+    axes[1].axhline(10, color="red", linestyle="--", linewidth=1, label="10 ms")
+    axes[1].set_ylabel("latency ms (scheduled send -> outcome)")
+    axes[2].set_ylabel("engine CPU us per command (all processes)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered commands/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    lo_x = min(r["target_rate"] for c in report["configs"] for r in c["rates"])
+    hi_x = max(r["target_rate"] for c in report["configs"] for r in c["rates"])
+    axes[0].set_xlim(lo_x / 1.5, hi_x * 1.5)
+    axes[0].set_ylim(lo_x / 3, max(ceiling, hi_x) * 2)
+    fig.suptitle("ringmatch end to end (%s CPUs, load avg at end %s): noisy shared machine"
+                 % (report["environment"]["cpus"], report["environment"]["loadavg_at_end"]))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def _markdown(steps, settings, best):
-    lines = ["# End-to-end: producers -> journal (fsync) -> matcher -> output ring", ""]
-    for k, v in sorted(settings.items()):
-        lines.append("- %s: %s" % (k, v))
-    lines.append("- highest rate with p99 <= 10 ms and >= 95%% of the target received: %s"
-                 % (format(int(best), ",") + "/s" if best else "none of the steps"))
-    lines.append("")
-    lines.append("| target/s | received/s | outcomes | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-                 "| pass | CPU s (journaler / matcher / publisher) |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    for s in steps:
-        lat = s["latency_ns"]
-        cpu = s["cpu_seconds"]
-        lines.append("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.1f | %s | %s / %s / %s |" % (
-            format(int(s["target_rate"]), ","), format(int(s["received_rate"]), ","),
-            format(s["outcomes"], ","), lat["p50"] / 1e6, lat["p90"] / 1e6, lat["p99"] / 1e6,
-            lat["p99.9"] / 1e6, lat["max"] / 1e6, "yes" if s["passed"] else "no",
-            cpu.get("journaler", "-"), cpu.get("matcher", "-"), cpu.get("publisher", "-")))
-    lines.append("")
-    return "\n".join(lines)
+def run_config(args, workdir, wait_name, rates):
+    """Start an engine with one producer-wait setting, measure idle CPU and every rate."""
+    env = dict(os.environ)
+    env.pop("RINGMATCH_PRODUCER_WAIT", None)
+    if wait_name != "default":
+        env["RINGMATCH_PRODUCER_WAIT"] = wait_name
+    engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env).start()
+    timer = None
+    out = {"producer_wait": wait_name, "steps": []}
+    try:
+        _fund(engine)
+        timer = OutcomeTimer(engine.shard)
+        timer.start()
+        if args.warmup:
+            warm = run_step(engine, timer, 100000.0, args.warmup / 100000.0, args.producers,
+                            mode="all", env=env)
+            print("[%s] warm-up: %d commands, received %.0f/s (not part of the results)"
+                  % (wait_name, warm["sent"], warm["received_rate"]), flush=True)
+        timer.take()
+        time.sleep(1.0)
+        out["idle_cpu"] = idle_cpu(engine, args.idle_seconds)
+        print("[%s] idle engine CPU (share of a core): %s" % (
+            wait_name, {k: round(v, 4) for k, v in out["idle_cpu"].items()}), flush=True)
+        for rate in rates:
+            passes = []
+            for _ in range(args.passes):
+                step = run_step(engine, timer, rate, args.seconds, args.producers, env=env)
+                step["loadavg"] = os.getloadavg()
+                passes.append(step)
+                lat = step["latency_ns"]
+                print("[%s] rate %9s/s: received %9.0f/s  p50 %7.2f ms  p99 %8.2f ms  "
+                      "max %8.1f ms  %s  unsent %d  us/cmd %s" % (
+                          wait_name, _fmt_rate(rate), step["received_rate"], lat["p50"] / 1e6,
+                          lat["p99"] / 1e6, lat["max"] / 1e6,
+                          "PASS" if step["passed"] else "fail", step["unsent"],
+                          step["cpu_us_per_command"]), flush=True)
+            out["steps"].extend(passes)
+        out["matcher_interpreter"] = engine.matcher_interpreter()
+    finally:
+        if timer is not None:
+            timer.close()
+        engine.stop()
+    by_rate = {}
+    for st in out["steps"]:
+        by_rate.setdefault(st["target_rate"], []).append(st)
+    out["rates"] = [summarize(by_rate[r]) for r in sorted(by_rate)]
+    out["saturation_rate"] = max(r["received_rate"]["median"] for r in out["rates"])
+    passing = [r["target_rate"] for r in out["rates"] if 2 * r["passed"] > r["passes"]]
+    out["sustained_rate"] = max(passing) if passing else 0
+    return out
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--producer":
+        if len(argv) == 6:                      # older callers: shard name, no mode
+            argv = [argv[0], "rm-%s-in" % argv[1]] + argv[2:] + ["deadline"]
         return producer_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m perf.e2e_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--rates", default="10000,25000,50000,100000,200000,400000,1000000")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    if argv and argv[0] == "--matcher-alone":
+        return matcher_alone_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m perf.e2e_bench",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--rates", default="5000,10000,20000,50000,100000,2000000")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--interpreter", default="auto", help="matcher interpreter")
     parser.add_argument("--fsync", default="batch")
     parser.add_argument("--port", type=int, default=18181)
-    parser.add_argument("--stem", default="e2e_sweep")
-    parser.add_argument("--warmup", type=int, default=400000,
-                        help="commands sent (at 100k/s, not measured) before the sweep: "
-                             "PyPy's JIT needs a few hundred thousand to warm up the matcher")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="run every rate even after two failing steps")
+    parser.add_argument("--stem", default="e2e_" + time.strftime("%Y-%m-%d", time.gmtime()))
+    parser.add_argument("--warmup", type=int, default=200000,
+                        help="commands sent (offered at 100k/s, all of them, not measured) "
+                             "before the sweep: PyPy's JIT needs a few hundred thousand")
+    parser.add_argument("--idle-seconds", type=float, default=5.0)
+    parser.add_argument("--matcher-commands", type=int, default=300000)
+    parser.add_argument("--matcher-passes", type=int, default=3)
+    parser.add_argument("--generator-check", type=float, default=4e6,
+                        help="offered rate of the load-generator-alone check (0: skip)")
+    parser.add_argument("--producer-wait", default="default",
+                        help="comma list of RINGMATCH_PRODUCER_WAIT settings to compare "
+                             "(default = the ring's default; sleep-poll = the wait before "
+                             "issue 13)")
     args = parser.parse_args(argv)
     from perf.harness import environment
+    from engine.supervisor import find_matcher_interpreter
     rates = [float(r) for r in args.rates.split(",")]
-    steps = []
+    load_start = os.getloadavg()
+    report = {"loadavg_start": load_start, "configs": []}
+    if args.generator_check:
+        report["generator"] = generator_ceiling(args.generator_check)
+        print("load generator alone: %s commands/s (%.2f us CPU each)" % (
+            _fmt_rate(report["generator"]["rate"]), report["generator"]["cpu_us_per_command"]),
+            flush=True)
     with tempfile.TemporaryDirectory(prefix="rm-e2e-") as workdir:
-        engine = Engine(workdir, args.interpreter, args.fsync, args.port).start()
-        timer = None
-        try:
-            _fund(engine)
-            timer = OutcomeTimer(engine.shard)
-            timer.start()
-            if args.warmup:
-                warm = run_step(engine, timer, 100000.0, args.warmup / 100000.0, args.producers)
-                print("warm-up: %d commands, received %.0f/s (not part of the results)"
-                      % (warm["sent"], warm["received_rate"]), flush=True)
-            timer.take()
-            failures = 0
-            for rate in rates:
-                step = run_step(engine, timer, rate, args.seconds, args.producers)
-                steps.append(step)
-                lat = step["latency_ns"]
-                print("rate %9s/s: received %9.0f/s  p50 %7.2f ms  p99 %8.2f ms  max %8.1f ms  %s  cpu %s"
-                      % (format(int(rate), ","), step["received_rate"], lat["p50"] / 1e6,
-                         lat["p99"] / 1e6, lat["max"] / 1e6, "PASS" if step["passed"] else "fail",
-                         step["cpu_seconds"]), flush=True)
-                failures = failures + (0 if step["passed"] else 1)
-                if failures >= 2 and not args.keep_going:
-                    break
-            interp = engine.matcher_interpreter()
-        finally:
-            if timer is not None:
-                timer.close()
-            engine.stop()
+        python, interp_name = find_matcher_interpreter(args.interpreter)
+        cfg = Engine(workdir, args.interpreter, args.fsync, args.port).config
+        m = matcher_alone(python, cfg, args.matcher_commands, args.matcher_passes)
+        m["median"] = _median(m["rates"])
+        m["python"] = python
+        report["matcher_alone"] = m
+        print("matcher alone (%s): median %s commands/s %s" % (
+            m["interpreter"], _fmt_rate(m["median"]), [int(r) for r in m["rates"]]), flush=True)
+    for wait_name in args.producer_wait.split(","):
+        with tempfile.TemporaryDirectory(prefix="rm-e2e-") as workdir:
+            c = run_config(args, workdir, wait_name, rates)
+        c["saturation_ratio"] = c["saturation_rate"] / m["median"]
+        c["sustained_ratio"] = c["sustained_rate"] / m["median"]
+        report["configs"].append(c)
     env = environment()
-    best = max([s["target_rate"] for s in steps if s["passed"]] or [0])
-    settings = {"bench interpreter": env["interpreter"], "matcher interpreter": interp,
-                "fsync": args.fsync, "producers": args.producers, "seconds per step": args.seconds,
-                "host": "%s, %s CPUs, load at end %s" % (env["host"], env["cpus"], env["loadavg_at_end"]),
-                "workload": "perf/workload.py mix (64%% limit, 25%% cancel, 4%% IOC, 2%% FOK, "
-                            "5%% market), BTC-USD, %d funded accounts" % ACCOUNTS,
-                "warm-up commands (not measured)": args.warmup,
-                "command": "python -m perf.e2e_bench " + " ".join(argv)}
+    report["environment"] = env
+    report["settings"] = {
+        "command": "python -m perf.e2e_bench " + " ".join(argv),
+        "fsync": args.fsync, "producers (load generators)": args.producers,
+        "seconds per step": args.seconds, "passes per rate": args.passes,
+        "idle seconds": args.idle_seconds,
+        "workload": "perf.workload.generate_commands (64%% limit, 25%% cancel, 4%% IOC, "
+                    "2%% FOK, 5%% market), BTC-USD, %d funded accounts, %d-row blocks "
+                    "repeated" % (ACCOUNTS, BLOCK),
+        "warm-up commands (not measured)": args.warmup,
+        "rings": "input 65536 x 64 B, output 262144 x 128 B; claims of up to %d records"
+                 % MAX_CLAIM}
     os.makedirs(RESULTS, exist_ok=True)
     base = os.path.join(RESULTS, args.stem)
     with open(base + ".json", "w") as f:
-        json.dump({"settings": settings, "environment": env, "steps": steps, "best_rate": best},
-                  f, indent=2, sort_keys=True)
-    with open(base + ".md", "w") as f:
-        f.write(_markdown(steps, settings, best))
-    png = _plot(steps, base + ".png")
-    print(_markdown(steps, settings, best))
+        json.dump(report, f, indent=1, sort_keys=True, default=str)
+    text = _markdown(report)
+    png = _plot(report, base + ".png")
     if png:
-        print("plot: %s" % png)
+        text += "\n![plot](%s)\n" % os.path.basename(png)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    print(text)
     return 0
 
 

@@ -33,7 +33,7 @@ import csv
 import random
 
 __all__ = ["HEADER", "Row", "generate", "write_csv", "read_csv", "to_commands",
-           "TYPE_SHARES"]
+           "TYPE_SHARES", "generate_commands"]
 
 HEADER = ("side", "type", "price", "qty", "order_id", "cancel_target_id")
 
@@ -174,3 +174,81 @@ def to_commands(rows, symbol_id, accounts, first_seq):
                           symbol_id=symbol_id, account_id=account, price=price, qty=qty)
         out.append((seq, cmd))
     return out
+
+
+def generate_commands(n, seed=1, symbol_id=1, accounts=1000, mid=100000, spread_ticks=50,
+                      max_qty=100):
+    """The same mix as :func:`generate`, vectorized (numpy): ``(commands, target_row)``.
+
+    ``commands`` is a ``COMMAND_DTYPE`` array of ``n`` records (NEW_ORDER and
+    CANCEL, ``symbol_id``); ``target_row[i]`` is, for a cancel, the row of the
+    limit order it cancels (always an earlier row), else -1.  A cancel's
+    ``order_id`` must be set to its target's sequence once that is known (the
+    load generator does it at claim time).  Unlike :func:`generate` it does not
+    track which orders are still resting: a target may already be filled or
+    cancelled (the cancel is then refused, ORDER_NOT_FOUND).  Orders go
+    round-robin over accounts ``1..accounts``; a cancel uses its target's
+    account, side and price.  O(n), about 0.1 us per row; deterministic in
+    ``seed``.
+
+    >>> cmds, target = generate_commands(1000, seed=7)
+    >>> bool((target[target >= 0] < (target >= 0).nonzero()[0]).all())
+    True
+    """
+    import numpy as np
+    from ringbuf.records import COMMAND_DTYPE, CommandKind, OrderType, Side, TimeInForce
+    rng = np.random.default_rng(seed)
+    steps = rng.choice(np.array([-1, 0, 1], dtype=np.int64), size=n, p=[0.1, 0.8, 0.1])
+    mids = np.maximum(mid + np.cumsum(steps), 2 * spread_ticks)
+    shares = np.cumsum([share for _, share in TYPE_SHARES])
+    codes = np.searchsorted(shares, rng.random(n) * shares[-1], side="right")
+    codes = np.minimum(codes, len(TYPE_SHARES) - 1)
+    names = [t for t, _ in TYPE_SHARES]
+    is_ = {t: codes == names.index(t) for t in names}
+    if n:
+        is_["C"][0] = False                 # the first row cannot cancel anything
+        is_["L"][0] = True
+        for t in ("I", "F", "M"):
+            is_[t][0] = False
+    buy = rng.random(n) < 0.5
+    qty = rng.integers(1, max_qty + 1, size=n)
+    crossing = rng.random(n) >= 0.9
+    offset = np.where(crossing, rng.integers(-5, 1, size=n),
+                      rng.integers(-3, spread_ticks + 1, size=n))
+    aggressive = is_["I"] | is_["F"]
+    offset = np.where(aggressive, rng.integers(-5, 2, size=n), offset)
+    price = np.where(buy, mids - offset, mids + offset)
+    price[is_["M"]] = 0
+    orders = ~is_["C"]
+    account = 1 + (np.cumsum(orders) - 1) % accounts
+
+    cmds = np.zeros(n, dtype=COMMAND_DTYPE)
+    cmds["symbol_id"] = symbol_id
+    cmds["kind"] = np.where(orders, int(CommandKind.NEW_ORDER), int(CommandKind.CANCEL))
+    cmds["side"] = np.where(buy, int(Side.BUY), int(Side.SELL))
+    cmds["order_type"] = np.where(is_["M"], int(OrderType.MARKET), int(OrderType.LIMIT))
+    tif = np.full(n, int(TimeInForce.GTC), dtype=np.int64)
+    tif[is_["I"] | is_["M"]] = int(TimeInForce.IOC)
+    tif[is_["F"]] = int(TimeInForce.FOK)
+    cmds["tif"] = tif
+    cmds["account_id"] = account
+    cmds["price"] = price
+    cmds["qty"] = qty
+
+    target_row = np.full(n, -1, dtype=np.int64)
+    cancel_rows = np.nonzero(is_["C"])[0]
+    limit_rows = np.nonzero(is_["L"])[0]
+    if len(cancel_rows):
+        before = np.searchsorted(limit_rows, cancel_rows)      # limit rows earlier than each cancel
+        recent = rng.random(len(cancel_rows)) < 0.8
+        back = np.where(recent, rng.integers(0, 200, size=len(cancel_rows)) % before,
+                        (rng.random(len(cancel_rows)) * before).astype(np.int64))
+        targets = limit_rows[before - 1 - back]
+        target_row[cancel_rows] = targets
+        cmds["account_id"][cancel_rows] = account[targets]
+        cmds["side"][cancel_rows] = cmds["side"][targets]
+        cmds["price"][cancel_rows] = price[targets]
+        cmds["qty"][cancel_rows] = 0
+        cmds["order_type"][cancel_rows] = 0
+        cmds["tif"][cancel_rows] = 0
+    return cmds, target_row
