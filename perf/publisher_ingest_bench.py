@@ -1,17 +1,27 @@
 """Publisher ingestion: output-ring event bytes -> decode -> read model -> hub (no clients).
 
 What it measures: the CPU the publisher spends per event on the path its ring
-consumer thread and asyncio loop take for every event (``publisher.event_decoder``
-``decode_batch`` then ``PublisherService.on_events``: ``ReadModel.apply`` and
-``Hub.publish`` with no WebSocket subscribers), on a realistic event stream: the
-events an in-process ``engine.matcher.Matcher`` with a ``BytesSink`` emits for
-``perf.workload.generate`` (1000 funded accounts, BTC-USD), cut into batches of
-``--batch`` events as the ring feed polls them.  No rings, no threads, no sockets.
+consumer thread and asyncio loop take for every event, for both read models in the
+same run, on the same event stream and batches:
+
+* ``object``: ``publisher.event_decoder.decode_batch`` (one tuple per event) then
+  ``PublisherService.on_events`` (``publisher.read_model.ReadModel.apply``, the
+  reference object model, and ``Hub.publish``);
+* ``columnar``: ``EventBatch.copy_of`` (what the ring feed does: one memcpy out of
+  the ring, a numpy structured view) then ``ColumnarService.on_events``
+  (``publisher.columnar.ColumnarReadModel.apply`` and ``Hub.publish``).
+
+The stream: the events an in-process ``engine.matcher.Matcher`` with a ``BytesSink``
+emits for ``perf.workload.generate`` (1000 funded accounts, BTC-USD), cut into batches
+of ``--batch`` events as the ring feed polls them.  No rings, no threads, no sockets,
+no WebSocket subscribers.  Each pass starts from a fresh service; passes alternate
+between the models; the figures are events / CPU second (``time.process_time``) and
+events / wall second.
 
 Usage::
 
     python -m perf.publisher_ingest_bench [--commands 100000] [--passes 5] [--batch 4096]
-        [--cprofile] [--out perf/results/publisher_ingest.md]
+        [--models object,columnar] [--cprofile MODEL] [--out perf/results/publisher_ingest_columnar.md]
 """
 import argparse
 import os
@@ -60,26 +70,34 @@ def build_stream(n, seed=1, batch=4096):
     return chunks, len(data) // EVENT_SIZE, len(deps) + len(cmds)
 
 
-def make_service():
+def make_service(model="columnar"):
     """A PublisherService for DEFAULT_CONFIG (read model + hub, no sender, no clients)."""
     from engine.config import DEFAULT_CONFIG
     from publisher.process import build_service
 
     class _Shard(object):
         symbols = None
-    return build_service({}, _Shard(), DEFAULT_CONFIG)
+    return build_service({}, _Shard(), DEFAULT_CONFIG, read_model=model)
 
 
-def one_pass(chunks):
+def _decoder(model):
+    if model == "object":
+        from publisher.event_decoder import decode_batch
+        return decode_batch
+    from publisher.columnar import EventBatch
+    return EventBatch.copy_of
+
+
+def one_pass(chunks, model="columnar"):
     """(wall s, cpu s, service) of decoding and applying every chunk on a fresh service."""
-    from publisher.event_decoder import decode_batch
-    service = make_service()
+    decode = _decoder(model)
+    service = make_service(model)
     batches = [_Batch(c) for c in chunks]
     on_events = service.on_events
     cpu = time.process_time
     w0, c0 = time.perf_counter(), cpu()
     for b in batches:
-        on_events(decode_batch(b))
+        on_events(decode(b))
     return time.perf_counter() - w0, cpu() - c0, service
 
 
@@ -88,39 +106,88 @@ def _stats(values):
     return v[len(v) // 2], v[0], v[-1]
 
 
+def _same_views(a, b):
+    """The two models agree at the end of the stream (a cheap check: books, balances)."""
+    ma, mb = a.model, b.model
+    assert ma.applied_seq == mb.applied_seq
+    for sid in ma.symbols:
+        assert dict(ma.symbol(sid).bids) == dict(mb.symbol(sid).bids)
+        assert dict(ma.symbol(sid).asks) == dict(mb.symbol(sid).asks)
+        assert ma.symbol(sid).stats() == mb.symbol(sid).stats()
+    for acct in range(1, 1001, 37):
+        assert ma.account_balances(acct) == mb.account_balances(acct)
+        assert [o.order_id for o in ma.open_orders(acct)] == [o.order_id for o in mb.open_orders(acct)]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--commands", type=int, default=100000)
     p.add_argument("--passes", type=int, default=5)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--cprofile", action="store_true")
-    p.add_argument("--out", default=None, help="also write the result line to this file")
+    p.add_argument("--models", default="object,columnar")
+    p.add_argument("--cprofile", default=None, metavar="MODEL")
+    p.add_argument("--out", default=None, help="also write the results (markdown) to this file")
+    p.add_argument("--json", default=None, help="also write the results (JSON) to this file")
     args = p.parse_args(argv)
+    models = [m for m in args.models.split(",") if m]
+    load0 = os.getloadavg()
     chunks, n_events, n_cmds = build_stream(args.commands, args.seed, args.batch)
     if args.cprofile:
         import cProfile
         import pstats
         prof = cProfile.Profile()
         prof.enable()
-        one_pass(chunks)
+        one_pass(chunks, args.cprofile)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
-    one_pass(chunks)                                   # warm-up
-    runs = [one_pass(chunks)[:2] for _ in range(args.passes)]
-    wall = _stats([n_events / w for w, _ in runs])
-    cpu = _stats([n_events / c for _, c in runs])
-    line = ("%s %s commands=%d events=%d (%.2f/command) batch=%d passes=%d: "
-            "median %.0f events/s (min %.0f, max %.0f) wall; by CPU time median %.0f "
-            "(min %.0f, max %.0f) = %.2f us/event; loadavg %.2f" % (
-                sys.implementation.name, platform.python_version(), n_cmds, n_events,
-                n_events / float(n_cmds), args.batch, args.passes, wall[0], wall[1], wall[2],
-                cpu[0], cpu[1], cpu[2], 1e6 / cpu[0], os.getloadavg()[0]))
-    print(line)
+    services = {m: one_pass(chunks, m)[2] for m in models}           # warm-up
+    if len(services) == 2:
+        _same_views(services["object"], services["columnar"])
+    runs = {m: [] for m in models}
+    for _ in range(args.passes):
+        for m in models:
+            runs[m].append(one_pass(chunks, m)[:2])
+    load1 = os.getloadavg()
+    result = {"interpreter": "%s %s" % (sys.implementation.name, platform.python_version()),
+              "machine": "%s, %d cpus" % (platform.machine(), os.cpu_count() or 0),
+              "commands": n_cmds, "events": n_events, "batch": args.batch,
+              "passes": args.passes, "loadavg_before": load0, "loadavg_after": load1,
+              "command": "python -m perf.publisher_ingest_bench " + " ".join(
+                  argv if argv is not None else sys.argv[1:]),
+              "models": {}}
+    lines = []
+    for m in models:
+        wall = _stats([n_events / w for w, _ in runs[m]])
+        cpu = _stats([n_events / c for _, c in runs[m]])
+        result["models"][m] = {"cpu_events_per_s": {"median": cpu[0], "min": cpu[1], "max": cpu[2]},
+                               "wall_events_per_s": {"median": wall[0], "min": wall[1], "max": wall[2]},
+                               "us_per_event_cpu_median": 1e6 / cpu[0]}
+        lines.append("| %s | %.2fM | %.2fM | %.2fM | %.2fM | %.3f |" % (
+            m, cpu[0] / 1e6, cpu[1] / 1e6, cpu[2] / 1e6, wall[0] / 1e6, 1e6 / cpu[0]))
+    if len(models) == 2:
+        ratio = (result["models"]["columnar"]["cpu_events_per_s"]["median"]
+                 / result["models"]["object"]["cpu_events_per_s"]["median"])
+        result["speedup_cpu_median"] = ratio
+    head = ("%s, %s; %d commands -> %d events (%.2f/command), batches of %d, %d passes per "
+            "model (alternating); loadavg %.2f/%.2f/%.2f before, %.2f/%.2f/%.2f after" % (
+                result["interpreter"], result["machine"], n_cmds, n_events,
+                n_events / float(n_cmds), args.batch, args.passes, load0[0], load0[1], load0[2],
+                load1[0], load1[1], load1[2]))
+    table = ["| model | CPU events/s median | min | max | wall median | us/event (CPU) |",
+             "| --- | --- | --- | --- | --- | --- |"] + lines
+    text = head + "\n\n" + "\n".join(table) + "\n"
+    if "speedup_cpu_median" in result:
+        text += "\ncolumnar / object (CPU medians): %.1fx\n" % result["speedup_cpu_median"]
+    print(text)
     if args.out:
         with open(args.out, "a") as f:
-            f.write(line + "\n")
+            f.write("\n`%s`\n\n%s" % (result["command"], text))
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
     return 0
 
 

@@ -44,7 +44,7 @@ class ColumnarService(PublisherService):
             self.skipped += n - kept                           # rule 2
             if not kept:
                 return None
-            arr = arr[keep]
+            arr = arr.take(np.flatnonzero(keep))
         self.last_seq = int(arr["seq"][-1])
         self.last_index = int(arr["event_index"][-1])
         changes = self.model.apply(arr)
