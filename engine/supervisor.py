@@ -892,8 +892,9 @@ class Supervisor(object):
             return                      # stopped already
         self.stopping = True
         self.state = "stopping"
-        if self.lock_fd is None and self.owner is None and not self.rings and not self.children:
-            return                      # nothing was started: no lines to add to a refusal
+        quiet = not self.rings and not self.children    # a refusal before rings: its one line only
+        if self.lock_fd is None and self.owner is None and quiet:
+            return                      # nothing was started
 
         self.write_health(force=True)
         if "publisher" in self.children:
@@ -904,7 +905,11 @@ class Supervisor(object):
             self.log.event("child_stopped", child=name, exit_code=code)
         matcher = self.children.get("matcher")
         if self.rings and not self.fenced and matcher and matcher.alive():
-            if matcher.ready:                   # fenced: the matcher's gate is frozen
+            upstream = [n for n in self.rings[0].consumer_dependencies("matcher")
+                        if n in self.children and not self.children[n].alive()]
+            if upstream:                        # its gate cannot move: nothing to drain
+                self.log.event("drain_skipped", reason="%s not running" % ",".join(upstream))
+            elif matcher.ready:                 # fenced: the matcher's gate is frozen
                 self._drain_and_snapshot(drain_timeout)
             else:
                 self.log.event("drain_skipped", reason="matcher not ready (still recovering)")
@@ -915,7 +920,8 @@ class Supervisor(object):
         self.destroy_rings()
         self._remove_health()
         self.release_lock()
-        self.log.event("stopped")
+        if not quiet:
+            self.log.event("stopped")
 
     def _drain_and_snapshot(self, timeout):
         from ringbuf.records import CommandKind
@@ -992,18 +998,6 @@ class Supervisor(object):
         self._own_records = 0
         self.log.event("snapshot_requested", seq=seq, commands=commands)
         return seq
-
-    def supervise_once(self, now=None):
-        """One round of the supervision loop; False when a child gave up (rules 5, 9-12)."""
-        if not self.poll_children():
-            return False
-        now = time.monotonic() if now is None else now
-        self.reap_dead_producers(now)
-        self.maybe_snapshot(now)
-        self.tick_clock(now)
-        self.watch(now)
-        self.write_health(now=now)
-        return True
 
     def run_forever(self, poll_interval=0.2):
         """Block until SIGINT/SIGTERM, supervising children; then stop."""
