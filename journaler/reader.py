@@ -15,19 +15,29 @@ Theory of operation (the numbered recovery rules of ``docs/journal.md``):
 4. The journal is the longest valid prefix.  The first invalid thing (a block,
    a segment header, a gap between segments) and everything after it is the
    *tail*; the last durable sequence is the last record of the prefix.
-5. Only a *torn tail* is cut automatically: the first problem is in the LAST
-   segment and no intact block (magic, sane count, wholly in the file, CRC
-   matching, found by searching every 32-byte aligned offset) lies at or
-   after it -- a write that never finished, or the zeros / garbage a power
-   loss leaves at the end of the file.  A bad header of the last segment is a
-   torn creation under the same condition (nothing intact after byte 128).
+5. Only a *torn tail* is cut automatically: the first problem, at offset X,
+   is in the LAST segment and no intact block (magic, sane count, wholly in
+   the file, CRC matching, found by searching every 32-byte aligned offset)
+   after it says X was durable.  Format 2 (the block header's
+   ``synced_through``, covered by its CRC, is how many bytes of the segment
+   the writer knew fsynced when it wrote the block): torn when every intact
+   block at or after X has ``synced_through <= X`` -- X was never known
+   durable, so the damage is a write that never finished, the zeros /
+   garbage a power loss leaves at the end of the file, or a hole that
+   out-of-order writeback left before later unsynced blocks; those later
+   blocks were never durable either and are cut with it.  Format 1 (no
+   watermark): torn only when no intact block lies at or after X.  A bad
+   header of the last segment is a torn creation when nothing intact lies
+   after byte 128 (the header is fsynced before any block is written).
    The cut bytes are copied to ``journal/quarantine/`` (0600 files in a 0700
    directory, fsynced) before the file is truncated at the problem's offset;
    a torn header moves the whole file there.  Each cut is reported.  The
    search looks only below the size the scan saw: readers run beside the
    journaler, whose next complete block is not damage.
-5a. Any other damage -- a CRC mismatch or bad block with intact data after
-   it, any problem in a segment that is not the last, a gap, overlap or name
+5a. Any other damage -- a CRC mismatch or bad block followed by an intact
+   block that says it was durable (format 2: ``synced_through > X``; format
+   1: any intact block), any problem in a segment that is not the last (a
+   roll fsyncs the segment it leaves), a gap, overlap or name
    mismatch between segments -- is ``JournalCorruptError``: it names the file,
    the byte offset, the reason, the valid prefix's end and the sequences a cut
    would lose, and NO file is changed.  The operator decides (docs/journal.md:
@@ -45,8 +55,8 @@ import time
 from journaler.crc import crc32c
 from journaler.errors import JournalCorruptError, JournalFormatError, JournalSchemaError
 from journaler.segment import (
-    BLOCK_HEADER_SIZE, BLOCK_MAGIC, SEGMENT_HEADER_SIZE, block_crc, journal_dir,
-    list_segments, unpack_block_header, unpack_segment_header,
+    BLOCK_HEADER_SIZE, BLOCK_MAGIC, SEGMENT_HEADER_SIZE, WATERMARK_VERSION, block_crc,
+    journal_dir, list_segments, unpack_block_header, unpack_segment_header,
 )
 
 __all__ = [
@@ -215,7 +225,7 @@ def scan_segment(path, record_size, schema_hash, expected_first=None, check_crc=
                                              "%d bytes left, a block header is %d"
                                              % (size - offset, BLOCK_HEADER_SIZE)))
                 break
-            magic, count, first_seq, stored = unpack_block_header(buf, offset)
+            magic, count, first_seq, stored, synced = unpack_block_header(buf, offset)
             if magic != BLOCK_MAGIC or count < 1 or count > MAX_BLOCK_RECORDS:
                 detail = ("magic %r" % magic) if magic != BLOCK_MAGIC else "count %d" % count
                 scan.problems.append(Problem(path, offset, None, "bad_block_header", detail))
@@ -234,7 +244,7 @@ def scan_segment(path, record_size, schema_hash, expected_first=None, check_crc=
                               "expected first_seq %d" % expected, count)
             elif check_crc:
                 computed = crc32c(buf[offset + BLOCK_HEADER_SIZE:end],
-                                  block_crc(first_seq, count, ()))
+                                  block_crc(first_seq, count, (), synced))
                 if computed != stored:
                     bad = Problem(path, offset, first_seq, "crc_mismatch",
                                   "stored %08x computed %08x" % (stored, computed), count)
@@ -286,14 +296,15 @@ def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep
     return scans, tail_index
 
 
-def intact_blocks(buf, start, size, record_size):
+def intact_blocks(buf, start, size, record_size, watermarks=False):
     """Yield (offset, first_seq, count) of every intact block at or after ``start`` (rule 5).
 
     Intact: magic ``RMBK``, ``1 <= count <= MAX_BLOCK_RECORDS``, records
     wholly inside ``size`` and CRC32C matching.  Blocks are found by searching
     the magic at ``BLOCK_ALIGN``-aligned offsets, so a damaged block header
-    does not hide the blocks after it.  O(bytes searched + bytes of the
-    candidate blocks).
+    does not hide the blocks after it.  ``watermarks``: yield
+    (offset, first_seq, count, synced_through) instead.  O(bytes searched +
+    bytes of the candidate blocks).
     """
     pos = start
     while pos + BLOCK_HEADER_SIZE <= size:
@@ -303,27 +314,30 @@ def intact_blocks(buf, start, size, record_size):
         if hit % BLOCK_ALIGN:
             pos = hit + BLOCK_ALIGN - hit % BLOCK_ALIGN
             continue
-        _magic, count, first_seq, stored = unpack_block_header(buf, hit)
+        _magic, count, first_seq, stored, synced = unpack_block_header(buf, hit)
         end = hit + BLOCK_HEADER_SIZE + count * record_size
         if 1 <= count <= MAX_BLOCK_RECORDS and end <= size and crc32c(
-                buf[hit + BLOCK_HEADER_SIZE:end], block_crc(first_seq, count, ())) == stored:
-            yield hit, first_seq, count
+                buf[hit + BLOCK_HEADER_SIZE:end],
+                block_crc(first_seq, count, (), synced)) == stored:
+            yield (hit, first_seq, count, synced) if watermarks else (hit, first_seq, count)
             pos = end
         else:
             pos = hit + BLOCK_ALIGN
 
 
-def _intact_after(path, start, record_size, size=None):
+def _intact_after(path, start, record_size, size=None, watermarks=False):
     """[(offset, first_seq, count)] of the intact blocks of ``path`` at or after ``start``.
 
     ``size``: look only below this offset -- the size the scan saw, so that a
     block the journaler completed since (readers run beside it) does not make
-    a torn tail look like damage.
+    a torn tail look like damage.  ``watermarks``: 4-tuples with each block's
+    ``synced_through`` (``intact_blocks``).
     """
     buf, file_size = _read_file(path)
     try:
         end = file_size if size is None else min(size, file_size)
-        return list(intact_blocks(buf, max(start, SEGMENT_HEADER_SIZE), end, record_size))
+        return list(intact_blocks(buf, max(start, SEGMENT_HEADER_SIZE), end, record_size,
+                                  watermarks=watermarks))
     finally:
         _close(buf)
 
@@ -334,16 +348,37 @@ class Assessment(object):
     ``prefix_end``: last seq of the valid prefix (0: empty); ``problem``: the
     first problem (None: clean); ``cuttable``: it is a torn tail of the last
     segment (rule 5); ``error``: the JournalCorruptError of rule 5a (None when
-    clean or cuttable); ``scans``: the SegmentScan list.
+    clean or cuttable); ``scans``: the SegmentScan list.  ``intact_after``:
+    [(offset, first_seq, count, synced_through)] of the intact blocks of the
+    damaged segment after the problem (a cut discards them: they were never
+    durable); ``watermark``: the highest ``synced_through`` they claim (None:
+    format 1 segment or none after it).
     """
 
-    def __init__(self, scans, tail_index, prefix_end, problem, cuttable, error):
+    def __init__(self, scans, tail_index, prefix_end, problem, cuttable, error,
+                 intact_after=(), watermark=None):
         self.scans = scans
         self.tail_index = tail_index
         self.prefix_end = prefix_end
         self.problem = problem
         self.cuttable = cuttable
         self.error = error
+        self.intact_after = list(intact_after)
+        self.watermark = watermark
+
+    @property
+    def records_cut(self):
+        """Intact records after the problem that a cut discards.  O(blocks)."""
+        return sum(c for _o, _f, c, _s in self.intact_after)
+
+    @property
+    def seqs_cut(self):
+        """``"first..last"`` of those intact records, or ``"-"``."""
+        if not self.intact_after:
+            return "-"
+        lo = min(f for _o, f, _c, _s in self.intact_after)
+        hi = max(f + c - 1 for _o, f, c, _s in self.intact_after)
+        return "%d..%d" % (lo, hi)
 
     def raise_if_corrupt(self):
         if self.error is not None:
@@ -372,16 +407,31 @@ def _assess(scans, tail_index, record_size):
     problem = scan.problems[0]
     header_level = scan.header is None or problem.offset == 0
     start = SEGMENT_HEADER_SIZE if header_level else problem.offset
-    after = _intact_after(scan.path, start, record_size, size=scan.size)
+    after = _intact_after(scan.path, start, record_size, size=scan.size, watermarks=True)
     is_last = tail_index == len(scans) - 1
+    watermark = None
+    durable_claim = None            # (offset, first_seq, count, synced) of a block saying X was durable
     if header_level:
-        torn = scan.header is None and problem.reason in TORN_HEADER_REASONS
+        torn = scan.header is None and problem.reason in TORN_HEADER_REASONS and not after
     else:
         torn = problem.reason in TORN_BLOCK_REASONS
-    if is_last and torn and not after:
-        return Assessment(scans, tail_index, prefix_end, problem, True, None)
+        if scan.header.format_version >= WATERMARK_VERSION:
+            # rule 5, format 2: damage at X is torn unless a later intact block
+            # says bytes beyond X were covered by a completed fsync
+            if after:
+                watermark = max(s for _o, _f, _c, s in after)
+            for block in after:
+                if block[3] > problem.offset:
+                    durable_claim = block
+                    break
+            torn = torn and durable_claim is None
+        else:
+            torn = torn and not after       # format 1: any intact block after it is damage
+    if is_last and torn:
+        return Assessment(scans, tail_index, prefix_end, problem, True, None,
+                          intact_after=after, watermark=watermark)
     # rule 5a: what a cut at the damage would discard
-    later = [b for b in after]
+    later = [b[:3] for b in after]
     for other in scans[tail_index + 1:]:
         later.extend(_intact_after(other.path, SEGMENT_HEADER_SIZE, record_size))
     later = [(o, f, c) for o, f, c in later if f + c - 1 > prefix_end]
@@ -389,18 +439,25 @@ def _assess(scans, tail_index, record_size):
     last_lost = max([first_lost] + [f + c - 1 for _o, f, c in later])
     records_after = sum(c for _o, _f, c in later)
     where = "last segment" if is_last else "segment %d of %d" % (tail_index + 1, len(scans))
+    why = ""
+    if durable_claim is not None:
+        why = ("; offset %d was durable: the intact block at offset %d (seqs %d..%d) says "
+               "synced_through=%d" % (problem.offset, durable_claim[0], durable_claim[1],
+                                      durable_claim[1] + durable_claim[2] - 1,
+                                      durable_claim[3]))
     message = (
-        "journal damaged, start-up stopped: %s (%s) offset %d: %s (%s); the journal is valid "
+        "journal damaged, start-up stopped: %s (%s) offset %d: %s (%s)%s; the journal is valid "
         "through seq %d; a cut there would discard seqs %d..%d (%d intact record(s) after "
         "the damage); no file was changed.  Repair from the standby's journal or run "
         "`ringmatch journal truncate --at SEQ` (docs/journal.md)" % (
-            scan.path, where, problem.offset, problem.reason, problem.detail, prefix_end,
+            scan.path, where, problem.offset, problem.reason, problem.detail, why, prefix_end,
             first_lost, last_lost, records_after))
     error = JournalCorruptError(message, path=scan.path, offset=problem.offset,
                                 reason=problem.reason, detail=problem.detail,
                                 valid_through=prefix_end, first_lost_seq=first_lost,
                                 last_lost_seq=last_lost, records_after=records_after)
-    return Assessment(scans, tail_index, prefix_end, problem, False, error)
+    return Assessment(scans, tail_index, prefix_end, problem, False, error,
+                      intact_after=after, watermark=watermark)
 
 
 def assess_journal(data_dir, shard, record_size, schema_hash):
@@ -547,7 +604,12 @@ def recover_journal(data_dir, shard, record_size, schema_hash, quarantine=True, 
         if log is not None:
             log.warning("journal_tail_cut", file=scan.path, offset=cut_at, bytes=length,
                         block_first_seq=-1 if problem.first_seq is None else problem.first_seq,
-                        reason=problem.reason, detail=problem.detail, quarantine=target or "-")
+                        reason=problem.reason, detail=problem.detail,
+                        first_cut_seq=scan.last_seq + 1 if keep_file else -1,
+                        intact_seqs_cut=assessment.seqs_cut,
+                        intact_records_cut=assessment.records_cut,
+                        watermark=-1 if assessment.watermark is None else assessment.watermark,
+                        quarantine=target or "-")
         fsync_dir(journal_dir(data_dir))
         if qdir is not None:
             fsync_dir(qdir)

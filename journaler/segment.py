@@ -9,7 +9,7 @@ is in ``docs/journal.md``.
 Segment header (little endian, 128 bytes)::
 
     0   8s  magic            b"RMJOURNL"
-    8   u32 format_version   FORMAT_VERSION
+    8   u32 format_version   FORMAT_VERSION (2; 1 is still read, see below)
     12  u32 header_size      128
     16  u64 schema_hash      ringbuf.records.SCHEMA_HASH of the writer
     24  u32 record_size      64 for the input ring
@@ -28,7 +28,17 @@ Block header (little endian, 32 bytes)::
     4   u32 count            records in the block, >= 1
     8   i64 first_seq        sequence of the block's first record
     16  u32 crc              CRC32C over the block header (this field as 0) + records
-    20  12x (reserved, 0)
+    20  u64 synced_through   bytes of this segment the writer knew durable (covered
+                             by a completed fsync/fdatasync) when it wrote the block
+                             (format 2; format 1: reserved, always 0)
+    28  4x  (reserved, 0)
+
+``synced_through`` is covered by the block's CRC.  It is the durable watermark
+the reader trusts to tell a power loss's writeback hole in the LAST segment
+from damage (reader rule 5): bytes at or beyond every later intact block's
+watermark were never known durable, so a hole there is a torn tail.  A format
+1 segment carries no watermark (its reserved bytes are 0) and is read with
+the format 1 rule (any intact block after damage stops start-up).
 """
 import os
 import re
@@ -40,7 +50,8 @@ from journaler.crc import crc32c
 from journaler.errors import JournalFormatError
 
 __all__ = [
-    "SEGMENT_MAGIC", "BLOCK_MAGIC", "FORMAT_VERSION", "SEGMENT_HEADER_SIZE",
+    "SEGMENT_MAGIC", "BLOCK_MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "WATERMARK_VERSION",
+    "SEGMENT_HEADER_SIZE",
     "BLOCK_HEADER_SIZE", "SegmentHeader", "JournalFormatError", "journal_dir",
     "segment_name", "parse_segment_name", "list_segments", "pack_segment_header",
     "unpack_segment_header", "pack_block_header", "unpack_block_header", "block_crc",
@@ -48,13 +59,17 @@ __all__ = [
 
 SEGMENT_MAGIC = b"RMJOURNL"
 BLOCK_MAGIC = b"RMBK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: segment format versions this reader accepts (1: blocks carry no synced_through)
+READABLE_VERSIONS = (1, 2)
+#: the first format whose block headers carry ``synced_through``
+WATERMARK_VERSION = 2
 SEGMENT_HEADER_SIZE = 128
 BLOCK_HEADER_SIZE = 32
 
 _SEG = struct.Struct("<8sIIQIIqqI32s32s8x")
 _SEG_CRC = struct.Struct("<I")
-_BLK = struct.Struct("<4sIqI12x")
+_BLK = struct.Struct("<4sIqIQ4x")
 assert _SEG.size + _SEG_CRC.size == SEGMENT_HEADER_SIZE
 assert _BLK.size == BLOCK_HEADER_SIZE
 
@@ -129,9 +144,13 @@ def _fixed(text, size):
 
 
 def pack_segment_header(schema_hash, record_size, first_seq, shard, created_ns=None,
-                        pid=None, host=None):
-    """The 128 header bytes of a new segment.  O(1)."""
-    body = _SEG.pack(SEGMENT_MAGIC, FORMAT_VERSION, SEGMENT_HEADER_SIZE, schema_hash,
+                        pid=None, host=None, format_version=FORMAT_VERSION):
+    """The 128 header bytes of a new segment.  O(1).
+
+    ``format_version`` other than FORMAT_VERSION is for tests that need an old
+    segment (the writer always writes the current one).
+    """
+    body = _SEG.pack(SEGMENT_MAGIC, format_version, SEGMENT_HEADER_SIZE, schema_hash,
                      record_size, 0, first_seq,
                      time.time_ns() if created_ns is None else created_ns,
                      os.getpid() if pid is None else pid,
@@ -158,32 +177,38 @@ def unpack_segment_header(data, path=None):
     (stored,) = _SEG_CRC.unpack_from(data, _SEG.size)
     if crc32c(data[:_SEG.size]) != stored:
         raise JournalFormatError("%s: segment header CRC mismatch" % path, path, 0, "header_crc")
-    if version != FORMAT_VERSION or header_size != SEGMENT_HEADER_SIZE:
+    if version not in READABLE_VERSIONS or header_size != SEGMENT_HEADER_SIZE:
         raise JournalFormatError("%s: journal format version %d (header %d bytes); this "
-                                 "reader knows version %d" % (path, version, header_size,
-                                                              FORMAT_VERSION),
+                                 "reader knows versions %s" % (
+                                     path, version, header_size,
+                                     ", ".join(str(v) for v in READABLE_VERSIONS)),
                                  path, 0, "version")
     return SegmentHeader(version, schema_hash, record_size, first_seq, created_ns, pid,
                          shard.rstrip(b"\0").decode("utf-8", "replace"),
                          host.rstrip(b"\0").decode("utf-8", "replace"))
 
 
-def pack_block_header(first_seq, count, crc):
-    """The 32 block header bytes.  O(1)."""
-    return _BLK.pack(BLOCK_MAGIC, count, first_seq, crc)
+def pack_block_header(first_seq, count, crc, synced_through=0):
+    """The 32 block header bytes.  O(1).
+
+    ``synced_through``: bytes of the segment known durable when the block is
+    written (0 claims nothing, which is always true).
+    """
+    return _BLK.pack(BLOCK_MAGIC, count, first_seq, crc, synced_through)
 
 
 def unpack_block_header(data, offset=0):
-    """``(magic, count, first_seq, crc)`` of the block header at ``offset``.  O(1)."""
+    """``(magic, count, first_seq, crc, synced_through)`` of the block header at ``offset``.  O(1)."""
     return _BLK.unpack_from(data, offset)
 
 
-def block_crc(first_seq, count, chunks):
+def block_crc(first_seq, count, chunks, synced_through=0):
     """CRC32C of a block: its header with crc = 0, then the record bytes.  O(n).
 
-    ``chunks`` is an iterable of bytes-like objects (1-2 ring chunks).
+    ``chunks`` is an iterable of bytes-like objects (1-2 ring chunks).  A
+    format 1 block (``synced_through`` 0) has the CRC format 1 gave it.
     """
-    crc = crc32c(_BLK.pack(BLOCK_MAGIC, count, first_seq, 0))
+    crc = crc32c(_BLK.pack(BLOCK_MAGIC, count, first_seq, 0, synced_through))
     for chunk in chunks:
         crc = crc32c(chunk, crc)
     return crc

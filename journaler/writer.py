@@ -22,13 +22,25 @@ Theory of operation:
    (it survives a process crash; after an OS crash or power loss only the
    records before the last segment are certain to remain).  ``durable_sequence`` is the last
    sequence the policy made durable; only that may be acknowledged.
-5. A failed write (disk full, EIO) or fsync raises JournalIOError after
+5. Every block header records ``synced_through``: how many bytes of its
+   segment a completed fsync/fdatasync of this writer had covered when the
+   block was written (the segment header's at least: it is fsynced at
+   creation; a segment the writer continues after a restart is fsynced at
+   open, so all of it).  It never claims a byte that is not durable, and it
+   only grows within a segment (a rewind, rule 6, never goes below it).  The
+   reader trusts it to tell a power loss's writeback hole in the last
+   segment from damage (reader rule 5).  The writer never appends to a
+   format 1 segment (no watermark): after a restart on one it fsyncs it and
+   rolls to a new segment at the first append.
+6. A failed write (disk full, EIO) or fsync raises JournalIOError after
    truncating the current segment back to its last durable offset (after a
    failed fsync the page cache can no longer be trusted) and rewinding
    ``next_sequence`` to ``durable_sequence + 1``.  The caller re-appends from
    there: the ring still holds those records, since the gating sequence never
    passes ``durable_sequence``.  Only the current segment can hold non-durable
    bytes (a roll fsyncs the old one).
+7. Files are private: segments are created 0600 and the journal directory
+   0700 (an existing wider one is narrowed).
 """
 import errno as errno_module
 import os
@@ -40,13 +52,16 @@ from journaler.errors import (
 )
 from journaler.reader import recover_journal
 from journaler.segment import (
-    BLOCK_HEADER_SIZE, SEGMENT_HEADER_SIZE, block_crc, journal_dir, pack_block_header,
-    pack_segment_header, segment_name,
+    BLOCK_HEADER_SIZE, FORMAT_VERSION, SEGMENT_HEADER_SIZE, block_crc, journal_dir,
+    pack_block_header, pack_segment_header, segment_name,
 )
 
 __all__ = ["JournalWriter", "POLICIES"]
 
 POLICIES = ("batch", "interval", "off")
+#: mode of segment files and of the journal directory (rule 7)
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 #: records per block at most (a block's count is u32; keep blocks modest)
 MAX_BLOCK_RECORDS = 1 << 16
 
@@ -86,6 +101,14 @@ def _split(chunks, nbytes):
     return head, rest
 
 
+def private_dir(path):
+    """Create ``path`` 0700 (parents as needed); narrow it to 0700 if wider (rule 7).  O(1)."""
+    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, DIR_MODE)
+    return path
+
+
 class JournalWriter(object):
     """Append-only writer of one shard's journal.
 
@@ -117,7 +140,7 @@ class JournalWriter(object):
         self.log = log
         self.clock = clock
         self.directory = journal_dir(data_dir)
-        os.makedirs(self.directory, exist_ok=True)
+        private_dir(self.directory)
         self.recovery = recover_journal(data_dir, shard, self.record_size, self.schema_hash, log=log)
         self._fd = None
         self._path = None
@@ -132,6 +155,11 @@ class JournalWriter(object):
         if report.segments:
             last = report.segments[-1]
             self._open_existing(last.path, last.end_offset)
+            if last.header.format_version != FORMAT_VERSION:
+                # rule 5: no block with a watermark goes into a format 1 segment;
+                # it is fsynced (at open), the first append rolls
+                _close(self._fd)
+                self._fd = None
             self._next = report.next_seq
         else:
             self._next = start_seq
@@ -168,8 +196,17 @@ class JournalWriter(object):
         self._fd, self._path, self._size = fd, path, end_offset
         self._durable_offset = end_offset
         # a previous writer (policy ``off``, or killed) may have left it unsynced:
-        # the roll away from it fsyncs it (rule 3)
-        self._synced_offset = 0
+        # fsync it before writing after it, so that the blocks appended now can
+        # claim all of it durable (rule 5) and a roll away from it is safe (rule 3)
+        try:
+            _fsync(fd)
+        except OSError as exc:
+            _close(fd)
+            self._fd = None
+            raise JournalIOError("cannot fsync segment %s at open: %s" % (path, exc),
+                                 exc.errno, "fsync", path)
+        self.syncs += 1
+        self._synced_offset = end_offset
 
     def _close_segment(self, roll=False):
         """Close the current segment; ``roll``: fsync it first under every policy (rule 3)."""
@@ -197,12 +234,12 @@ class JournalWriter(object):
         path = os.path.join(self.directory, segment_name(self.shard, first_seq))
         header = pack_segment_header(self.schema_hash, self.record_size, first_seq, self.shard)
         try:
-            fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         except FileExistsError:
             # left by a creation that failed half way (e.g. disk full): it holds no
             # records (recovery would have kept it otherwise), so start it again
             _unlink(path)
-            fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            fd = _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, FILE_MODE)
         except OSError as exc:
             raise JournalIOError("cannot create segment %s: %s" % (path, exc),
                                  exc.errno, "create", path)
@@ -231,7 +268,7 @@ class JournalWriter(object):
 
         Returns the last sequence written.  O(bytes).  Raises JournalGapError /
         JournalOverlapError (rule 2), ValueError (not whole records),
-        JournalIOError (rule 5).  Under the ``batch`` policy the records are
+        JournalIOError (rule 6).  Under the ``batch`` policy the records are
         durable when this returns.
         """
         if self.closed:
@@ -280,7 +317,9 @@ class JournalWriter(object):
 
     def _write_block(self, first_seq, count, parts):
         fd = self._fd
-        header = pack_block_header(first_seq, count, block_crc(first_seq, count, parts))
+        synced = self._synced_offset        # rule 5: what an fsync covered, never more
+        header = pack_block_header(first_seq, count, block_crc(first_seq, count, parts, synced),
+                                   synced)
         total = BLOCK_HEADER_SIZE + count * self.record_size
         start = self._size
         try:
@@ -301,7 +340,7 @@ class JournalWriter(object):
         self._next = self._written + 1
 
     def _rewind(self):
-        """Rule 5: drop everything not yet durable (file and counters)."""
+        """Rule 6: drop everything not yet durable (file and counters)."""
         self._truncate(self._durable_offset)
         self._size = self._durable_offset
         self._written = self._durable
@@ -341,7 +380,7 @@ class JournalWriter(object):
         try:
             _fsync(self._fd)
         except OSError as exc:
-            # rule 5: the page cache may have dropped the dirty pages; rewind to
+            # rule 6: the page cache may have dropped the dirty pages; rewind to
             # what is known durable and let the caller write it again
             self._rewind()
             self._failure("fsync", exc, self._durable + 1)
@@ -397,11 +436,14 @@ class JournalWriter(object):
             assert self._next == self._written + 1
         if self._fd is not None:
             assert os.fstat(self._fd).st_size == self._size, (os.fstat(self._fd).st_size, self._size)
-            assert 0 <= self._synced_offset <= self._size
-            if self.policy != "off" and self._durable_offset > SEGMENT_HEADER_SIZE:
+            # rule 5: the watermark the next block claims is within what is counted
+            # durable (a rewind never cuts below it) and covers at least the header
+            assert SEGMENT_HEADER_SIZE <= self._synced_offset <= self._durable_offset, \
+                (self._synced_offset, self._durable_offset)
+            if self.policy != "off":
                 # batch/interval count durable only what an fsync covered
-                assert self._synced_offset >= self._durable_offset or \
-                    self._synced_offset == 0, (self._synced_offset, self._durable_offset)
+                assert self._synced_offset == self._durable_offset, \
+                    (self._synced_offset, self._durable_offset)
             assert SEGMENT_HEADER_SIZE <= self._durable_offset <= self._size <= max(
                 self.segment_bytes, SEGMENT_HEADER_SIZE + BLOCK_HEADER_SIZE + MAX_BLOCK_RECORDS
                 * self.record_size)

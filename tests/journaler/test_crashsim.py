@@ -198,10 +198,6 @@ def test_trials_fail_when_snapshots_run_ahead_of_the_synced_journal(tmp_path, mo
     assert any("JournalGapError" in str(f) for f in failures), failures[0]
 
 
-@pytest.mark.xfail(strict=True, raises=TrialFailure, reason=(
-    "out-of-order writeback under interval/off leaves intact unsynced blocks after a hole in "
-    "the last segment; reader rule 5a stops start-up (journal_corrupt) although nothing "
-    "acknowledged (interval) is damaged: needs a durable watermark the reader can trust"))
 def test_out_of_order_writeback_in_the_last_segment_is_a_torn_tail(tmp_path):
     totals, failures = run_trials(tmp_path, range(6000, 6012), writeback="scattered",
                                   segment_bytes=16384, max_batch=4, policy="interval")

@@ -33,11 +33,16 @@ SHARD = "s0"
 PER_SEGMENT = 1000          # records per segment in four_segments()
 
 
-def four_segments(d, total=4000, shard=SHARD):
-    """Records 1..total, blocks of 50, a new segment every PER_SEGMENT records."""
+def four_segments(d, total=4000, shard=SHARD, fsync="off"):
+    """Records 1..total, blocks of 50, a new segment every PER_SEGMENT records.
+
+    ``fsync="off"``: the last segment's blocks were never synced (each claims
+    only its header durable); ``"batch"``: each block claims every block
+    before it durable.
+    """
     block = 50
     segment_bytes = SEGMENT_HEADER_SIZE + (PER_SEGMENT // block) * (BLOCK_HEADER_SIZE + block * RS)
-    with JournalWriter(d, shard, segment_bytes=segment_bytes, fsync="off") as w:
+    with JournalWriter(d, shard, segment_bytes=segment_bytes, fsync=fsync) as w:
         for seq in range(1, total + 1, block):
             w.append(seq, make_records(seq, block).tobytes())
     segs = list_segments(d, shard)
@@ -127,18 +132,173 @@ def test_damaged_header_of_last_segment_with_records_stops_startup(tmp_path):
                         "valid_through": 3000, "first_lost_seq": 3001, "last_lost_seq": 4000})
 
 
-@pytest.mark.pypy
-def test_zeros_in_last_segment_followed_by_intact_blocks_stop_startup(tmp_path):
-    d = str(tmp_path)
-    segs = four_segments(d)
-    path = segs[3][1]
-    off = block_offset(5)
-    with open(path, "r+b") as f:               # one block's bytes lost, later ones intact
+def zero_block(path, index):
+    """Zeros over block ``index`` of a four_segments() segment: its bytes lost, later ones intact."""
+    off = block_offset(index)
+    with open(path, "r+b") as f:
         f.seek(off)
         f.write(b"\0" * (BLOCK_HEADER_SIZE + 50 * RS))
+    return off
+
+
+@pytest.mark.pypy
+def test_zeros_in_synced_bytes_of_last_segment_followed_by_intact_blocks_stop_startup(tmp_path):
+    """Rule 5a: the intact block after the zeros says they were fsynced: damage, not a tear."""
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="batch")
+    path = segs[3][1]
+    off = zero_block(path, 5)
+    e = start_must_stop(d, {"path": path, "offset": off, "reason": "bad_block_header",
+                            "valid_through": 3250, "first_lost_seq": 3251, "last_lost_seq": 4000,
+                            "records_after": 700})
+    assert "offset %d was durable: the intact block at offset %d (seqs 3301..3350) says " \
+        "synced_through=%d" % (off, block_offset(6), block_offset(6)) in str(e)
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).startup == "stop"
+
+
+@pytest.mark.pypy
+def test_zeros_in_never_synced_bytes_of_last_segment_are_a_torn_tail(tmp_path):
+    """Rule 5: out-of-order writeback after a power loss -- a hole, then intact blocks that
+    were never durable either (each claims only the segment header): cut at the hole."""
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="off")
+    path = segs[3][1]
+    off = zero_block(path, 5)
+    tail = os.path.getsize(path) - off
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).startup == "cut_torn_tail"
+    assert recovery.durable_sequence(d, SHARD) == 3250
+    log = Lines()
+    with JournalWriter(d, SHARD, log=log) as w:
+        assert w.next_sequence == 3251
+    cut = log.named("journal_tail_cut")
+    assert len(cut) == 1, log.lines
+    c = cut[0]
+    assert (c["level"], c["file"], c["offset"], c["bytes"], c["reason"]) == \
+        ("WARN", path, off, tail, "bad_block_header")
+    assert (c["first_cut_seq"], c["intact_seqs_cut"], c["intact_records_cut"], c["watermark"]) == \
+        (3251, "3301..4000", 700, SEGMENT_HEADER_SIZE)
+    assert os.path.getsize(path) == off and os.path.getsize(c["quarantine"]) == tail
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
+
+
+def interval_segment(d, synced_blocks, blocks=10):
+    """One segment of ``blocks`` blocks of 50 under ``interval``, synced after ``synced_blocks``."""
+    with JournalWriter(d, SHARD, fsync="interval", fsync_interval_ms=10 ** 9,
+                       clock=lambda: 0.0) as w:
+        for i in range(blocks):
+            w.append(1 + 50 * i, make_records(1 + 50 * i, 50).tobytes())
+            if i + 1 == synced_blocks:
+                w.sync()
+        assert w.durable_sequence == 50 * synced_blocks
+        w._fd, fd = None, w._fd             # a power loss: no close-time sync
+        os.close(fd)
+
+
+@pytest.mark.pypy
+@pytest.mark.parametrize("zeroed", [0, 2, 3, 4, 7])
+def test_last_segment_zeros_stop_when_synced_and_are_cut_when_never_synced(tmp_path, zeroed):
+    """The exact rule: blocks 0..3 were fsynced (every later block says synced_through = end of
+    block 3); zeros over block 0..3 stop start-up, zeros over block 4.. are a torn tail."""
+    d = str(tmp_path)
+    interval_segment(d, synced_blocks=4)
+    path = list_segments(d, SHARD)[0][1]
+    off = zero_block(path, zeroed)
+    if zeroed < 4:
+        start_must_stop(d, {"path": path, "offset": off, "reason": "bad_block_header",
+                            "valid_through": 50 * zeroed, "first_lost_seq": 50 * zeroed + 1,
+                            "last_lost_seq": 500, "records_after": 50 * (9 - zeroed)})
+        return
+    log = Lines()
+    with JournalWriter(d, SHARD, log=log) as w:
+        assert w.next_sequence == 50 * zeroed + 1
+    c = log.named("journal_tail_cut")[0]
+    assert (c["offset"], c["watermark"], c["intact_records_cut"]) == \
+        (off, block_offset(4), 50 * (9 - zeroed))
+
+
+@pytest.mark.pypy
+def test_flipped_byte_in_synced_bytes_of_last_segment_stops_startup(tmp_path):
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="batch")
+    path = segs[3][1]
+    flip_byte(path, block_offset(8) + BLOCK_HEADER_SIZE + 11 * RS)
+    start_must_stop(d, {"path": path, "offset": block_offset(8), "reason": "crc_mismatch",
+                        "valid_through": 3400, "first_lost_seq": 3401, "last_lost_seq": 4000,
+                        "records_after": 550})
+
+
+@pytest.mark.pypy
+def test_the_watermark_is_covered_by_the_block_crc(tmp_path):
+    """A flipped watermark makes its block not intact: it can neither raise nor lower a claim."""
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="batch")
+    path = segs[3][1]
+    with open(path, "rb") as f:
+        f.seek(block_offset(19) + 20)
+        assert struct.unpack("<Q", f.read(8))[0] == block_offset(19)
+    flip_byte(path, block_offset(19) + 21)                 # the last block's synced_through
+    assert recovery.durable_sequence(d, SHARD) == 3950     # its own claim was its offset: torn
+    flip_byte(path, block_offset(19) + 21)
+    flip_byte(path, block_offset(18) + 21)                 # a claim before an intact block
+    start_must_stop(d, {"path": path, "offset": block_offset(18), "reason": "crc_mismatch",
+                        "valid_through": 3900, "first_lost_seq": 3901, "last_lost_seq": 4000})
+
+
+def as_format_1(path):
+    """Rewrite a segment as the format 1 writer left it: version 1, no block watermarks."""
+    from journaler.segment import pack_segment_header, unpack_segment_header
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+    h = unpack_segment_header(bytes(data[:SEGMENT_HEADER_SIZE]), path)
+    data[:SEGMENT_HEADER_SIZE] = pack_segment_header(h.schema_hash, h.record_size, h.first_seq,
+                                                     h.shard, h.created_ns, h.pid, h.host,
+                                                     format_version=1)
+    off = SEGMENT_HEADER_SIZE
+    while off < len(data):
+        _magic, count, first, _crc, _synced = struct.unpack_from("<4sIqIQ", data, off)
+        body = bytes(data[off + BLOCK_HEADER_SIZE:off + BLOCK_HEADER_SIZE + count * RS])
+        data[off:off + BLOCK_HEADER_SIZE] = pack_block_header(first, count,
+                                                              block_crc(first, count, [body]))
+        off += BLOCK_HEADER_SIZE + count * RS
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.pypy
+def test_format_1_last_segment_keeps_the_format_1_rule(tmp_path):
+    """No watermark to trust: zeros followed by intact blocks stop start-up as before."""
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="off")
+    for _first, path in segs:
+        as_format_1(path)
+    assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
+    path = segs[3][1]
+    off = zero_block(path, 5)
     start_must_stop(d, {"path": path, "offset": off, "reason": "bad_block_header",
                         "valid_through": 3250, "first_lost_seq": 3251, "last_lost_seq": 4000,
                         "records_after": 700})
+
+
+@pytest.mark.pypy
+def test_writer_never_appends_to_a_format_1_segment(tmp_path):
+    """It continues a format 1 journal in a new format 2 segment; the whole journal reads."""
+    from journaler.segment import unpack_segment_header
+    d = str(tmp_path)
+    segs = four_segments(d, fsync="off")
+    for _first, path in segs:
+        as_format_1(path)
+    size = os.path.getsize(segs[3][1])
+    with JournalWriter(d, SHARD, fsync="batch") as w:
+        assert w.next_sequence == 4001
+        w.append(4001, make_records(4001, 50).tobytes())
+    assert os.path.getsize(segs[3][1]) == size
+    now = list_segments(d, SHARD)
+    assert [f for f, _ in now] == [1, 1001, 2001, 3001, 4001]
+    with open(now[-1][1], "rb") as f:
+        assert unpack_segment_header(f.read(SEGMENT_HEADER_SIZE)).format_version == 2
+    seqs, arr = JournalReader(d, SHARD).array()
+    check_content(seqs, arr)
+    assert seqs[-1] == 4050 and verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
 
 
 @pytest.mark.pypy
