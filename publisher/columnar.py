@@ -43,6 +43,10 @@ rules 1-8 hold unchanged, these say how):
 5. Trades go to a numpy ring per symbol (``trades_keep``); the 24h window is an
    append-only array per symbol with a moving head (stream time never goes
    back), volumes kept as running sums, high/low from per-block extrema.
+7. A batch of at most ``SMALL_BATCH`` events is applied one event at a time on the
+   same columns (``_apply_small``): a fixed ~100-300 numpy calls per batch would cost
+   more than the object model's loop at low load, where batches hold a few events.
+
 6. Order objects are ``OrderView``s: live views of a row, resolved by order id
    (so they stay right across compactions), exposing the ``OrderState``
    attributes; ``stop_price`` is writable (the API and the rebuild set it).
@@ -101,11 +105,20 @@ _STATUS_NAMES = ("pending", "open", "done")
 _DONE_NAMES = (None, "filled", "canceled", "expired")
 
 _EMPTY_I = np.zeros(0, np.int64)
+_ZERO1 = np.zeros(1, np.int64)
+
+#: batches of at most this many events take the per-event path (``_apply_small``)
+SMALL_BATCH = 128
+
+
+def _nz(mask):
+    """np.flatnonzero of a 1-d mask without its Python-level wrappers."""
+    return mask.nonzero()[0]
 
 
 def _take(arr, mask):
     """``arr[mask]`` for a structured array (take is ~9x faster than boolean indexing)."""
-    return arr.take(np.flatnonzero(mask))
+    return arr.take(np.nonzero(mask)[0])
 
 
 def _raw(arr):
@@ -299,7 +312,7 @@ class _Orders(object):
         inr = (off >= 0) & (off < size)
         rows = self.row_of[np.where(inr, off, 0)].astype(np.int64)
         found = inr & (rows >= 0)
-        old = np.flatnonzero(off < 0)
+        old = _nz(off < 0)
         if len(old):
             n = self.n
             idcol = self.cols["id"][:n]
@@ -478,13 +491,13 @@ class _ByRow(object):
 
     def last(self, mask):
         """(rows, event indices) of the last event per row among ``mask`` (event order)."""
-        sel = np.flatnonzero(mask[self.order])
+        sel = _nz(mask[self.order])
         r = self.rows[sel]
         keep = _runs_last(r)
         return r[keep], self.order[sel[keep]]
 
     def first(self, mask):
-        sel = np.flatnonzero(mask[self.order])
+        sel = _nz(mask[self.order])
         r = self.rows[sel]
         keep = _runs_first(r)
         return r[keep], self.order[sel[keep]]
@@ -705,6 +718,10 @@ class BookSide(object):
         self.sizes = _EMPTY_I
 
     def set_levels(self, prices, sizes):
+        if len(prices) <= 4:
+            for p, size in zip(prices.tolist(), sizes.tolist()):
+                self._set_one(p, size)
+            return
         e, q = self.prices, self.sizes
         if not len(e):
             keep = sizes != 0
@@ -716,19 +733,34 @@ class BookSide(object):
         q = q.copy()
         q[pos[hit]] = sizes[hit]
         new = ~hit & (sizes != 0)
-        if new.any():
-            e = np.insert(e, pos[new], prices[new])
-            q = np.insert(q, pos[new], sizes[new])
+        if new.any():                        # merge (np.insert costs ~10x more per call)
+            e = np.concatenate((e, prices[new]))
+            q = np.concatenate((q, sizes[new]))
+            o = np.argsort(e, kind="stable")
+            e, q = e[o], q[o]
         if (sizes[hit] == 0).any():
             keep = q != 0
             e, q = e[keep], q[keep]
         self.prices, self.sizes = e, q
 
+    def _set_one(self, price, size):
+        e, q = self.prices, self.sizes
+        i = int(e.searchsorted(price))
+        if i < len(e) and e[i] == price:
+            if size:
+                q[i] = size
+            else:
+                self.prices = np.concatenate((e[:i], e[i + 1:]))
+                self.sizes = np.concatenate((q[:i], q[i + 1:]))
+        elif size:
+            self.prices = np.concatenate((e[:i], np.array([price], np.int64), e[i:]))
+            self.sizes = np.concatenate((q[:i], np.array([size], np.int64), q[i:]))
+
     def clear(self):
         self.prices, self.sizes = _EMPTY_I, _EMPTY_I
 
     def __setitem__(self, price, size):
-        self.set_levels(np.array([price], np.int64), np.array([size], np.int64))
+        self._set_one(price, size)
 
     def pop(self, price, default=None):
         i = int(np.searchsorted(self.prices, price))
@@ -984,6 +1016,8 @@ class ColumnarReadModel(object):
         if not n:
             changes.ts_ns = self.last_timestamp_ns
             return changes
+        if n <= SMALL_BATCH:
+            return self._apply_small(arr, changes)
         kind = arr["kind"].copy()                     # contiguous: compared many times
         present = np.bincount(kind, minlength=16)
         seqs = arr["seq"]
@@ -1017,7 +1051,7 @@ class ColumnarReadModel(object):
                 rej = (kind == _K_REJECTED) & cmd_new
                 if rej.any():
                     self._add_rejections(_take(arr, rej))
-        upd = np.flatnonzero(_UPDATE_KIND[kind])
+        upd = _nz(_UPDATE_KIND[kind])
         fills_found = _EMPTY_I
         if len(upd):
             ev = arr.take(upd)
@@ -1052,6 +1086,209 @@ class ColumnarReadModel(object):
         changes.ticker.update(changes.level2)
         changes.ticker.update(changes.trades)
         return changes
+
+    def _apply_small(self, arr, changes):
+        """``apply`` for a batch of at most ``SMALL_BATCH`` events, one event at a time
+        (rule 7): the vectorized path costs ~100-300 numpy calls per batch whatever its
+        size, this one a few microseconds per event (the object model's loop on the
+        columns).  The equality test feeds batches of 1 to 600 events, so it checks both."""
+        t = self._orders
+        c = t.cols
+        symbols = self.symbols
+        specs = self.specs
+        l2 = changes.level2
+        levels = {}                       # (sym, side) -> {price: qty}, final values
+        trades = {}                       # sym -> [trade tuples]
+        closed = []
+        open_seq, applied = self._open_seq, self.applied_seq
+        ts_max = self.last_timestamp_ns
+        user_rows = []
+        rejected = []
+        status_events = []
+        events = _events_of(arr)
+        for pos, e in enumerate(events):
+            kind = e.kind
+            seq = e.seq
+            if seq != open_seq:
+                if seq > open_seq and open_seq > applied:
+                    applied = open_seq
+                open_seq = seq
+            if kind == _K_BOOK_DELTA:
+                sym = e.symbol_id
+                if sym in symbols:
+                    levels.setdefault((sym, e.side), {})[e.price] = e.qty
+                    symbols[sym].book_seq = seq
+                    lv = l2.get(sym)
+                    if lv is None:
+                        lv = l2[sym] = {}
+                    lv[(e.side, e.price)] = e.qty
+            elif kind == _K_TRADE:
+                if e.symbol_id in symbols:
+                    trades.setdefault(e.symbol_id, []).append(
+                        (e.trade_id, e.price, e.qty, e.side, e.timestamp_ns, seq,
+                         e.counter_order_id, e.order_id))
+            elif kind == _K_SYMBOL_STATUS:
+                view = symbols.get(e.symbol_id)
+                if view is not None:
+                    view.halted = e.reason == _HALTED
+                    status_events.append(e)
+            elif _USER_KIND[kind]:
+                user_rows.append(pos)
+                if kind == _K_BALANCE:
+                    self._total_op(e.account_id * 65536 + e.symbol_id, e.amount + e.aux, True)
+                elif kind == _K_ACCEPTED:
+                    if e.command_kind == _C_NEW:
+                        self._create_one(e, arr, pos)
+                elif kind == _K_REJECTED:
+                    if e.command_kind == _C_NEW:
+                        rejected.append(pos)
+                else:
+                    row = t.row(e.order_id)
+                    if row >= 0:
+                        self._update_one(c, row, e, specs)
+            if e.timestamp_ns > ts_max:
+                ts_max = e.timestamp_ns
+            if e.flags & _LAST:
+                if seq > applied:
+                    applied = seq
+                closed.append(seq)
+        self._open_seq, self.applied_seq, self.last_timestamp_ns = open_seq, applied, ts_max
+        if rejected:
+            self._add_rejections(arr.take(rejected))
+        for (sym, side), book in levels.items():
+            prices = sorted(book)
+            view = symbols[sym]
+            (view.bids if side == _BUY else view.asks).set_levels(
+                np.array(prices, np.int64), np.array([book[p] for p in prices], np.int64))
+        for sym, rows in trades.items():
+            part = np.array(rows, TRADE_DTYPE)
+            symbols[sym]._add_trades(part)
+            changes.trades[sym] = TradeList(part)
+        changes.status = status_events
+        changes.closed_seqs = np.array(closed, np.int64)
+        self._forget_done()
+        report = self.report_accounts
+        if user_rows and (report is None or report):
+            if report is not None:
+                user_rows = [i for i in user_rows if events[i].account_id in report]
+            if user_rows:
+                self._reports(arr.take(user_rows), changes.user)
+        self.events_applied += len(arr)
+        changes.ts_ns = self.last_timestamp_ns
+        changes.ticker.update(l2)
+        changes.ticker.update(changes.trades)
+        return changes
+
+    def _create_one(self, e, arr, pos):
+        """ACCEPTED of one NEW_ORDER (``_create`` for one event, without numpy calls)."""
+        t = self._orders
+        oid = e.order_id or e.seq
+        n = t.n
+        if n and oid <= t.cols["id"][n - 1]:
+            self._create(arr[pos:pos + 1])
+            return
+        t.reserve(1)
+        c = t.cols
+        c["id"][n] = oid
+        c["account_id"][n] = e.account_id
+        c["symbol_id"][n] = e.symbol_id
+        c["side"][n] = e.side
+        c["order_type"][n] = e.order_type
+        c["tif"][n] = e.tif
+        c["flags"][n] = e.flags
+        c["price"][n] = e.price
+        c["qty"][n] = e.qty
+        c["filled"][n] = e.filled
+        c["remaining"][n] = e.remaining
+        c["reason"][n] = e.reason
+        c["client_order_id"][n] = e.client_order_id
+        c["funds"][n] = e.amount
+        c["status"][n] = _PENDING if _STOP_TYPE[e.order_type] else _OPEN
+        c["created_ns"][n] = e.timestamp_ns
+        c["last_seq"][n] = e.seq
+        c["hold"][n] = e.aux
+        t.n = n + 1
+        if t.indexed == 0:
+            t.dbase = oid
+        off = oid - t.dbase
+        if 0 <= off < len(t.row_of):
+            t.row_of[off] = n
+            t.indexed += 1
+        else:
+            t.index_rows(n, n + 1)
+        if e.client_order_id:
+            self._coid_parts.append((np.array([e.account_id], np.int64),
+                                     np.array([e.client_order_id], np.uint64),
+                                     np.array([oid], np.int64)))
+
+    def _update_one(self, c, row, e, specs):
+        """One FILL/CANCELLED/EXPIRED/AMENDED/TRIGGERED on ``row`` (the object model's
+        ``_apply_order_event``; rule 7)."""
+        kind = e.kind
+        c["last_seq"][row] = e.seq
+        status = c["status"]
+        if kind == _K_FILL:
+            spec = specs.get(e.symbol_id)
+            if spec is not None:                               # balances (rule 4)
+                rate = spec.taker_fee_bps if e.flags & _TAKER else spec.maker_fee_bps
+                c["fee_num"][row] += e.amount * rate
+                base = e.account_id * 65536 + spec.base_asset
+                quote = e.account_id * 65536 + spec.quote_asset
+                b = e.qty * spec.base_per_lot
+                if e.side == _BUY:
+                    self._total_op(base, b, False)
+                    self._total_op(quote, -e.amount - e.fee, False)
+                else:
+                    self._total_op(base, -b, False)
+                    self._total_op(quote, e.amount - e.fee, False)
+            c["filled"][row] = e.filled
+            c["remaining"][row] = e.remaining
+            c["executed_value"][row] += e.amount
+            c["fees"][row] += e.fee
+            c["fills"][row] += 1
+            if status[row] == _PENDING:
+                status[row] = _OPEN
+            if e.remaining == 0:
+                status[row] = _DONE
+                c["done_reason"][row] = 1
+                c["done_ns"][row] = e.timestamp_ns
+                self._close_one(c, row)
+        elif kind == _K_CANCELLED or kind == _K_EXPIRED:
+            c["remaining"][row] = 0
+            status[row] = _DONE
+            c["done_reason"][row] = 3 if kind == _K_EXPIRED else 2
+            c["reason"][row] = e.reason
+            c["done_ns"][row] = e.timestamp_ns
+            self._close_one(c, row)
+        elif kind == _K_AMENDED:
+            if e.reason == 0:
+                c["hold"][row] = e.aux
+            if e.price:
+                c["price"][row] = e.price
+            c["qty"][row] = e.qty
+            c["remaining"][row] = e.remaining
+        elif kind == _K_TRIGGERED:
+            status[row] = _OPEN
+            if e.aux:
+                c["stop_price"][row] = e.aux
+
+    def _close_one(self, c, row):
+        if not c["ever_done"][row]:
+            c["ever_done"][row] = True
+            self._log_done(c["id"][row:row + 1])
+
+    def _total_op(self, key, value, is_set):
+        """One BALANCE set (``is_set``) or FILL move of the total of ``key`` (rule 4)."""
+        tk = self._tot_keys
+        i = int(np.searchsorted(tk, key))
+        if i >= len(tk) or tk[i] != key:
+            tv = self._tot_vals
+            self._tot_keys = np.concatenate((tk[:i], np.array([key], np.int64), tk[i:]))
+            self._tot_vals = np.concatenate((tv[:i], _ZERO1, tv[i:]))
+        if is_set:
+            self._tot_vals[i] = value
+        else:
+            self._tot_vals[i] += value
 
     def _create(self, ev):
         """ACCEPTED of NEW_ORDER: new rows (rule 3)."""
@@ -1354,7 +1591,7 @@ class ColumnarReadModel(object):
     def _apply_totals(self, arr, kind, fills):
         """BALANCE sets and moves of FILLs of known orders (positions ``fills``) of totals
         per (account, asset) (rule 4)."""
-        bal = np.flatnonzero(kind == _K_BALANCE)
+        bal = _nz(kind == _K_BALANCE)
         if len(fills):
             fe = arr.take(fills)
             sid = fe["symbol_id"]
@@ -1441,13 +1678,13 @@ class ColumnarReadModel(object):
             ks = np.stack([sym[order], side[order], price[order]], axis=1)
             brk = np.ones(k, bool)
             brk[1:] = (ks[1:] != ks[:-1]).any(axis=1)
-            starts = np.flatnonzero(brk)
+            starts = _nz(brk)
             ends = np.append(starts[1:], k) - 1
             first, last = order[starts], order[ends]
         # unique levels sorted by (symbol, side, price): set each book side once
         u_sym, u_side, u_price, u_qty = sym[last], side[last], price[last], qty[last]
         group = u_sym * 4 + u_side
-        brk = np.flatnonzero(np.diff(group)) + 1
+        brk = _nz(np.diff(group)) + 1
         starts = [0] + brk.tolist()
         ends = brk.tolist() + [len(group)]
         symbols = self.symbols
@@ -1464,7 +1701,7 @@ class ColumnarReadModel(object):
             sel = o[f_sym == s]
             changes.level2[s] = LazyLevels(u_side[sel], u_price[sel], u_qty[sel])
             view = symbols[s]
-            view.book_seq = int(bseq[np.flatnonzero(sym == s)[-1]])
+            view.book_seq = int(bseq[_nz(sym == s)[-1]])
 
     def _apply_trades(self, tr, changes):
         tr = _take(tr, self._sym_ok[tr["symbol_id"]])
@@ -1606,7 +1843,7 @@ class ColumnarReadModel(object):
             m &= ~c["ever_done"][:n]
         else:
             m &= ~c["forgotten"][:n]
-        return np.flatnonzero(m)
+        return _nz(m)
 
     def _views(self, rows):
         ids = self._orders.cols["id"][rows].tolist()
@@ -1640,7 +1877,7 @@ class ColumnarReadModel(object):
     def orders(self):
         """{order_id: OrderView} of every remembered order (O(n): tests and tools only)."""
         t = self._orders
-        rows = np.flatnonzero(~t.cols["forgotten"][:t.n])
+        rows = _nz(~t.cols["forgotten"][:t.n])
         return {o.order_id: o for o in self._views(rows)}
 
     def _check(self):
