@@ -1,0 +1,1701 @@
+"""SoaMatcher: the matcher's rules (engine/matcher.py, M1-M9) on struct-of-arrays state.
+
+Theory of operation.  Same rules, same events byte for byte, same ``state_hash()`` and
+``snapshot()`` bytes as :class:`engine.matcher.Matcher` (the reference implementation,
+tests/engine/test_soa_matcher.py).  Only the representation differs:
+
+S1. Orders are *slots*: an index into parallel int lists (``o_id``, ``o_acct``,
+    ``o_price``, ``o_rem``, ...), allocated from a free list.  No Python object per order.
+    A slot is live while ``o_state`` is RESTING (on a level) or WAITING (a stop); a
+    slot whose order finished is returned to the free list at the end of the step that
+    finished it (after its last event was written).
+S2. A price-time FIFO is an intrusive doubly linked list through ``o_next``/``o_prev``
+    (-1 = none); a level is a slot of the level columns (``lv_head``, ``lv_tail``,
+    ``lv_total``, ``lv_count``), found by price through a per-side dict; the prices of a
+    side are kept in a ``SortedList`` (bids negated) as in :class:`OrderBook`.
+S3. Live orders by id: ``win[order_id - win_base]`` = slot + 1 (0 = not live), a list
+    that grows with the seq; when it is long, its older half is folded into the
+    ``old`` dict (only still-live orders) and dropped, so memory follows the live
+    orders, not the history.
+S4. Accounts are slots too: ``acct_slot`` maps account id -> slot; balances are one
+    flat list ``bal`` with account slot ``a`` at ``bal[a * W + i]`` (``W = 2 *
+    n_assets``, ``i`` as ``Accounts.index``: even = available, odd = held).  Each
+    account links its live orders through ``o_anext``/``o_aprev`` (mass cancel is
+    O(the account's orders)); client order ids per account in a dict created on first
+    use.
+S5. Events go straight into a :class:`BytesSink`'s buffer with one ``pack_into`` per
+    record (the sink's buffer is reused across takes); any other sink gets
+    ``emit_event``/``mark_last`` calls.
+
+Hot path per order: list stores, no allocation except the level dict/SortedList upkeep
+when a price level is created or emptied, GTT heap entries and stop-book keys.
+Py3.9-compatible (PyPy).
+"""
+import hashlib
+import heapq
+import struct
+
+from sortedcontainers import SortedList
+
+from engine.events import BytesSink
+from engine.matcher import (  # the wire codes and constants are the reference's
+    BUY, SELL, LIMIT, MARKET, STOP_LOSS, STOP_LIMIT, TAKE_PROFIT, TAKE_PROFIT_LIMIT,
+    GTC, GTT, IOC, FOK, F_POST, F_REPRICE, F_BY_CID, F_FUNDS, STP_DC, STP_CO, STP_CN,
+    STP_CB, E_ACCEPTED, E_REJECTED, E_FILL, E_CANCELLED, E_EXPIRED, E_TRIGGERED, E_TRADE,
+    E_DELTA, E_AMENDED, E_BALANCE, E_SNAPSHOT, E_STATUS, E_HASH, EF_MAKER, EF_TAKER,
+    EF_LAST, EF_REPRICED, EF_STOP, R_OK, R_UNKNOWN_COMMAND, R_UNKNOWN_SYMBOL,
+    R_INVALID_SIDE, R_INVALID_ORDER_TYPE, R_INVALID_TIF, R_INVALID_PRICE, R_INVALID_QTY,
+    R_QTY_BELOW_MIN, R_QTY_ABOVE_MAX, R_INVALID_STOP_PRICE, R_INVALID_EXPIRY,
+    R_INVALID_FLAGS, R_INVALID_STP, R_UNKNOWN_ACCOUNT, R_INVALID_FUNDS, R_VALUE_OVERFLOW,
+    R_DUPLICATE_CLIENT_ORDER_ID, R_UNKNOWN_ASSET, R_INVALID_AMOUNT, R_INSUFFICIENT_FUNDS,
+    R_PRICE_OUT_OF_BAND, R_POST_ONLY_WOULD_TAKE, R_FOK_NOT_FILLABLE, R_NO_LIQUIDITY,
+    R_SYMBOL_HALTED, R_ORDER_NOT_FOUND, R_NOT_ORDER_OWNER, R_AMEND_BELOW_FILLED,
+    R_AMEND_NOT_ALLOWED, R_ALREADY_HALTED, R_NOT_HALTED, R_NOT_PRIVILEGED,
+    R_CANCELLED_BY_USER, R_CANCELLED_IOC_REMAINDER, R_CANCELLED_MARKET_REMAINDER,
+    R_CANCELLED_STP, R_CANCELLED_MASS, R_CANCELLED_EXPIRED, R_CANCELLED_NO_FUNDS,
+    K_NOP, K_NEW, K_CANCEL, K_AMEND, K_MASS, K_DEPOSIT, K_WITHDRAW, K_SNAPSHOT, K_HALT,
+    K_RESUME, K_HASH, K_CLOCK, MAX_VALUE, SNAPSHOT_VERSION, SnapshotError,
+    _MAGIC, _MAX_TS, _MASK63, _CLOCK_TRAILER, _ALLOWED_TIF, _i64)
+from engine.order_book import NO_ASK, NO_BID
+from ringbuf.records import (EVENT_SIZE, MAX_CLOCK_SKEW_NS, PRIVILEGED_PRODUCER_ID_MAX,
+                             PRIVILEGED_PRODUCER_ID_MIN, event_struct)
+
+__all__ = ["SoaMatcher"]
+
+FREE, RESTING, WAITING = 0, 1, 2      # o_state
+_WINDOW_FOLD = 1 << 20                # S3: fold the window's older half beyond this length
+_pack_into = event_struct.pack_into
+_E2 = 2 * EVENT_SIZE
+_E3 = 3 * EVENT_SIZE
+_ORDER = struct.Struct("<qIHBBBBBBqqqqQHqqqq16sq")
+_SYM_HDR = struct.Struct("<HBqqII")
+
+
+class _Sym(object):
+    """One symbol: the spec's numbers flattened, its book (S2) and its stops."""
+
+    __slots__ = ("symbol_id", "spec", "base_i", "quote_i", "bpl", "u", "maker", "taker",
+                 "band", "min_qty", "max_qty", "halted", "last_price", "trade_id",
+                 "bid_levels", "ask_levels", "bid_prices", "ask_prices", "best_bid",
+                 "best_ask", "rising", "falling", "stops")
+
+    def __init__(self, spec, index):
+        self.symbol_id = spec.symbol_id
+        self.spec = spec
+        self.base_i = index[spec.base_asset]
+        self.quote_i = index[spec.quote_asset]
+        self.bpl = spec.base_per_lot
+        self.u = spec.quote_per_tick_lot
+        self.maker = spec.maker_fee_bps
+        self.taker = spec.taker_fee_bps
+        self.band = spec.price_band_bps
+        self.min_qty = spec.min_qty
+        self.max_qty = spec.max_qty
+        self.halted = spec.status == "halted"
+        self.last_price = 0
+        self.trade_id = 0
+        self.bid_levels = {}        # price -> level slot
+        self.ask_levels = {}
+        self.bid_prices = SortedList()   # negated
+        self.ask_prices = SortedList()
+        self.best_bid = NO_BID
+        self.best_ask = NO_ASK
+        self.rising = SortedList()  # (stop_price, order_id)
+        self.falling = SortedList()
+        self.stops = {}             # order_id -> slot
+
+
+class SoaMatcher(object):
+    """Drop-in for :class:`engine.matcher.Matcher`'s command processing, hashing and
+    snapshots (``process``, ``state_hash``, ``snapshot``, ``restore``, ``best_bid``,
+    ``best_ask``, ``last_price``, ``balance``, ``depth``, ``_check``).
+
+    ``process`` is O(1) plus O(log L) per level created/emptied plus O(1) per fill.
+    Raises only on bugs (and ValueError for a non-increasing seq).
+
+    Example::
+
+        >>> from engine.config import DEFAULT_CONFIG
+        >>> from engine.commands import Command
+        >>> m = SoaMatcher(DEFAULT_CONFIG, BytesSink())
+        >>> m.process(1, Command.deposit(7, 1, 100)); m.balance(7, 1)
+        (100, 0)
+    """
+
+    def __init__(self, config, sink):
+        self.config = config
+        self.sink = sink
+        if type(sink) is BytesSink:
+            self._bs = sink
+            self._emit_event = None
+            self._sink_mark_last = None
+        else:
+            self._bs = None
+            self._emit_event = sink.emit_event
+            self._sink_mark_last = sink.mark_last
+        self._seq = 0
+        self._ts = 0
+        self._ck = 0
+        self._ei = 0
+        # assets / accounts (S4)
+        self.asset_ids = sorted(config.assets)
+        self.index = dict((aid, 2 * i) for i, aid in enumerate(self.asset_ids))
+        self.n_assets = len(self.asset_ids)
+        self.W = 2 * self.n_assets
+        self.supply = [0] * self.n_assets
+        self.fee_account_id = config.fee_account_id
+        self.acct_slot = {}
+        self.a_id = []
+        self.a_norders = []
+        self.a_head = []
+        self.a_coid = []           # dict client order id -> order slot, or None
+        self.bal = []
+        self._new_account(config.fee_account_id)
+        self.symbols = dict((sid, _Sym(config.symbols[sid], self.index))
+                            for sid in sorted(config.symbols))
+        # order columns (S1)
+        self.o_id = []
+        self.o_acct = []        # account id
+        self.o_aslot = []       # account slot
+        self.o_sym = []
+        self.o_side = []
+        self.o_type = []
+        self.o_tif = []
+        self.o_flags = []
+        self.o_stp = []
+        self.o_price = []
+        self.o_qty = []
+        self.o_rem = []
+        self.o_filled = []
+        self.o_coid = []
+        self.o_prod = []
+        self.o_exp = []
+        self.o_stop = []
+        self.o_funds = []
+        self.o_hold = []
+        self.o_feenum = []
+        self.o_feepaid = []
+        self.o_prev = []
+        self.o_next = []
+        self.o_lvl = []
+        self.o_anext = []
+        self.o_aprev = []
+        self.o_state = []
+        self.o_free = []
+        # level columns (S2)
+        self.lv_price = []
+        self.lv_head = []
+        self.lv_tail = []
+        self.lv_total = []
+        self.lv_count = []
+        self.lv_free = []
+        # live orders by id (S3)
+        self.win = []
+        self.win_base = 1
+        self.old = {}
+        self.n_live = 0
+        self.expiry = []
+        self.now = 0
+        self.clock = 0
+        self.snapshot_seq = 0
+        self.last_seq = 0
+        self.commands = 0
+
+    # ==================================================================
+    # storage
+    # ==================================================================
+    def _new_account(self, account_id):
+        a = len(self.a_id)
+        self.acct_slot[account_id] = a
+        self.a_id.append(account_id)
+        self.a_norders.append(0)
+        self.a_head.append(-1)
+        self.a_coid.append(None)
+        self.bal.extend([0] * self.W)
+        return a
+
+    def _alloc(self, oid, account_id, a, sid, side, otype, tif, flags, stp, price, qty,
+               coid, prod, expire_ns, stop_price, funds):
+        free = self.o_free
+        if free:
+            s = free.pop()
+            self.o_id[s] = oid
+            self.o_acct[s] = account_id
+            self.o_aslot[s] = a
+            self.o_sym[s] = sid
+            self.o_side[s] = side
+            self.o_type[s] = otype
+            self.o_tif[s] = tif
+            self.o_flags[s] = flags
+            self.o_stp[s] = stp
+            self.o_price[s] = price
+            self.o_qty[s] = qty
+            self.o_rem[s] = qty
+            self.o_filled[s] = 0
+            self.o_coid[s] = coid
+            self.o_prod[s] = prod
+            self.o_exp[s] = expire_ns
+            self.o_stop[s] = stop_price
+            self.o_funds[s] = funds
+            self.o_hold[s] = 0
+            self.o_feenum[s] = 0
+            self.o_feepaid[s] = 0
+            self.o_prev[s] = -1
+            self.o_next[s] = -1
+            self.o_lvl[s] = -1
+            self.o_anext[s] = -1
+            self.o_aprev[s] = -1
+            self.o_state[s] = FREE
+            return s
+        s = len(self.o_id)
+        self.o_id.append(oid)
+        self.o_acct.append(account_id)
+        self.o_aslot.append(a)
+        self.o_sym.append(sid)
+        self.o_side.append(side)
+        self.o_type.append(otype)
+        self.o_tif.append(tif)
+        self.o_flags.append(flags)
+        self.o_stp.append(stp)
+        self.o_price.append(price)
+        self.o_qty.append(qty)
+        self.o_rem.append(qty)
+        self.o_filled.append(0)
+        self.o_coid.append(coid)
+        self.o_prod.append(prod)
+        self.o_exp.append(expire_ns)
+        self.o_stop.append(stop_price)
+        self.o_funds.append(funds)
+        self.o_hold.append(0)
+        self.o_feenum.append(0)
+        self.o_feepaid.append(0)
+        self.o_prev.append(-1)
+        self.o_next.append(-1)
+        self.o_lvl.append(-1)
+        self.o_anext.append(-1)
+        self.o_aprev.append(-1)
+        self.o_state.append(FREE)
+        return s
+
+    def _free(self, s):
+        """Return a finished order's slot (S1); a live one stays."""
+        if self.o_state[s] == FREE:
+            self.o_free.append(s)
+
+    def _lookup(self, oid):
+        """Slot of live order ``oid`` or -1.  O(1)."""
+        i = oid - self.win_base
+        if 0 <= i < len(self.win):
+            return self.win[i] - 1
+        return self.old.get(oid, -1)
+
+    def _register(self, s, state):
+        """Index a live order by id, account and client id (rule M8); GTT -> heap."""
+        oid = self.o_id[s]
+        win = self.win
+        i = oid - self.win_base
+        if i >= len(win):
+            if i - len(win) > _WINDOW_FOLD:     # a jump in ids: a fresh window at oid
+                self._fold(True)
+                self.win_base = oid
+                i = 0
+            elif i >= _WINDOW_FOLD:
+                self._fold(False)
+                i = oid - self.win_base
+            d = i + 1 - len(win)
+            if d == 1:
+                win.append(0)
+            else:
+                win.extend([0] * d)
+        if i >= 0:
+            win[i] = s + 1
+        else:
+            self.old[oid] = s
+        self.o_state[s] = state
+        self.n_live += 1
+        a = self.o_aslot[s]
+        self.a_norders[a] += 1
+        head = self.a_head[a]
+        self.o_anext[s] = head
+        self.o_aprev[s] = -1
+        if head >= 0:
+            self.o_aprev[head] = s
+        self.a_head[a] = s
+        coid = self.o_coid[s]
+        if coid:
+            d = self.a_coid[a]
+            if d is None:
+                d = self.a_coid[a] = {}
+            d[coid] = s
+        if self.o_tif[s] == GTT:
+            heapq.heappush(self.expiry, (self.o_exp[s], oid))
+
+    def _fold(self, everything=False):
+        """S3: move the live orders of the window's older half (or all of it, before a
+        jump in order ids) into ``old`` and drop that part."""
+        win = self.win
+        half = len(win) if everything else len(win) // 2
+        base = self.win_base
+        old = self.old
+        for i in range(half):
+            v = win[i]
+            if v:
+                old[base + i] = v - 1
+        del win[:half]
+        self.win_base = base + half
+
+    def _unregister(self, s):
+        oid = self.o_id[s]
+        i = oid - self.win_base
+        if 0 <= i < len(self.win):
+            self.win[i] = 0
+        else:
+            del self.old[oid]
+        self.o_state[s] = FREE
+        self.n_live -= 1
+        a = self.o_aslot[s]
+        self.a_norders[a] -= 1
+        nxt = self.o_anext[s]
+        prv = self.o_aprev[s]
+        if prv >= 0:
+            self.o_anext[prv] = nxt
+        else:
+            self.a_head[a] = nxt
+        if nxt >= 0:
+            self.o_aprev[nxt] = prv
+        coid = self.o_coid[s]
+        if coid:
+            del self.a_coid[a][coid]
+
+    # -- book (S2) ---------------------------------------------------------
+    def _book_insert(self, sym, s):
+        price = self.o_price[s]
+        if self.o_side[s] == BUY:
+            lv = sym.bid_levels.get(price, -1)
+            if lv < 0:
+                lv = self._new_level(price)
+                sym.bid_levels[price] = lv
+                sym.bid_prices.add(-price)
+                if price > sym.best_bid:
+                    sym.best_bid = price
+        else:
+            lv = sym.ask_levels.get(price, -1)
+            if lv < 0:
+                lv = self._new_level(price)
+                sym.ask_levels[price] = lv
+                sym.ask_prices.add(price)
+                if price < sym.best_ask:
+                    sym.best_ask = price
+        tail = self.lv_tail[lv]
+        self.o_prev[s] = tail
+        self.o_next[s] = -1
+        if tail < 0:
+            self.lv_head[lv] = s
+        else:
+            self.o_next[tail] = s
+        self.lv_tail[lv] = s
+        self.lv_total[lv] += self.o_rem[s]
+        self.lv_count[lv] += 1
+        self.o_lvl[s] = lv
+
+    def _new_level(self, price):
+        free = self.lv_free
+        if free:
+            lv = free.pop()
+            self.lv_price[lv] = price
+            self.lv_head[lv] = -1
+            self.lv_tail[lv] = -1
+            self.lv_total[lv] = 0
+            self.lv_count[lv] = 0
+            return lv
+        lv = len(self.lv_price)
+        self.lv_price.append(price)
+        self.lv_head.append(-1)
+        self.lv_tail.append(-1)
+        self.lv_total.append(0)
+        self.lv_count.append(0)
+        return lv
+
+    def _book_remove(self, sym, s):
+        """Unlink resting ``s`` (its remaining leaves the total); returns the level's
+        total afterwards (0 when the level emptied and was dropped)."""
+        lv = self.o_lvl[s]
+        prv = self.o_prev[s]
+        nxt = self.o_next[s]
+        if prv < 0:
+            self.lv_head[lv] = nxt
+        else:
+            self.o_next[prv] = nxt
+        if nxt < 0:
+            self.lv_tail[lv] = prv
+        else:
+            self.o_prev[nxt] = prv
+        self.o_prev[s] = self.o_next[s] = self.o_lvl[s] = -1
+        self.lv_total[lv] -= self.o_rem[s]
+        count = self.lv_count[lv] - 1
+        self.lv_count[lv] = count
+        if count == 0:
+            self._drop_level(sym, self.o_side[s], self.lv_price[lv])
+            return 0
+        return self.lv_total[lv]
+
+    def _drop_level(self, sym, side, price):
+        if side == BUY:
+            lv = sym.bid_levels.pop(price)
+            prices = sym.bid_prices
+            prices.remove(-price)
+            if price == sym.best_bid:
+                sym.best_bid = -prices[0] if prices else NO_BID
+        else:
+            lv = sym.ask_levels.pop(price)
+            prices = sym.ask_prices
+            prices.remove(price)
+            if price == sym.best_ask:
+                sym.best_ask = prices[0] if prices else NO_ASK
+        self.lv_free.append(lv)
+
+    # -- stops ---------------------------------------------------------------
+    def _rises(self, s):
+        return (self.o_side[s] == BUY) == (self.o_type[s] == STOP_LOSS or
+                                            self.o_type[s] == STOP_LIMIT)
+
+    def _stop_add(self, sym, s):
+        (sym.rising if self._rises(s) else sym.falling).add((self.o_stop[s], self.o_id[s]))
+        sym.stops[self.o_id[s]] = s
+
+    def _stop_remove(self, sym, s):
+        (sym.rising if self._rises(s) else sym.falling).remove((self.o_stop[s], self.o_id[s]))
+        del sym.stops[self.o_id[s]]
+
+    # ==================================================================
+    # events (S5)
+    # ==================================================================
+    def _ev(self, kind, side, otype, tif, flags, sid, reason, prod, account_id, oid, price,
+            qty, rem, filled, fee, amount, trade_id, c_oid, c_acct, coid, aux):
+        ei = self._ei
+        self._ei = ei + 1
+        bs = self._bs
+        if bs is not None:
+            end = bs._end
+            if end > bs._limit:
+                bs._grow()
+            _pack_into(bs._buf, end, kind, side, otype, tif, flags, self._ck, sid, reason, prod,
+                       account_id, self._seq, oid, price, qty, rem, filled, fee, amount,
+                       trade_id, c_oid, c_acct, ei, self._ts, coid, aux)
+            bs._end = end + EVENT_SIZE
+        else:
+            self._emit_event(kind, side, otype, tif, flags, self._ck, sid, reason, prod,
+                             account_id, self._seq, oid, price, qty, rem, filled, fee, amount,
+                             trade_id, c_oid, c_acct, ei, self._ts, coid, aux)
+
+    def _oev(self, kind, s, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
+             aux):
+        """An event about order slot ``s`` (EventWriter.order)."""
+        self._ev(kind, self.o_side[s], self.o_type[s], self.o_tif[s], flags, self.o_sym[s],
+                 reason, self.o_prod[s], self.o_acct[s], self.o_id[s], price, qty,
+                 self.o_rem[s], self.o_filled[s], fee, amount, trade_id, c_oid, c_acct,
+                 self.o_coid[s], aux)
+
+    def _delta(self, sid, side, price, total):
+        self._ev(E_DELTA, side, 0, 0, 0, sid, 0, 0, 0, 0, price, total, 0, 0, 0, 0, 0, 0, 0, 0,
+                 0)
+
+    def _fill(self, m, o, sid, price, q, mfee, tfee, n, trade_id):
+        """Maker FILL, taker FILL, TRADE (EventWriter.fill)."""
+        maker_id = self.o_id[m]
+        maker_acct = self.o_acct[m]
+        taker_id = self.o_id[o]
+        taker_acct = self.o_acct[o]
+        taker_side = self.o_side[o]
+        bs = self._bs
+        if bs is not None:
+            end = bs._end
+            if end > bs._limit:
+                bs._grow()
+            buf = bs._buf
+            ei = self._ei
+            ck = self._ck
+            seq = self._seq
+            ts = self._ts
+            _pack_into(buf, end, E_FILL, self.o_side[m], self.o_type[m], self.o_tif[m],
+                       EF_MAKER, ck, sid, 0, self.o_prod[m], maker_acct, seq, maker_id, price,
+                       q, self.o_rem[m], self.o_filled[m], mfee, n, trade_id, taker_id,
+                       taker_acct, ei, ts, self.o_coid[m], 0)
+            _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, self.o_type[o],
+                       self.o_tif[o], EF_TAKER, ck, sid, 0, self.o_prod[o], taker_acct, seq,
+                       taker_id, price, q, self.o_rem[o], self.o_filled[o], tfee, n, trade_id,
+                       maker_id, maker_acct, ei + 1, ts, self.o_coid[o], 0)
+            _pack_into(buf, end + _E2, E_TRADE, taker_side, 0, 0, 0, ck, sid, 0, 0, taker_acct,
+                       seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct,
+                       ei + 2, ts, 0, 0)
+            self._ei = ei + 3
+            bs._end = end + _E3
+            return
+        self._ev(E_FILL, self.o_side[m], self.o_type[m], self.o_tif[m], EF_MAKER, sid, 0,
+                 self.o_prod[m], maker_acct, maker_id, price, q, self.o_rem[m],
+                 self.o_filled[m], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m], 0)
+        self._ev(E_FILL, taker_side, self.o_type[o], self.o_tif[o], EF_TAKER, sid, 0,
+                 self.o_prod[o], taker_acct, taker_id, price, q, self.o_rem[o],
+                 self.o_filled[o], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o], 0)
+        self._ev(E_TRADE, taker_side, 0, 0, 0, sid, 0, 0, taker_acct, taker_id, price, q, 0, 0,
+                 0, n, trade_id, maker_id, maker_acct, 0, 0)
+
+    def _mark_last(self):
+        bs = self._bs
+        if bs is not None:
+            bs._buf[bs._end - EVENT_SIZE + 4] |= EF_LAST
+        else:
+            self._sink_mark_last()
+
+    # ==================================================================
+    # dispatch (rule M1, M9)
+    # ==================================================================
+    def process(self, seq, cmd):
+        """Apply one command (rule M1).  ``cmd``: any object with the command fields."""
+        kind = cmd.kind
+        if kind == K_NOP:
+            return
+        if seq <= self.last_seq:
+            raise ValueError("seq %d does not follow %d" % (seq, self.last_seq))
+        self.last_seq = seq
+        self.commands += 1
+        ts = cmd.timestamp_ns
+        refused = False
+        if kind >= K_SNAPSHOT:
+            privileged = PRIVILEGED_PRODUCER_ID_MIN <= cmd.producer_id \
+                <= PRIVILEGED_PRODUCER_ID_MAX
+            if kind == K_CLOCK:
+                if privileged:
+                    if self.clock < ts <= _MAX_TS:
+                        self.clock = ts
+                else:
+                    refused = True
+            elif kind <= K_HASH and not privileged and self.clock:
+                refused = True
+        clock = self.clock
+        if clock and ts > clock + MAX_CLOCK_SKEW_NS:
+            ts = clock + MAX_CLOCK_SKEW_NS
+        now = self.now
+        if ts > now and ts <= _MAX_TS:
+            self.now = now = ts
+        self._seq = seq
+        self._ts = now
+        self._ck = kind
+        self._ei = 0
+        expiry = self.expiry
+        if expiry and expiry[0][0] <= now:
+            self._expire(now)
+        if refused:
+            self._reject(cmd, R_NOT_PRIVILEGED, 0)
+        elif kind == K_NEW:
+            self._new_order(seq, cmd)
+        elif kind == K_CANCEL:
+            self._cancel(cmd)
+        elif kind == K_AMEND:
+            self._amend(cmd)
+        elif kind == K_MASS:
+            self._mass_cancel(cmd)
+        elif kind == K_DEPOSIT or kind == K_WITHDRAW:
+            self._transfer(kind, cmd)
+        elif kind == K_HALT or kind == K_RESUME:
+            self._halt(kind, cmd)
+        elif kind == K_SNAPSHOT or kind == K_HASH:
+            self._ack(cmd)
+            if kind == K_SNAPSHOT:
+                self.snapshot_seq = seq
+            h = self.state_hash() & _MASK63
+            self._ev(E_SNAPSHOT if kind == K_SNAPSHOT else E_HASH, 0, 0, 0, 0, 0, 0,
+                     cmd.producer_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, h)
+        elif kind == K_CLOCK:
+            self._ack(cmd)
+        else:
+            self._ck = kind & 0xFF
+            self._reject(cmd, R_UNKNOWN_COMMAND, 0)
+        self._mark_last()
+
+    def _reject(self, cmd, reason, order_id):
+        self._ev(E_REJECTED, cmd.side & 0xFF, cmd.order_type & 0xFF, cmd.tif & 0xFF, 0,
+                 cmd.symbol_id & 0xFFFF, reason, cmd.producer_id & 0xFFFF,
+                 cmd.account_id & 0xFFFFFFFF, _i64(order_id), _i64(cmd.price), _i64(cmd.qty),
+                 0, 0, 0, 0, 0, 0, 0, cmd.client_order_id & 0xFFFFFFFFFFFFFFFF, 0)
+
+    def _ack(self, cmd, order_id=0, qty=0, amount=0, aux=0):
+        self._ev(E_ACCEPTED, 0, 0, 0, 0, cmd.symbol_id, 0, cmd.producer_id, cmd.account_id,
+                 order_id, 0, qty, 0, 0, 0, amount, 0, 0, 0, cmd.client_order_id, aux)
+
+    # ==================================================================
+    # holds (rule M4)
+    # ==================================================================
+    def _need_rest(self, s, sym):
+        rem = self.o_rem[s]
+        if self.o_side[s] == SELL:
+            return rem * sym.bpl
+        n = self.o_price[s] * rem * sym.u
+        m = sym.maker
+        if m > 0:
+            return n - ((-(self.o_feenum[s] + n * m)) // 10000) - self.o_feepaid[s]
+        return n
+
+    def _need_stop(self, s, sym):
+        if self.o_side[s] == SELL:
+            return self.o_qty[s] * sym.bpl
+        if self.o_flags[s] & F_FUNDS:
+            return self.o_funds[s]
+        price = self.o_price[s]
+        if price == 0:
+            return 0
+        n = price * self.o_qty[s] * sym.u
+        return n - ((-n * sym.taker) // 10000)
+
+    # ==================================================================
+    # NEW_ORDER
+    # ==================================================================
+    def _new_order(self, seq, cmd):
+        sym = self.symbols.get(cmd.symbol_id)
+        if sym is None:
+            return self._reject(cmd, R_UNKNOWN_SYMBOL, seq)
+        account_id = cmd.account_id
+        a = self.acct_slot.get(account_id, -1)
+        if a < 0 or account_id == self.fee_account_id:
+            return self._reject(cmd, R_UNKNOWN_ACCOUNT, seq)
+        side = cmd.side
+        otype = cmd.order_type
+        tif = cmd.tif
+        flags = cmd.flags
+        stp = cmd.stp
+        price = cmd.price
+        qty = cmd.qty
+        funds = 0
+        expire_ns = 0
+        stop_price = cmd.stop_price
+        if not (flags == 0 and stop_price == 0 and (side == BUY or side == SELL)
+                and 0 <= stp <= 3 and sym.min_qty <= qty <= sym.max_qty
+                and (tif == GTC or tif == IOC or tif == FOK)
+                and ((otype == LIMIT and 0 < price <= MAX_VALUE)
+                     or (otype == MARKET and price == 0))):
+            if side != BUY and side != SELL:
+                return self._reject(cmd, R_INVALID_SIDE, seq)
+            allowed_tif = _ALLOWED_TIF.get(otype)
+            if allowed_tif is None:
+                return self._reject(cmd, R_INVALID_ORDER_TYPE, seq)
+            if tif not in allowed_tif:
+                return self._reject(cmd, R_INVALID_TIF, seq)
+            if flags:
+                if flags & ~(F_POST | F_REPRICE | F_FUNDS):
+                    return self._reject(cmd, R_INVALID_FLAGS, seq)
+                if flags & F_POST:
+                    if otype != LIMIT or tif == IOC or tif == FOK:
+                        return self._reject(cmd, R_INVALID_FLAGS, seq)
+                elif flags & F_REPRICE:
+                    return self._reject(cmd, R_INVALID_FLAGS, seq)
+                if flags & F_FUNDS:
+                    if side != BUY or (otype != MARKET and otype != STOP_LOSS
+                                       and otype != TAKE_PROFIT):
+                        return self._reject(cmd, R_INVALID_FLAGS, seq)
+                    if tif == GTT or tif == FOK:
+                        return self._reject(cmd, R_INVALID_TIF, seq)
+            if stp < 0 or stp > 3:
+                return self._reject(cmd, R_INVALID_STP, seq)
+            if otype == LIMIT or otype == STOP_LIMIT or otype == TAKE_PROFIT_LIMIT:
+                if price <= 0:
+                    return self._reject(cmd, R_INVALID_PRICE, seq)
+                if price > MAX_VALUE:
+                    return self._reject(cmd, R_VALUE_OVERFLOW, seq)
+            elif price != 0:
+                return self._reject(cmd, R_INVALID_PRICE, seq)
+            if flags & F_FUNDS:
+                if qty != 0:
+                    return self._reject(cmd, R_INVALID_QTY, seq)
+                funds = cmd.funds
+                if funds <= 0:
+                    return self._reject(cmd, R_INVALID_FUNDS, seq)
+                if funds > MAX_VALUE:
+                    return self._reject(cmd, R_VALUE_OVERFLOW, seq)
+            else:
+                if qty <= 0:
+                    return self._reject(cmd, R_INVALID_QTY, seq)
+                if qty < sym.min_qty:
+                    return self._reject(cmd, R_QTY_BELOW_MIN, seq)
+                if qty > sym.max_qty:
+                    return self._reject(cmd, R_QTY_ABOVE_MAX, seq)
+            if otype >= STOP_LOSS:
+                if stop_price <= 0 or stop_price > MAX_VALUE:
+                    return self._reject(cmd, R_INVALID_STOP_PRICE, seq)
+            elif stop_price != 0:
+                return self._reject(cmd, R_INVALID_STOP_PRICE, seq)
+            if tif == GTT:
+                expire_ns = cmd.expire_ns
+                if expire_ns <= self.now or expire_ns > _MAX_TS:
+                    return self._reject(cmd, R_INVALID_EXPIRY, seq)
+        if sym.halted:
+            return self._reject(cmd, R_SYMBOL_HALTED, seq)
+        coid = cmd.client_order_id
+        if coid:
+            d = self.a_coid[a]
+            if d is not None and coid in d:
+                return self._reject(cmd, R_DUPLICATE_CLIENT_ORDER_ID, seq)
+        band = sym.band
+        if band and price and sym.last_price:
+            last = sym.last_price
+            if abs(price - last) * 10000 > last * band:
+                return self._reject(cmd, R_PRICE_OUT_OF_BAND, seq)
+        if funds:
+            qty = 0
+        s = self._alloc(seq, account_id, a, sym.symbol_id, side, otype, tif, flags, stp, price,
+                        qty, coid, cmd.producer_id, expire_ns, stop_price, funds)
+        if otype >= STOP_LOSS:
+            self._new_stop(s, sym, a, cmd)
+            if self.o_state[s] == FREE:
+                self.o_free.append(s)
+        elif not self._new_taker(s, sym, a, cmd, seq, side, otype, tif, flags, price, qty,
+                                 funds):
+            self.o_free.append(s)        # rejected
+
+    def _new_taker(self, s, sym, a, cmd, seq, side, otype, tif, flags, price, qty, funds):
+        """Limit/market entry.  None when rejected (the caller frees the slot), True once
+        accepted: the slot is then handled here (resting, or freed before the triggers
+        run, since a triggered order may take the slot)."""
+        bal = self.bal
+        ab = a * self.W
+        eflags = 0
+        if otype == LIMIT:
+            if flags & F_POST:
+                if side == BUY:
+                    if price >= sym.best_ask:
+                        if not flags & F_REPRICE or sym.best_ask <= 1:
+                            return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
+                        price = sym.best_ask - 1
+                        self.o_price[s] = price
+                        eflags = EF_REPRICED
+                elif price <= sym.best_bid:
+                    if not flags & F_REPRICE:
+                        return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
+                    price = sym.best_bid + 1
+                    self.o_price[s] = price
+                    eflags = EF_REPRICED
+                hold = self._need_rest(s, sym)
+            elif side == BUY:
+                n = price * qty * sym.u
+                hold = n - ((-n * sym.taker) // 10000)
+            else:
+                hold = qty * sym.bpl
+            hi = ab + (sym.quote_i if side == BUY else sym.base_i)
+            if hold > bal[hi]:
+                return self._reject(cmd, R_INSUFFICIENT_FUNDS, seq)
+            if tif == FOK and not self._fok_fillable(s, sym, ab):
+                return self._reject(cmd, R_FOK_NOT_FILLABLE, seq)
+        else:   # MARKET
+            if side == BUY:
+                if sym.best_ask == NO_ASK:
+                    return self._reject(cmd, R_NO_LIQUIDITY, seq)
+                hi = ab + sym.quote_i
+                hold = funds if funds else bal[hi]
+                if hold > bal[hi] or hold == 0:
+                    return self._reject(cmd, R_INSUFFICIENT_FUNDS, seq)
+            else:
+                if sym.best_bid == NO_BID:
+                    return self._reject(cmd, R_NO_LIQUIDITY, seq)
+                hi = ab + sym.base_i
+                hold = qty * sym.bpl
+                if hold > bal[hi]:
+                    return self._reject(cmd, R_INSUFFICIENT_FUNDS, seq)
+            if tif == FOK and not self._fok_fillable(s, sym, ab):
+                return self._reject(cmd, R_FOK_NOT_FILLABLE, seq)
+        bal[hi] -= hold
+        bal[hi + 1] += hold
+        self.o_hold[s] = hold
+        self._oev(E_ACCEPTED, s, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
+        if flags & F_POST:
+            self._rest(s, sym)
+        else:
+            last = sym.last_price
+            self._take(s, sym)
+            if self.o_state[s] == FREE:
+                self.o_free.append(s)
+            if sym.last_price != last and sym.stops:
+                self._run_triggers(sym)
+        return True
+
+    def _new_stop(self, s, sym, a, cmd):
+        last = sym.last_price
+        if last:
+            if self._rises(s):
+                triggered = last >= self.o_stop[s]
+            else:
+                triggered = last <= self.o_stop[s]
+            if triggered:
+                return self._reject(cmd, R_INVALID_STOP_PRICE, self.o_id[s])
+        hold = self._need_stop(s, sym)
+        hi = a * self.W + (sym.quote_i if self.o_side[s] == BUY else sym.base_i)
+        bal = self.bal
+        if hold > bal[hi]:
+            return self._reject(cmd, R_INSUFFICIENT_FUNDS, self.o_id[s])
+        bal[hi] -= hold
+        bal[hi + 1] += hold
+        self.o_hold[s] = hold
+        self._stop_add(sym, s)
+        self._register(s, WAITING)
+        self._oev(E_ACCEPTED, s, EF_STOP, 0, self.o_price[s], self.o_qty[s], 0,
+                  self.o_funds[s], 0, 0, 0, hold)
+
+    def _fok_fillable(self, s, sym, ab):
+        need = self.o_qty[s]
+        account_id = self.o_acct[s]
+        skip_own = self.o_stp[s] == STP_CO
+        side = self.o_side[s]
+        oprice = self.o_price[s]
+        budget = self.bal[ab + sym.quote_i] if (side == BUY and oprice == 0) else -1
+        cost = 0
+        fee_num = 0
+        u = sym.u
+        rate = sym.taker
+        o_acct = self.o_acct
+        o_rem = self.o_rem
+        o_next = self.o_next
+        lv_head = self.lv_head
+        if side == BUY:
+            limit = oprice or NO_ASK - 1
+            prices = sym.ask_prices
+            levels = sym.ask_levels
+            sign = 1
+        else:
+            limit = oprice or 1
+            prices = sym.bid_prices
+            levels = sym.bid_levels
+            sign = -1
+        for key in prices:
+            price = key * sign
+            if (sign == 1 and price > limit) or (sign == -1 and price < limit):
+                return False
+            m = lv_head[levels[price]]
+            while m >= 0:
+                if o_acct[m] == account_id:
+                    if not skip_own:
+                        return False
+                else:
+                    mrem = o_rem[m]
+                    q = mrem if mrem < need else need
+                    if budget >= 0:
+                        n = price * q * u
+                        fee_num += n * rate
+                        cost += n
+                        if cost - ((-fee_num) // 10000) > budget:
+                            return False
+                    need -= q
+                    if need == 0:
+                        return True
+                m = o_next[m]
+        return False
+
+    def _rest(self, s, sym):
+        need = self._need_rest(s, sym)
+        extra = self.o_hold[s] - need
+        if extra:
+            hi = self.o_aslot[s] * self.W + (sym.quote_i if self.o_side[s] == BUY
+                                             else sym.base_i)
+            bal = self.bal
+            bal[hi + 1] -= extra
+            bal[hi] += extra
+            self.o_hold[s] = need
+        self._book_insert(sym, s)
+        self._register(s, RESTING)
+        self._delta(sym.symbol_id, self.o_side[s], self.o_price[s],
+                    self.lv_total[self.o_lvl[s]])
+
+    def _release(self, s, sym):
+        hold = self.o_hold[s]
+        if hold:
+            hi = self.o_aslot[s] * self.W + (sym.quote_i if self.o_side[s] == BUY
+                                             else sym.base_i)
+            bal = self.bal
+            bal[hi + 1] -= hold
+            bal[hi] += hold
+            self.o_hold[s] = 0
+        return hold
+
+    def _take(self, s, sym):
+        otype = self.o_type[s]
+        price = self.o_price[s]
+        if self.o_side[s] == BUY:
+            crosses = sym.best_ask <= (price or NO_ASK - 1)
+        else:
+            crosses = sym.best_bid >= (price or 1)
+        stop_reason = self._match(s, sym) if crosses else 0
+        rem = self.o_rem[s]
+        tif = self.o_tif[s]
+        if rem > 0 and stop_reason == 0 and otype != MARKET and otype != STOP_LOSS and \
+                otype != TAKE_PROFIT and (tif == GTC or tif == GTT):
+            self._rest(s, sym)
+            return
+        if rem > 0 or self.o_funds[s]:
+            if stop_reason == 0:
+                if price == 0:
+                    stop_reason = R_CANCELLED_MARKET_REMAINDER
+                else:
+                    stop_reason = R_CANCELLED_IOC_REMAINDER
+            self.o_rem[s] = 0
+            released = self._release(s, sym)
+            self._oev(E_CANCELLED, s, 0, stop_reason, price, rem, 0, released, 0, 0, 0, 0)
+        else:
+            self._release(s, sym)
+
+    def _match(self, o, sym):
+        """Match taker slot ``o``; returns 0 or the reason its remainder must be cancelled."""
+        o_acct = self.o_acct
+        o_aslot = self.o_aslot
+        o_rem = self.o_rem
+        o_filled = self.o_filled
+        o_next = self.o_next
+        o_prev = self.o_prev
+        o_hold = self.o_hold
+        o_feenum = self.o_feenum
+        o_feepaid = self.o_feepaid
+        o_lvl = self.o_lvl
+        lv_head = self.lv_head
+        lv_tail = self.lv_tail
+        lv_total = self.lv_total
+        lv_count = self.lv_count
+        bal = self.bal
+        W = self.W
+        fee_b = self.acct_slot[self.fee_account_id] * W
+        side = self.o_side[o]
+        by_funds = self.o_funds[o]
+        oprice = self.o_price[o]
+        budget_limited = side == BUY and oprice == 0
+        rem = MAX_VALUE if by_funds else o_rem[o]
+        taker_rate = sym.taker
+        maker_rate = sym.maker
+        u = sym.u
+        bpl = sym.bpl
+        qi = sym.quote_i
+        bi = sym.base_i
+        tb = o_aslot[o] * W
+        account_id = o_acct[o]
+        symbol_id = sym.symbol_id
+        if side == BUY:
+            levels = sym.ask_levels
+            limit = oprice or NO_ASK - 1
+            mside = SELL
+        else:
+            levels = sym.bid_levels
+            limit = oprice or 1
+            mside = BUY
+        stop_reason = 0
+        last = 0
+        while rem > 0:
+            if side == BUY:
+                price = sym.best_ask
+                if price > limit:
+                    break
+            else:
+                price = sym.best_bid
+                if price < limit:
+                    break
+            lv = levels[price]
+            m = lv_head[lv]
+            while m >= 0:
+                nxt = o_next[m]
+                if o_acct[m] == account_id:
+                    mode = self.o_stp[o]
+                    if mode == STP_CO or (mode == STP_DC and by_funds):
+                        self._cancel_head(m, lv, sym, R_CANCELLED_STP)
+                        m = nxt
+                        continue
+                    if mode == STP_CN:
+                        stop_reason = R_CANCELLED_STP
+                        break
+                    if mode == STP_CB:
+                        self._cancel_head(m, lv, sym, R_CANCELLED_STP)
+                        stop_reason = R_CANCELLED_STP
+                        break
+                    mrem = o_rem[m]
+                    d = rem if rem < mrem else mrem
+                    if mrem > d:
+                        self._decrement_maker(m, lv, sym, d)
+                        stop_reason = R_CANCELLED_STP
+                        break
+                    mid = self.o_id[m]
+                    macct = o_acct[m]
+                    self._cancel_head(m, lv, sym, R_CANCELLED_STP)
+                    if rem == d:
+                        stop_reason = R_CANCELLED_STP
+                        break
+                    self.o_qty[o] -= d
+                    o_rem[o] -= d
+                    rem -= d
+                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, self.o_qty[o], 0, 0, 0,
+                              mid, macct, d)
+                    m = nxt
+                    continue
+                mrem = o_rem[m]
+                q = mrem if mrem < rem else rem
+                n = price * q * u
+                fn = o_feenum[o] + n * taker_rate
+                fp = -((-fn) // 10000)
+                tfee = fp - o_feepaid[o]
+                if budget_limited and n + tfee > o_hold[o]:
+                    q = self._affordable(o, price * u, q, taker_rate)
+                    if q == 0:
+                        stop_reason = R_CANCELLED_NO_FUNDS
+                        break
+                    n = price * q * u
+                    fn = o_feenum[o] + n * taker_rate
+                    fp = -((-fn) // 10000)
+                    tfee = fp - o_feepaid[o]
+                o_feenum[o] = fn
+                o_feepaid[o] = fp
+                fn = o_feenum[m] + n * maker_rate
+                fp = -((-fn) // 10000)
+                mfee = fp - o_feepaid[m]
+                o_feenum[m] = fn
+                o_feepaid[m] = fp
+                b = q * bpl
+                mb = o_aslot[m] * W
+                if side == BUY:
+                    cost = n + tfee
+                    o_hold[o] -= cost
+                    bal[tb + qi + 1] -= cost
+                    bal[tb + bi] += b
+                    o_hold[m] -= b
+                    bal[mb + bi + 1] -= b
+                    bal[mb + qi] += n - mfee
+                else:
+                    o_hold[o] -= b
+                    bal[tb + bi + 1] -= b
+                    bal[tb + qi] += n - tfee
+                    if mfee >= 0:
+                        cost = n + mfee
+                        o_hold[m] -= cost
+                        bal[mb + qi + 1] -= cost
+                    else:
+                        o_hold[m] -= n
+                        bal[mb + qi + 1] -= n
+                        bal[mb + qi] -= mfee
+                    bal[mb + bi] += b
+                bal[fee_b + qi] += tfee + mfee
+                rem -= q
+                o_filled[o] += q
+                if not by_funds:
+                    o_rem[o] -= q
+                o_filled[m] += q
+                mrem -= q
+                o_rem[m] = mrem
+                lv_total[lv] -= q
+                trade_id = sym.trade_id + 1
+                sym.trade_id = trade_id
+                last = price
+                self._fill(m, o, symbol_id, price, q, mfee, tfee, n, trade_id)
+                if mrem == 0:
+                    lv_head[lv] = nxt
+                    if nxt < 0:
+                        lv_tail[lv] = -1
+                    else:
+                        o_prev[nxt] = -1
+                    lv_count[lv] -= 1
+                    o_next[m] = -1
+                    o_lvl[m] = -1
+                    mhold = o_hold[m]
+                    if mhold:
+                        hi = mb + (qi if mside == BUY else bi)
+                        bal[hi + 1] -= mhold
+                        bal[hi] += mhold
+                        o_hold[m] = 0
+                    self._unregister(m)
+                    self.o_free.append(m)
+                    m = nxt
+                    if rem == 0:
+                        break
+                else:
+                    if rem:
+                        stop_reason = R_CANCELLED_NO_FUNDS
+                    break
+            if lv_count[lv] == 0:
+                self._delta(symbol_id, mside, price, 0)
+                self._drop_level(sym, mside, price)
+            else:
+                self._delta(symbol_id, mside, price, lv_total[lv])
+            if stop_reason:
+                break
+        if last:
+            sym.last_price = last
+        return stop_reason
+
+    def _affordable(self, o, pu, q, rate):
+        hold = self.o_hold[o]
+        est = (hold * 10000) // (pu * (10000 + rate)) + 1
+        if est < q:
+            q = est
+        fee_num = self.o_feenum[o]
+        fee_paid = self.o_feepaid[o]
+        while q > 0:
+            n = pu * q
+            if n - ((-(fee_num + n * rate)) // 10000) - fee_paid <= hold:
+                return q
+            q -= 1
+        return 0
+
+    def _cancel_head(self, m, lv, sym, reason):
+        """Cancel maker ``m`` at the head of level ``lv`` during matching (no delta)."""
+        nxt = self.o_next[m]
+        self.lv_head[lv] = nxt
+        if nxt < 0:
+            self.lv_tail[lv] = -1
+        else:
+            self.o_prev[nxt] = -1
+        self.lv_count[lv] -= 1
+        cancelled = self.o_rem[m]
+        self.lv_total[lv] -= cancelled
+        self.o_next[m] = -1
+        self.o_lvl[m] = -1
+        self.o_rem[m] = 0
+        released = self._release(m, sym)
+        self._unregister(m)
+        self._oev(E_CANCELLED, m, EF_MAKER, reason, self.o_price[m], cancelled, 0, released, 0,
+                  0, 0, 0)
+        self.o_free.append(m)
+
+    def _decrement_maker(self, m, lv, sym, d):
+        self.o_qty[m] -= d
+        self.o_rem[m] -= d
+        self.lv_total[lv] -= d
+        need = self._need_rest(m, sym)
+        extra = self.o_hold[m] - need
+        if extra:
+            hi = self.o_aslot[m] * self.W + (sym.quote_i if self.o_side[m] == BUY
+                                             else sym.base_i)
+            bal = self.bal
+            bal[hi + 1] -= extra
+            bal[hi] += extra
+            self.o_hold[m] = need
+        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, self.o_price[m], self.o_qty[m], 0,
+                  extra, 0, 0, 0, d)
+
+    # -- triggers (rule M7) ------------------------------------------------
+    def _pop_triggered(self, sym, last_price):
+        keys = []
+        rising = sym.rising
+        while rising and rising[0][0] <= last_price:
+            keys.append(rising.pop(0))
+        falling = sym.falling
+        while falling and falling[-1][0] >= last_price:
+            keys.append(falling.pop())
+        if not keys:
+            return keys
+        keys.sort()
+        stops = sym.stops
+        return [stops.pop(oid) for _, oid in keys]
+
+    def _run_triggers(self, sym):
+        while sym.stops:
+            batch = self._pop_triggered(sym, sym.last_price)
+            if not batch:
+                return
+            for s in batch:
+                self._unregister(s)
+                self._oev(E_TRIGGERED, s, EF_STOP, 0, self.o_price[s], self.o_qty[s], 0,
+                          self.o_funds[s], 0, 0, 0, self.o_stop[s])
+                buy_by_size = self.o_side[s] == BUY and self.o_price[s] == 0
+                if buy_by_size and not self.o_funds[s]:
+                    bal = self.bal
+                    qi = self.o_aslot[s] * self.W + sym.quote_i
+                    avail = bal[qi]
+                    bal[qi] = 0
+                    bal[qi + 1] += avail
+                    self.o_hold[s] = avail
+                if sym.halted:
+                    self._finish_unfilled(s, sym, R_SYMBOL_HALTED)
+                elif buy_by_size and self.o_hold[s] == 0:
+                    self._finish_unfilled(s, sym, R_CANCELLED_NO_FUNDS)
+                else:
+                    self._take(s, sym)
+                self._free(s)
+
+    def _finish_unfilled(self, s, sym, reason):
+        cancelled = self.o_rem[s]
+        self.o_rem[s] = 0
+        released = self._release(s, sym)
+        self._oev(E_CANCELLED, s, EF_STOP, reason, self.o_price[s], cancelled, 0, released, 0,
+                  0, 0, 0)
+
+    # -- expiry (rule M1) --------------------------------------------------
+    def _expire(self, now):
+        expiry = self.expiry
+        while expiry and expiry[0][0] <= now:
+            expire_ns, oid = heapq.heappop(expiry)
+            s = self._lookup(oid)
+            if s < 0 or self.o_exp[s] != expire_ns:
+                continue
+            self._remove_live(s, self.symbols[self.o_sym[s]], E_EXPIRED, R_CANCELLED_EXPIRED)
+
+    def _remove_live(self, s, sym, kind, reason):
+        """Remove a resting order or waiting stop; release its hold; emit kind (+ delta);
+        frees the slot."""
+        resting = self.o_state[s] == RESTING
+        price = self.o_price[s]
+        if resting:
+            total = self._book_remove(sym, s)
+        else:
+            self._stop_remove(sym, s)
+        cancelled = self.o_rem[s]
+        self.o_rem[s] = 0
+        released = self._release(s, sym)
+        self._unregister(s)
+        self._oev(kind, s, 0 if resting else EF_STOP, reason, price, cancelled, 0, released, 0,
+                  0, 0, 0)
+        if resting:
+            self._delta(sym.symbol_id, self.o_side[s], price, total)
+        self.o_free.append(s)
+
+    # ==================================================================
+    # CANCEL / AMEND / MASS_CANCEL
+    # ==================================================================
+    def _target(self, cmd):
+        """(account slot, order slot, reason) for a CANCEL/AMEND command."""
+        account_id = cmd.account_id
+        a = self.acct_slot.get(account_id, -1)
+        if a < 0 or account_id == self.fee_account_id:
+            return -1, -1, R_UNKNOWN_ACCOUNT
+        flags = cmd.flags
+        if flags & ~F_BY_CID:
+            return a, -1, R_INVALID_FLAGS
+        if flags:
+            coid = cmd.client_order_id
+            d = self.a_coid[a]
+            s = d.get(coid, -1) if (coid and d is not None) else -1
+            if s < 0:
+                return a, -1, R_ORDER_NOT_FOUND
+            return a, s, 0
+        s = self._lookup(cmd.order_id)
+        if s < 0:
+            return a, -1, R_ORDER_NOT_FOUND
+        if self.o_acct[s] != account_id:
+            return a, -1, R_NOT_ORDER_OWNER
+        return a, s, 0
+
+    def _cancel(self, cmd):
+        a, s, reason = self._target(cmd)
+        if reason:
+            return self._reject(cmd, reason, cmd.order_id if not cmd.flags & F_BY_CID else 0)
+        self._ack(cmd, self.o_id[s])
+        self._remove_live(s, self.symbols[self.o_sym[s]], E_CANCELLED, R_CANCELLED_BY_USER)
+
+    def _amend(self, cmd):
+        a, s, reason = self._target(cmd)
+        oid = cmd.order_id if not cmd.flags & F_BY_CID else 0
+        if reason:
+            return self._reject(cmd, reason, oid)
+        oid = self.o_id[s]
+        sym = self.symbols[self.o_sym[s]]
+        if self.o_state[s] != RESTING:
+            return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
+        if sym.halted:
+            return self._reject(cmd, R_SYMBOL_HALTED, oid)
+        price = cmd.price
+        qty = cmd.qty
+        if price < 0:
+            return self._reject(cmd, R_INVALID_PRICE, oid)
+        if price > MAX_VALUE:
+            return self._reject(cmd, R_VALUE_OVERFLOW, oid)
+        if qty < 0:
+            return self._reject(cmd, R_INVALID_QTY, oid)
+        old_price = self.o_price[s]
+        old_qty = self.o_qty[s]
+        old_rem = self.o_rem[s]
+        side = self.o_side[s]
+        new_price = price or old_price
+        new_qty = qty or old_qty
+        filled = self.o_filled[s]
+        if new_qty <= filled:
+            return self._reject(cmd, R_AMEND_BELOW_FILLED, oid)
+        if new_qty < sym.min_qty:
+            return self._reject(cmd, R_QTY_BELOW_MIN, oid)
+        if new_qty > sym.max_qty:
+            return self._reject(cmd, R_QTY_ABOVE_MAX, oid)
+        if new_price == old_price and new_qty == old_qty:
+            return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
+        if new_price != old_price:
+            if sym.band and sym.last_price:
+                last = sym.last_price
+                if abs(new_price - last) * 10000 > last * sym.band:
+                    return self._reject(cmd, R_PRICE_OUT_OF_BAND, oid)
+            if (side == BUY and new_price >= sym.best_ask) or \
+                    (side == SELL and new_price <= sym.best_bid):
+                return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
+        self.o_price[s] = new_price
+        self.o_qty[s] = new_qty
+        self.o_rem[s] = new_qty - filled
+        need = self._need_rest(s, sym)
+        hi = self.o_aslot[s] * self.W + (sym.quote_i if side == BUY else sym.base_i)
+        bal = self.bal
+        diff = need - self.o_hold[s]
+        if diff > bal[hi]:
+            self.o_price[s] = old_price
+            self.o_qty[s] = old_qty
+            self.o_rem[s] = old_rem
+            return self._reject(cmd, R_INSUFFICIENT_FUNDS, oid)
+        bal[hi] -= diff
+        bal[hi + 1] += diff
+        self.o_hold[s] = need
+        self._ack(cmd, oid)
+        lv = self.o_lvl[s]
+        if new_price == old_price and new_qty < old_qty:
+            self.lv_total[lv] -= old_rem - self.o_rem[s]
+            self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
+            self._delta(sym.symbol_id, side, new_price, self.lv_total[lv])
+        else:
+            new_rem = self.o_rem[s]
+            self.o_rem[s] = old_rem
+            self.o_price[s] = old_price
+            old_total = self._book_remove(sym, s)
+            self.o_price[s] = new_price
+            self.o_rem[s] = new_rem
+            self._book_insert(sym, s)
+            self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
+            if new_price != old_price:
+                self._delta(sym.symbol_id, side, old_price, old_total)
+            self._delta(sym.symbol_id, side, new_price, self.lv_total[self.o_lvl[s]])
+
+    def _orders_of(self, a, symbol_id=0):
+        """Live order slots of account slot ``a`` (of ``symbol_id``; 0 = all), ascending
+        order id.  O(the account's live orders)."""
+        out = []
+        s = self.a_head[a]
+        o_sym = self.o_sym
+        o_anext = self.o_anext
+        while s >= 0:
+            if not symbol_id or o_sym[s] == symbol_id:
+                out.append(s)
+            s = o_anext[s]
+        out.sort(key=self.o_id.__getitem__)
+        return out
+
+    def _mass_cancel(self, cmd):
+        account_id = cmd.account_id
+        a = self.acct_slot.get(account_id, -1)
+        if a < 0 or account_id == self.fee_account_id:
+            return self._reject(cmd, R_UNKNOWN_ACCOUNT, 0)
+        symbol_id = cmd.symbol_id
+        if symbol_id and symbol_id not in self.symbols:
+            return self._reject(cmd, R_UNKNOWN_SYMBOL, 0)
+        if cmd.flags:
+            return self._reject(cmd, R_INVALID_FLAGS, 0)
+        targets = self._orders_of(a, symbol_id)
+        self._ack(cmd, 0, len(targets))
+        symbols = self.symbols
+        for s in targets:
+            self._remove_live(s, symbols[self.o_sym[s]], E_CANCELLED, R_CANCELLED_MASS)
+
+    # ==================================================================
+    # DEPOSIT / WITHDRAW / HALT / RESUME
+    # ==================================================================
+    def _transfer(self, kind, cmd):
+        account_id = cmd.account_id
+        if account_id == self.fee_account_id or account_id < 0 or account_id >= (1 << 32):
+            return self._reject(cmd, R_UNKNOWN_ACCOUNT, 0)
+        a = self.acct_slot.get(account_id, -1)
+        if a < 0 and kind == K_WITHDRAW:
+            return self._reject(cmd, R_UNKNOWN_ACCOUNT, 0)
+        asset_id = cmd.symbol_id
+        i = self.index.get(asset_id)
+        if i is None:
+            return self._reject(cmd, R_UNKNOWN_ASSET, 0)
+        amount = cmd.qty
+        if amount <= 0:
+            return self._reject(cmd, R_INVALID_AMOUNT, 0)
+        bal = self.bal
+        if kind == K_DEPOSIT:
+            if amount > MAX_VALUE or self.supply[i >> 1] + amount > MAX_VALUE:
+                return self._reject(cmd, R_VALUE_OVERFLOW, 0)
+            if a < 0:
+                a = self._new_account(account_id)
+            bal[a * self.W + i] += amount
+            self.supply[i >> 1] += amount
+        else:
+            if amount > bal[a * self.W + i]:
+                return self._reject(cmd, R_INSUFFICIENT_FUNDS, 0)
+            bal[a * self.W + i] -= amount
+            self.supply[i >> 1] -= amount
+        self._ack(cmd, 0, amount)
+        j = a * self.W + i
+        self._ev(E_BALANCE, 0, 0, 0, 0, asset_id, 0, cmd.producer_id, account_id, 0, 0, amount,
+                 0, 0, 0, bal[j], 0, 0, 0, 0, bal[j + 1])
+
+    def _halt(self, kind, cmd):
+        sym = self.symbols.get(cmd.symbol_id)
+        if sym is None:
+            return self._reject(cmd, R_UNKNOWN_SYMBOL, 0)
+        if kind == K_HALT:
+            if sym.halted:
+                return self._reject(cmd, R_ALREADY_HALTED, 0)
+            sym.halted = True
+        else:
+            if not sym.halted:
+                return self._reject(cmd, R_NOT_HALTED, 0)
+            sym.halted = False
+        self._ack(cmd)
+        self._ev(E_STATUS, 0, 0, 0, 0, sym.symbol_id, R_SYMBOL_HALTED if sym.halted else R_OK,
+                 cmd.producer_id, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+    # ==================================================================
+    # queries
+    # ==================================================================
+    def best_bid(self, symbol_id):
+        """``(price_ticks, total_qty_lots)`` of the best bid, or None.  O(1)."""
+        sym = self.symbols[symbol_id]
+        if sym.best_bid == NO_BID:
+            return None
+        return (sym.best_bid, self.lv_total[sym.bid_levels[sym.best_bid]])
+
+    def best_ask(self, symbol_id):
+        """``(price_ticks, total_qty_lots)`` of the best ask, or None.  O(1)."""
+        sym = self.symbols[symbol_id]
+        if sym.best_ask == NO_ASK:
+            return None
+        return (sym.best_ask, self.lv_total[sym.ask_levels[sym.best_ask]])
+
+    def last_price(self, symbol_id):
+        return self.symbols[symbol_id].last_price or None
+
+    def balance(self, account_id, asset_id):
+        """``(available, held)`` in minor units; (0, 0) for an unknown account."""
+        a = self.acct_slot.get(account_id, -1)
+        if a < 0:
+            return (0, 0)
+        j = a * self.W + self.index[asset_id]
+        return (self.bal[j], self.bal[j + 1])
+
+    def depth(self, symbol_id, side, n=None):
+        """Best-first ``[(price, total)]`` of one side.  O(n)."""
+        sym = self.symbols[symbol_id]
+        if side == BUY:
+            prices = [-p for p in sym.bid_prices]
+            levels = sym.bid_levels
+        else:
+            prices = list(sym.ask_prices)
+            levels = sym.ask_levels
+        if n is not None:
+            prices = prices[:n]
+        return [(p, self.lv_total[levels[p]]) for p in prices]
+
+    def _resting_slots(self, sym):
+        out = []
+        for side in (BUY, SELL):
+            levels = sym.bid_levels if side == BUY else sym.ask_levels
+            for price, _ in self.depth(sym.symbol_id, side):
+                s = self.lv_head[levels[price]]
+                while s >= 0:
+                    out.append(s)
+                    s = self.o_next[s]
+        return out
+
+    def _stop_slots(self, sym):
+        keys = sorted(list(sym.rising) + list(sym.falling))
+        return [sym.stops[oid] for _, oid in keys]
+
+    # ==================================================================
+    # snapshot / restore / hash (same bytes as Matcher)
+    # ==================================================================
+    def _encode(self, clock=True):
+        n_assets = self.n_assets
+        out = [struct.pack("<qqH", self.last_seq, self.now, n_assets) if clock else b""]
+        out.append(struct.pack("<%dq" % n_assets, *self.supply))
+        ids = sorted(self.acct_slot)
+        out.append(struct.pack("<I", len(ids)))
+        fmt = struct.Struct("<I%dq" % self.W)
+        W = self.W
+        for aid in ids:
+            a = self.acct_slot[aid]
+            out.append(fmt.pack(aid, *self.bal[a * W:(a + 1) * W]))
+        pack = _ORDER.pack
+        for sid, sym in self.symbols.items():
+            resting = self._resting_slots(sym)
+            stops = self._stop_slots(sym)
+            out.append(_SYM_HDR.pack(sid, 1 if sym.halted else 0, sym.last_price,
+                                     sym.trade_id, len(resting), len(stops)))
+            for s in resting + stops:
+                out.append(pack(self.o_id[s], self.o_acct[s], self.o_sym[s], self.o_side[s],
+                                self.o_type[s], self.o_tif[s], self.o_flags[s], self.o_stp[s],
+                                0, self.o_price[s], self.o_qty[s], self.o_rem[s],
+                                self.o_filled[s], self.o_coid[s], self.o_prod[s],
+                                self.o_exp[s], self.o_stop[s], self.o_funds[s],
+                                self.o_hold[s],
+                                self.o_feenum[s].to_bytes(16, "little", signed=True),
+                                self.o_feepaid[s]))
+        if clock and self.clock:
+            out.append(_CLOCK_TRAILER + struct.pack("<q", self.clock))
+        return b"".join(out)
+
+    def state_hash(self):
+        """64-bit blake2b of the canonical state encoding (= Matcher.state_hash).  O(state)."""
+        h = hashlib.blake2b(self._encode(), digest_size=8,
+                            key=hashlib.sha256(self.config.fingerprint()).digest()[:16])
+        return int.from_bytes(h.digest(), "little")
+
+    def snapshot(self):
+        """Full state as bytes, the encoding of :meth:`engine.matcher.Matcher.snapshot`."""
+        fp = hashlib.sha256(self.config.fingerprint()).digest()[:8]
+        return _MAGIC + struct.pack("<I", SNAPSHOT_VERSION) + fp + self._encode()
+
+    @classmethod
+    def restore(cls, config, data, sink):
+        """A SoaMatcher in the state of ``data`` (a Matcher or SoaMatcher snapshot).
+
+        Raises SnapshotError on a bad magic, version or configuration fingerprint.
+        """
+        data = bytes(data)
+        if data[:8] != _MAGIC:
+            raise SnapshotError("not a matcher snapshot")
+        (version,) = struct.unpack_from("<I", data, 8)
+        if version != SNAPSHOT_VERSION:
+            raise SnapshotError("snapshot version %d, expected %d" % (version,
+                                                                       SNAPSHOT_VERSION))
+        if data[12:20] != hashlib.sha256(config.fingerprint()).digest()[:8]:
+            raise SnapshotError("snapshot was taken with a different exchange configuration")
+        m = cls(config, sink)
+        off = 20
+        m.last_seq, m.now, n_assets = struct.unpack_from("<qqH", data, off)
+        off += 18
+        if n_assets != m.n_assets:
+            raise SnapshotError("asset count mismatch")
+        m.supply = list(struct.unpack_from("<%dq" % n_assets, data, off))
+        off += 8 * n_assets
+        (n_accts,) = struct.unpack_from("<I", data, off)
+        off += 4
+        W = m.W
+        fmt = struct.Struct("<I%dq" % W)
+        for _ in range(n_accts):
+            values = fmt.unpack_from(data, off)
+            off += fmt.size
+            a = m.acct_slot.get(values[0], -1)
+            if a < 0:
+                a = m._new_account(values[0])
+            m.bal[a * W:(a + 1) * W] = list(values[1:])
+        size = _ORDER.size
+        live = []
+        for sid in m.symbols:
+            hs, halted, last, trade_id, n_rest, n_stop = _SYM_HDR.unpack_from(data, off)
+            off += _SYM_HDR.size
+            if hs != sid:
+                raise SnapshotError("symbol order mismatch")
+            sym = m.symbols[sid]
+            sym.halted = bool(halted)
+            sym.last_price = last
+            sym.trade_id = trade_id
+            for i in range(n_rest + n_stop):
+                v = _ORDER.unpack_from(data, off)
+                off += size
+                a = m.acct_slot[v[1]]
+                s = m._alloc(v[0], v[1], a, v[2], v[3], v[4], v[5], v[6], v[7], v[9], v[10],
+                             v[13], v[14], v[15], v[16], v[17])
+                m.o_rem[s] = v[11]
+                m.o_filled[s] = v[12]
+                m.o_hold[s] = v[18]
+                m.o_feenum[s] = int.from_bytes(v[19], "little", signed=True)
+                m.o_feepaid[s] = v[20]
+                if i < n_rest:
+                    m._book_insert(sym, s)
+                    live.append((s, RESTING))
+                else:
+                    m._stop_add(sym, s)
+                    live.append((s, WAITING))
+        if data[off:off + 4] == _CLOCK_TRAILER and len(data) == off + 12:
+            (m.clock,) = struct.unpack_from("<q", data, off + 4)
+            off += 12
+        if off != len(data):
+            raise SnapshotError("trailing bytes in snapshot")
+        if live:
+            m.win_base = min(m.o_id[s] for s, _ in live)
+        else:
+            m.win_base = m.last_seq + 1
+        for s, state in live:
+            m._register(s, state)
+        m.expiry = sorted((m.o_exp[s], m.o_id[s]) for s, _ in live if m.o_tif[s] == GTT)
+        return m
+
+    # ==================================================================
+    # invariants
+    # ==================================================================
+    def _check(self):
+        """Assert every invariant: links, totals, indexes, holds == needs, conservation,
+        free lists disjoint from live slots."""
+        W = self.W
+        need = [0] * len(self.bal)
+        live = 0
+        seen = set()
+        for sid, sym in self.symbols.items():
+            for side, levels, prices, sign in ((BUY, sym.bid_levels, sym.bid_prices, -1),
+                                               (SELL, sym.ask_levels, sym.ask_prices, 1)):
+                assert sorted(levels) == sorted(sign * p for p in prices), "price index"
+                for price, lv in levels.items():
+                    assert self.lv_price[lv] == price
+                    assert self.lv_count[lv] > 0, "empty level kept"
+                    total = count = 0
+                    prev = -1
+                    s = self.lv_head[lv]
+                    while s >= 0:
+                        assert self.o_prev[s] == prev, "broken back link"
+                        assert self.o_lvl[s] == lv and self.o_side[s] == side
+                        assert self.o_price[s] == price and self.o_sym[s] == sid
+                        assert self.o_state[s] == RESTING
+                        assert self.o_rem[s] > 0
+                        assert self.o_filled[s] + self.o_rem[s] == self.o_qty[s]
+                        assert self._lookup(self.o_id[s]) == s, "resting order not indexed"
+                        assert self.o_hold[s] == self._need_rest(s, sym), "hold != need"
+                        need[self.o_aslot[s] * W + (sym.quote_i if side == BUY
+                                                    else sym.base_i) + 1] += self.o_hold[s]
+                        total += self.o_rem[s]
+                        count += 1
+                        live += 1
+                        seen.add(s)
+                        prev = s
+                        s = self.o_next[s]
+                    assert self.lv_tail[lv] == prev
+                    assert total == self.lv_total[lv] and count == self.lv_count[lv]
+            assert sym.best_bid == (max(sym.bid_levels) if sym.bid_levels else NO_BID)
+            assert sym.best_ask == (min(sym.ask_levels) if sym.ask_levels else NO_ASK)
+            if sym.bid_levels and sym.ask_levels:
+                assert sym.best_bid < sym.best_ask, "book crossed"
+            assert len(sym.rising) + len(sym.falling) == len(sym.stops)
+            for stop_price, oid in list(sym.rising) + list(sym.falling):
+                s = sym.stops[oid]
+                assert self.o_stop[s] == stop_price and self.o_state[s] == WAITING
+                assert self._lookup(oid) == s, "stop order not indexed"
+                assert self.o_hold[s] == self._need_stop(s, sym)
+                need[self.o_aslot[s] * W + (sym.quote_i if self.o_side[s] == BUY
+                                            else sym.base_i) + 1] += self.o_hold[s]
+                live += 1
+                seen.add(s)
+            for stop_price, oid in sym.rising:
+                assert self._rises(sym.stops[oid])
+            for stop_price, oid in sym.falling:
+                assert not self._rises(sym.stops[oid])
+            if sym.last_price:
+                assert sym.trade_id > 0
+        assert live == self.n_live
+        assert not seen.intersection(self.o_free), "live slot on the free list"
+        assert len(set(self.o_free)) == len(self.o_free)
+        assert sum(1 for v in self.win if v) + len(self.old) == live
+        for s in seen:
+            if self.o_tif[s] == GTT:
+                assert (self.o_exp[s], self.o_id[s]) in self.expiry
+        totals = [0] * self.n_assets
+        for aid, a in self.acct_slot.items():
+            assert self.a_id[a] == aid
+            n = 0
+            s = self.a_head[a]
+            while s >= 0:
+                assert s in seen and self.o_aslot[s] == a
+                n += 1
+                s = self.o_anext[s]
+            assert n == self.a_norders[a]
+            d = self.a_coid[a] or {}
+            for coid, s in d.items():
+                assert s in seen and self.o_coid[s] == coid and self.o_aslot[s] == a
+            for j in range(W):
+                v = self.bal[a * W + j]
+                assert v >= 0, "negative balance"
+                totals[j >> 1] += v
+                if j & 1:
+                    assert v == need[a * W + j], "account %d held %d != need %d" % (
+                        aid, v, need[a * W + j])
+        assert totals == self.supply
