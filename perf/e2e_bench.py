@@ -608,6 +608,28 @@ def _markdown(report):
             100.0 * c["saturation_ratio"], _fmt_rate(c["sustained_rate"]) if c["sustained_rate"]
             else "none", 100.0 * c["sustained_ratio"], 100.0 * sum(c["idle_cpu"].values())))
     L.append("")
+    if len(report["configs"]) > 1:
+        L.append("## Side by side (medians over passes)")
+        L.append("")
+        names = [c["producer_wait"] for c in report["configs"]]
+        L.append("| offered/s | " + " | ".join(
+            "received/s, p99 ms, engine us/cmd, generators us/cmd: %s" % n for n in names) + " |")
+        L.append("|---:|" + "---|" * len(names))
+        rates = sorted(set(r["target_rate"] for c in report["configs"] for r in c["rates"]))
+        for rate in rates:
+            cells = []
+            for c in report["configs"]:
+                r = [x for x in c["rates"] if x["target_rate"] == rate]
+                if not r:
+                    cells.append("-")
+                    continue
+                r = r[0]
+                cpu = r["cpu_us_per_command"]
+                cells.append("%s, %.1f, %s, %s" % (
+                    _fmt_rate(r["received_rate"]["median"]), r["p99_ms"]["median"],
+                    _fmt_us(cpu.get("engine total")), _fmt_us(cpu.get("producers"))))
+            L.append("| %s | %s |" % (_fmt_rate(rate), " | ".join(cells)))
+        L.append("")
     for c in report["configs"]:
         L.append("## Producer wait: %s" % c["producer_wait"])
         L.append("")
@@ -654,26 +676,31 @@ def _plot(report, path):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(16, 5))
     ceiling = report["matcher_alone"]["median"]
-    for c in report["configs"]:
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    for k, c in enumerate(report["configs"]):
+        colour = colours[k % len(colours)]
         xs = [r["target_rate"] for r in c["rates"]]
         med = [r["received_rate"]["median"] for r in c["rates"]]
         lo = [m - r["received_rate"]["min"] for m, r in zip(med, c["rates"])]
         hi = [r["received_rate"]["max"] - m for m, r in zip(med, c["rates"])]
-        axes[0].errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3,
+        axes[0].errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=3, color=colour,
                          label="producer wait %s" % c["producer_wait"])
-        axes[1].plot(xs, [r["p99_ms"]["median"] for r in c["rates"]], marker="o",
+        axes[1].plot(xs, [r["p99_ms"]["median"] for r in c["rates"]], marker="o", color=colour,
                      label="p99, %s" % c["producer_wait"])
         axes[1].plot(xs, [r["p50_ms"]["median"] for r in c["rates"]], marker=".", linestyle=":",
-                     label="p50, %s" % c["producer_wait"])
+                     color=colour, label="p50, %s" % c["producer_wait"])
         axes[2].plot(xs, [r["cpu_us_per_command"].get("engine total") for r in c["rates"]],
-                     marker="o", label="engine, %s" % c["producer_wait"])
+                     marker="o", color=colour, label="engine, %s" % c["producer_wait"])
+        axes[2].plot(xs, [r["cpu_us_per_command"].get("producers") for r in c["rates"]],
+                     marker=".", linestyle=":", color=colour,
+                     label="generators, %s" % c["producer_wait"])
     axes[0].axhline(ceiling, color="green", linestyle="--", label="matcher alone %s/s"
                     % _fmt_rate(ceiling))
     axes[0].plot([1e3, 1e7], [1e3, 1e7], color="grey", linewidth=0.5, label="received = offered")
     axes[0].set_ylabel("received commands/s (median, min-max)")
     axes[1].axhline(10, color="red", linestyle="--", linewidth=1, label="10 ms")
     axes[1].set_ylabel("latency ms (scheduled send -> outcome)")
-    axes[2].set_ylabel("engine CPU us per command (all processes)")
+    axes[2].set_ylabel("CPU us per command (engine: all its processes)")
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -685,7 +712,8 @@ def _plot(report, path):
     axes[0].set_xlim(lo_x / 1.5, hi_x * 1.5)
     axes[0].set_ylim(lo_x / 3, max(ceiling, hi_x) * 2)
     fig.suptitle("ringmatch end to end (%s CPUs, load avg at end %s): noisy shared machine"
-                 % (report["environment"]["cpus"], report["environment"]["loadavg_at_end"]))
+                 % (report["environment"]["cpus"], " ".join(
+                     "%.1f" % x for x in report["environment"]["loadavg_at_end"])))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -752,6 +780,10 @@ def main(argv=None):
         return producer_main(argv[1:])
     if argv and argv[0] == "--matcher-alone":
         return matcher_alone_main(argv[1:])
+    if argv and argv[0] == "--render":          # --render BASE: md/png again from BASE.json
+        with open(argv[1] + ".json") as f:
+            write_report(json.load(f), argv[1])
+        return 0
     parser = argparse.ArgumentParser(prog="python -m perf.e2e_bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="5000,10000,20000,50000,100000,2000000")
@@ -813,18 +845,25 @@ def main(argv=None):
         "warm-up commands (not measured)": args.warmup,
         "rings": "input 65536 x 64 B, output 262144 x 128 B; claims of up to %d records"
                  % MAX_CLAIM}
-    os.makedirs(RESULTS, exist_ok=True)
-    base = os.path.join(RESULTS, args.stem)
+    write_report(report, os.path.join(RESULTS, args.stem))
+    return 0
+
+
+def write_report(report, base):
+    """``base``.json, .md and .png (when matplotlib is installed); prints the markdown."""
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     with open(base + ".json", "w") as f:
         json.dump(report, f, indent=1, sort_keys=True, default=str)
     text = _markdown(report)
     png = _plot(report, base + ".png")
     if png:
         text += "\n![plot](%s)\n" % os.path.basename(png)
+    notes = report.get("notes")
+    if notes:
+        text += "\n## Notes\n\n" + "\n".join(notes) + "\n"
     with open(base + ".md", "w") as f:
         f.write(text)
     print(text)
-    return 0
 
 
 def _suite(argv):
