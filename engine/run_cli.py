@@ -101,7 +101,8 @@ def _run(args, signals):
             sup.start()
     except StopRequested as exc:    # start() already stopped the one it was starting
         for sup in started:
-            sup.log.event("stopping", signal=exc.signum, during="start-up")
+            if not sup.stopping:
+                sup.log.event("stopping", signal=exc.signum, during="start-up")
         return _stop_all(started, EXIT_STOPPED)
     except AlreadyRunningError as exc:
         return _refuse(exc, EXIT_ALREADY_RUNNING, started)

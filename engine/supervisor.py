@@ -653,7 +653,9 @@ class Supervisor(object):
                 if name == "replicator":
                     self._wait_for_standby(child, durable)                     # rule 8
             self.write_health(force=True)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StopRequested):
+                self.log.event("stopping", signal=exc.signum, during="start-up")
             self.stop()
             raise
 

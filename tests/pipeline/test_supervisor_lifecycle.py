@@ -89,6 +89,24 @@ def test_sigterm_at_any_point_of_start_up_stops_cleanly(runs, point):
     assert not os.path.exists(os.path.join(run.data_dir, "run", "%s.health.json" % run.shard))
 
 
+def test_sigterm_while_the_matcher_interpreter_is_probed_stops_at_once(runs):
+    """``matcher.interpreter: auto`` tries PyPy (an import check in a subprocess) after the
+    rings exist: a SIGTERM then stops without waiting for the probe."""
+    from engine.supervisor import _repo_root
+    if not os.path.exists(os.path.join(_repo_root(), ".venv-pypy", "bin", "python")):
+        pytest.skip("no .venv-pypy: nothing to probe")
+    run = _launch(runs(matcher_interpreter="auto"))
+    run.wait_for(r"proc=supervisor .*event=rings_created", timeout=30)
+    run.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    code = run.proc.wait(30)
+    log = "\n".join(run.log())
+    assert code == 0 and "Traceback" not in log, log
+    assert _own_segments(run.shard) == [], log
+    if not any("event=matcher_interpreter" in l for l in run.log()):
+        assert time.monotonic() - t0 < 1.0, "the probe was waited for"
+
+
 def test_status_tells_starting_from_ready_and_files_are_private(runs):
     run = _launch(runs())
     line = run.wait_for(r"proc=supervisor .*event=child_started child=publisher", timeout=30)
