@@ -32,7 +32,16 @@ Theory of operation:
       ``zeros`` (their byte ranges hold random bytes / zeros: the size
       reached the disk, the data did not).  ``"scattered"`` decides each
       unsynced write independently (kept, dropped or torn): out-of-order
-      writeback, which can leave intact blocks after a hole.
+      writeback, which can leave intact blocks after a hole.  ``"pages"`` is
+      out-of-order writeback as a page cache does it: the file's unsynced
+      writes are applied to its cached image, and each dirty page
+      (``page_size`` bytes; at least the page of every unsynced write) reaches
+      the disk or not, independently, with a seeded per-file probability; a
+      page that did not keeps what the disk had (its durable bytes; zeros past
+      the durable size: a hole).  The size after the crash is either the
+      cached size (the metadata was committed) or the durable size extended
+      only to the last page written back.  Synced bytes survive (unless an
+      unsynced truncate that reached the disk removed them).
    Open descriptors are closed and the shim uninstalls itself.
 4. Faults to prove a checker can fail: ``fsync_lies=True`` makes file
    fsyncs return without making anything durable (a disk that lies).
@@ -50,7 +59,9 @@ from journaler import fsio
 __all__ = ["PowerLoss", "CrashSim"]
 
 TEARS = ("drop", "prefix", "garbage", "zeros")
-WRITEBACKS = ("ordered", "none", "scattered")
+WRITEBACKS = ("ordered", "none", "scattered", "pages")
+#: out-of-order writeback variants (rule 3b): they can leave intact blocks after a hole
+OUT_OF_ORDER = ("scattered", "pages")
 
 
 class PowerLoss(BaseException):
@@ -105,9 +116,12 @@ class CrashSim(object):
     """Records unsynced writes under ``root`` and loses them at a crash point (module doc)."""
 
     def __init__(self, root, seed, crash_after=None, writeback="ordered", tears=TEARS,
-                 fsync_lies=False):
+                 fsync_lies=False, page_size=4096):
         if writeback not in WRITEBACKS:
             raise ValueError("writeback must be one of %s" % (WRITEBACKS,))
+        if page_size < 1:
+            raise ValueError("page_size must be positive")
+        self.page_size = page_size
         self.root = os.path.abspath(root) + os.sep
         self.rng = random.Random(seed)
         self.crash_after = crash_after
@@ -351,6 +365,8 @@ class CrashSim(object):
         ops = f.pending
         if not ops:
             return content, "synced"
+        if self.writeback == "pages":
+            return self._lose_pages(f)
         if self.writeback == "scattered":
             for op in ops:
                 how = rng.choice(("keep",) + self.tears)
@@ -372,6 +388,31 @@ class CrashSim(object):
             for op in rest:
                 _apply(content, self._torn(op, how))
         return content, "kept %d/%d, %s %d" % (kept, len(ops), how, len(rest))
+
+    def _lose_pages(self, f):
+        """Rule 3b ``"pages"``: each dirty page of the cached image written back or not."""
+        rng = self.rng
+        page = self.page_size
+        durable = bytes(f.durable)
+        cache = bytearray(durable)
+        dirty = set()
+        for op in f.pending:
+            _apply(cache, op)
+            if op[0] == "w" and op[2]:
+                lo, hi = op[1], op[1] + len(op[2])
+                dirty.update(range(lo // page, (hi - 1) // page + 1))
+        p_kept = rng.random()
+        kept = sorted(p for p in sorted(dirty) if rng.random() < p_kept)
+        kept_end = min(len(cache), (kept[-1] + 1) * page) if kept else 0
+        size = rng.choice((len(cache), max(len(durable), kept_end)))
+        content = bytearray(durable[:size])
+        content.extend(b"\0" * (size - len(content)))
+        for p in kept:
+            lo, hi = p * page, min((p + 1) * page, len(cache), size)
+            if lo < hi:
+                content[lo:hi] = cache[lo:hi]
+        return content, "pages(%d: %d/%d written back, size %d of %d cached)" % (
+            page, len(kept), len(dirty), size, len(cache))
 
     def _torn(self, op, how):
         _, offset, data = op

@@ -18,7 +18,13 @@ A trial is a few *epochs*.  Each epoch:
    (``write_snapshot(..., keep=KEEP, binding=binding_from_chunks(batch, seq))``,
    which also prunes old snapshots and segments).  ``interval`` runs on a fake
    clock, with the journaler loop's ``sync_if_due`` after each step.
-3. The machine loses power at a seeded I/O operation (``CrashSim``).
+3. The machine loses power at a seeded I/O operation (``CrashSim``), with a
+   seeded writeback model: in order (a prefix of the unsynced writes kept),
+   none kept, or out of order (``scattered``: each write kept, dropped or
+   torn; ``pages``: each dirty page written back or not) -- the last two
+   leave holes followed by intact unsynced blocks in the last segment, which
+   start-up must cut as a torn tail (reader rule 5: no later block claims
+   the hole durable).
 
 Checks after each power loss (``Trial.check``):
 
@@ -48,7 +54,7 @@ from journaler.segment import list_segments
 from journaler.writer import JournalWriter
 from ringbuf import records
 
-from _crashsim import CrashSim, PowerLoss, TEARS
+from _crashsim import CrashSim, OUT_OF_ORDER, PowerLoss, TEARS
 
 SHARD = "s0"
 RS = records.COMMAND_SIZE
@@ -62,6 +68,12 @@ STEP_MS = 3                     # fake-clock step between journaler loop turns (
 MAX_OPS = 400                   # the crash point is uniform in 1..MAX_OPS I/O operations
 MAX_RECORDS = 1500              # an epoch that reaches this loses power at its end
 POLICIES = ("batch", "interval", "off")
+#: the writeback model of an epoch, when a trial does not fix one (seeded choice)
+WRITEBACK_CHOICE = ("ordered", "ordered", "none") + OUT_OF_ORDER
+#: "pages": page sizes.  The trials' segments (2 KiB) and unsynced tails (a few hundred
+#: bytes under interval) are scaled down from real ones (64 MiB; an interval's worth of
+#: a busy journal is many 4 KiB pages), so the page is scaled down with them too
+PAGE_SIZES = (256, 4096)
 
 _FNV = 1099511628211
 _MASK = 0xFFFFFFFFFFFFFFFF
@@ -134,7 +146,7 @@ class Trial(object):
 
     def __init__(self, data_dir, seed, policy=None, epochs=3, writeback=None, tears=TEARS,
                  fsync_lies=False, keep=KEEP, segment_bytes=SEGMENT_BYTES,
-                 max_batch=MAX_BATCH):
+                 max_batch=MAX_BATCH, page_size=None, writebacks=WRITEBACK_CHOICE):
         self.d = data_dir
         self.seed = seed
         self.rng = random.Random(seed)
@@ -146,12 +158,14 @@ class Trial(object):
         self.keep = keep
         self.segment_bytes = segment_bytes
         self.max_batch = max_batch
+        self.page_size = page_size
+        self.writebacks = writebacks
         self.timeline = bytearray()     # records 1..n of the current history
         self.hashes = [_SEED_HASH]      # hashes[s]: ChainMatcher state after seq s
         self.append_time = {}
         self.stats = {"policy": self.policy, "cuts": 0, "stale_refused": 0, "lost": 0,
                       "lost_acknowledged": 0, "crashes": 0, "snapshot_used": 0,
-                      "journal_end": [], "ops": []}
+                      "out_of_order": 0, "hole_cuts": 0, "journal_end": [], "ops": []}
         self.where = ""
 
     # -- the history --------------------------------------------------------
@@ -203,9 +217,12 @@ class Trial(object):
     def load(self, epoch, matcher, end):
         """Step 2 and 3 of the module doc; returns what the checks need about the crash."""
         rng = self.rng
-        writeback = self.writeback or rng.choice(("ordered", "ordered", "none"))
+        writeback = self.writeback or rng.choice(self.writebacks)
+        page_size = self.page_size or (rng.choice(PAGE_SIZES) if writeback == "pages" else 4096)
         sim = CrashSim(self.d, rng.getrandbits(32), crash_after=rng.randint(1, MAX_OPS),
-                       writeback=writeback, tears=self.tears, fsync_lies=self.fsync_lies)
+                       writeback=writeback, tears=self.tears, fsync_lies=self.fsync_lies,
+                       page_size=page_size)
+        self.stats["out_of_order"] += writeback in OUT_OF_ORDER
         clock = Clock()
         acked = end
         attempted = end
@@ -289,6 +306,9 @@ class Trial(object):
             if cut.path != segments[-1][1]:
                 self.fail("cut %s is not in the last segment %s" % (cut, segments[-1][1]))
         self.stats["cuts"] += len(cuts)
+        # cuts of a hole followed by intact (never durable) blocks: out-of-order writeback
+        self.stats["hole_cuts"] += sum(1 for f in lines.named("journal_tail_cut")
+                                       if f["intact_records_cut"] > 0)
         # the journal is a gap-free prefix of the history
         remaining = list_segments(self.d, SHARD)
         seqs, arr = JournalReader(self.d, SHARD).array()
