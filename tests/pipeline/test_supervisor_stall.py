@@ -51,7 +51,7 @@ def engine(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("victim", ["matcher", "journaler"])
+@pytest.mark.parametrize("victim", ["matcher", "journaler", "publisher"])
 def test_stopped_child_is_reported_stalled_then_resumed(engine, victim):
     from engine.client import EngineClient
     run = engine(extra={"supervisor": {"stall_after_s": 1.5}}).start()
