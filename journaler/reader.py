@@ -56,7 +56,7 @@ from journaler.crc import crc32c
 from journaler.errors import JournalCorruptError, JournalFormatError, JournalSchemaError
 from journaler.segment import (
     BLOCK_HEADER_SIZE, BLOCK_MAGIC, SEGMENT_HEADER_SIZE, WATERMARK_VERSION, block_crc,
-    journal_dir, list_segments, unpack_block_header, unpack_segment_header,
+    journal_dir, list_segments, private_dir, unpack_block_header, unpack_segment_header,
 )
 
 __all__ = [
@@ -506,11 +506,7 @@ _fsync_dir = fsync_dir
 
 def quarantine_dir(data_dir):
     """``<data>/journal/quarantine``, created 0700 (an existing wider one is narrowed)."""
-    qdir = os.path.join(journal_dir(data_dir), "quarantine")
-    os.makedirs(qdir, mode=0o700, exist_ok=True)
-    if os.stat(qdir).st_mode & 0o077:
-        os.chmod(qdir, 0o700)
-    return qdir
+    return private_dir(os.path.join(private_dir(journal_dir(data_dir)), "quarantine"))
 
 
 def quarantine_open(directory, name):

@@ -52,7 +52,7 @@ from journaler.errors import JournalFormatError
 __all__ = [
     "SEGMENT_MAGIC", "BLOCK_MAGIC", "FORMAT_VERSION", "READABLE_VERSIONS", "WATERMARK_VERSION",
     "SEGMENT_HEADER_SIZE",
-    "BLOCK_HEADER_SIZE", "SegmentHeader", "JournalFormatError", "journal_dir",
+    "BLOCK_HEADER_SIZE", "SegmentHeader", "JournalFormatError", "journal_dir", "private_dir",
     "segment_name", "parse_segment_name", "list_segments", "pack_segment_header",
     "unpack_segment_header", "pack_block_header", "unpack_block_header", "block_crc",
 ]
@@ -103,6 +103,18 @@ class SegmentHeader(object):
 def journal_dir(data_dir):
     """``<data dir>/journal``."""
     return os.path.join(data_dir, "journal")
+
+
+def private_dir(path):
+    """Create directory ``path`` 0700 (parents as needed) or narrow an existing wider one.  O(1).
+
+    The journal, the snapshots and their quarantines are private: 0700
+    directories, 0600 files (docs/journal.md, "Files").  Returns ``path``.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def segment_name(shard, first_seq):

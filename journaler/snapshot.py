@@ -58,6 +58,8 @@ Theory of operation:
    S is the oldest kept snapshot's seq and k its binding count (the journal
    keeps what the binding check and the replay need).  The newest segment is
    never deleted.
+7. Files are private: snapshot files are created 0600, ``snapshots/`` and
+   ``snapshots/quarantine/`` 0700 (an existing wider directory is narrowed).
 """
 import os
 import re
@@ -67,6 +69,7 @@ import time
 from journaler import fsio
 from journaler.crc import crc32c
 from journaler.errors import SnapshotError, SnapshotStaleError
+from journaler.segment import private_dir
 
 __all__ = [
     "snapshot_dir", "snapshot_name", "list_snapshots", "write_snapshot", "write_snapshot_bytes",
@@ -212,11 +215,8 @@ def check_binding(data_dir, shard, snap, journal_end=None):
 
 def quarantine_snapshot(path, reason="stale"):
     """Move a snapshot to ``snapshots/quarantine/`` (0700 dir, 0600 file); returns the new path."""
-    directory = os.path.dirname(path)
-    qdir = os.path.join(directory, "quarantine")
-    os.makedirs(qdir, mode=0o700, exist_ok=True)
-    if os.stat(qdir).st_mode & 0o077:
-        os.chmod(qdir, 0o700)
+    directory = private_dir(os.path.dirname(path))
+    qdir = private_dir(os.path.join(directory, "quarantine"))
     name = "%s.%s.%s" % (os.path.basename(path), time.strftime("%Y%m%dT%H%M%S"), reason)
     target = os.path.join(qdir, name)
     n = 0
@@ -273,8 +273,7 @@ def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=
     except OSError as exc:
         raise SnapshotError("cannot write the snapshot at seq %d: fsync of the journal "
                             "failed: %s" % (seq, exc))
-    directory = snapshot_dir(data_dir)
-    os.makedirs(directory, exist_ok=True)
+    directory = private_dir(snapshot_dir(data_dir))          # rule 7
     name = snapshot_name(shard, seq)
     for stale in os.listdir(directory):     # temp files of writers that died
         if stale.startswith(".") and ".tmp-" in stale:
@@ -292,9 +291,11 @@ def write_snapshot_bytes(data_dir, shard, seq, state_hash, payload, schema_hash=
                      binding[1])
     header = body + _HDR_CRC.pack(crc32c(body))
     path = os.path.join(directory, name)
-    fd = fsio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fsio.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         try:
+            if os.fstat(fd).st_mode & 0o077:     # a wider temp file left by a dead writer
+                os.fchmod(fd, 0o600)
             view = memoryview(header + payload)
             while view:
                 n = fsio.write(fd, view)

@@ -53,15 +53,14 @@ from journaler.errors import (
 from journaler.reader import recover_journal
 from journaler.segment import (
     BLOCK_HEADER_SIZE, FORMAT_VERSION, SEGMENT_HEADER_SIZE, block_crc, journal_dir,
-    pack_block_header, pack_segment_header, segment_name,
+    pack_block_header, pack_segment_header, private_dir, segment_name,
 )
 
 __all__ = ["JournalWriter", "POLICIES"]
 
 POLICIES = ("batch", "interval", "off")
-#: mode of segment files and of the journal directory (rule 7)
+#: mode of segment files (rule 7; the directory: segment.private_dir)
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 #: records per block at most (a block's count is u32; keep blocks modest)
 MAX_BLOCK_RECORDS = 1 << 16
 
@@ -99,14 +98,6 @@ def _split(chunks, nbytes):
             rest.append(mv[need:])
             need = 0
     return head, rest
-
-
-def private_dir(path):
-    """Create ``path`` 0700 (parents as needed); narrow it to 0700 if wider (rule 7).  O(1)."""
-    os.makedirs(path, mode=DIR_MODE, exist_ok=True)
-    if os.stat(path).st_mode & 0o077:
-        os.chmod(path, DIR_MODE)
-    return path
 
 
 class JournalWriter(object):
