@@ -115,7 +115,7 @@ def _run(args, signals):
     except PortInUseError as exc:
         return _refuse(exc, EXIT_PORT, started)
     except OSError as exc:           # e.g. a read-only or missing data dir
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC):
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             return _refuse("data dir %s is not writable (%s: %s)"
                            % (runtime.data_dir, exc.filename or "?", exc.strerror or exc),
                            EXIT_OS, started)

@@ -597,10 +597,18 @@ class Supervisor(object):
         finally:
             producer.close()
 
+    def may_write_input(self):
+        """Whether the supervisor may write its own records (CLOCK) into the input ring.
+
+        True for a primary; a hot standby's input ring is a copy of the
+        primary's stream and should override this (False until promoted).
+        """
+        return True
+
     def tick_clock(self, now=None):
         """Publish a CLOCK tick when CLOCK_EVERY_S passed (docs/engine.md M9); its seq or None."""
         from ringbuf.records import CommandKind
-        if not self.rings:
+        if not self.rings or not self.may_write_input():
             return None
         now = time.monotonic() if now is None else now
         if self._clock_last is not None and now - self._clock_last < CLOCK_EVERY_S:
