@@ -213,7 +213,9 @@ class Engine(object):
         return {int(m.group(2)) for m in map(_CHILD_RE.search, self.log_lines()) if m}
 
     def segments(self):
-        return sorted(n for n in os.listdir("/dev/shm") if n.startswith("rm-%s-" % self.shard))
+        # the rings, and the host-wide owner lock file a killed supervisor leaves
+        return sorted(n for n in os.listdir("/dev/shm")
+                      if n.startswith("rm-%s-" % self.shard) or n == "rm-%s.owner" % self.shard)
 
     # ------------------------------------------------------------ clean-up
     def stop(self):

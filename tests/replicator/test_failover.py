@@ -76,6 +76,10 @@ def unlink_rings(*shards):
                 posix_ipc.unlink_shared_memory("rm-%s-%s" % (shard, suffix))
             except Exception:
                 pass
+        try:        # the host-wide owner lock file a killed supervisor leaves behind
+            os.unlink("/dev/shm/rm-%s.owner" % shard)
+        except OSError:
+            pass
 
 
 def kill_group(proc, sig=signal.SIGKILL):
