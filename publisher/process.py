@@ -12,6 +12,10 @@ Theory of operation (numbered rules; the code refers to them):
    ``max_inflight`` batches wait on the loop: when the loop is behind, the
    thread stops polling, and the ring's gating pushes back on the matcher
    instead of the publisher's memory growing without bound.
+   A batch is copied out as one ``publisher.columnar.EventBatch`` (one bytes copy,
+   a numpy structured view) for the columnar read model (the default;
+   ``publisher.read_model: "object"`` selects the reference object model, fed event
+   tuples by ``publisher.event_decoder.decode_batch``).
    The thread starts BEFORE the rebuild (rule 1) with ``skip_upto`` = the
    journal's durable end J the rebuild replays to: ring events with
    ``seq <= J`` are derived by the rebuild, so they are dropped and
