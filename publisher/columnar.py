@@ -1422,8 +1422,9 @@ class ColumnarReadModel(object):
             ever = c["ever_done"]
             dr = dr[~ever[dr]]
             if len(dr):
-                _u, first = np.unique(dr, return_index=True)     # first done event per row
-                dr = dr[np.sort(first)]
+                if len(dr) > 1:                                  # first done event per row
+                    o = np.argsort(dr, kind="stable")
+                    dr = dr[np.sort(o[_runs_first(dr[o])])]
                 ever[dr] = True
                 self._log_done(c["id"][dr])
 
@@ -1696,8 +1697,12 @@ class ColumnarReadModel(object):
         o = np.argsort(first, kind="stable")
         f_sym = u_sym[o]
         bseq = bd["seq"]
-        _u, fi = np.unique(f_sym, return_index=True)
-        for s in f_sym[np.sort(fi)].tolist():            # symbols in first-event order
+        if f_sym[0] == f_sym[-1] and (f_sym == f_sym[0]).all():
+            order_syms = [int(f_sym[0])]
+        else:
+            _u, fi = np.unique(f_sym, return_index=True)
+            order_syms = f_sym[np.sort(fi)].tolist()
+        for s in order_syms:                             # symbols in first-event order
             sel = o[f_sym == s]
             changes.level2[s] = LazyLevels(u_side[sel], u_price[sel], u_qty[sel])
             view = symbols[s]
@@ -1717,7 +1722,7 @@ class ColumnarReadModel(object):
         arr["maker_order_id"] = tr["counter_order_id"]
         arr["taker_order_id"] = tr["order_id"]
         sym = tr["symbol_id"]
-        syms = np.unique(sym).tolist()
+        syms = [int(sym[0])] if (sym == sym[0]).all() else np.unique(sym).tolist()
         for s in syms:
             part = arr if len(syms) == 1 else _take(arr, sym == s)
             self.symbols[s]._add_trades(part)
