@@ -23,7 +23,9 @@ def add_arguments(parser):
 
 def _list():
     from .ring import Ring
-    names = sorted(n for n in os.listdir("/dev/shm") if n.startswith("rm-"))
+    # (rm-<shard>.owner files are the supervisor's host-wide owner locks, not rings)
+    names = sorted(n for n in os.listdir("/dev/shm")
+                   if n.startswith("rm-") and not n.endswith(".owner"))
     if not names:
         print("no rm-* segments")
         return 0
