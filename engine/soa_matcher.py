@@ -67,6 +67,38 @@ _WINDOW_FOLD = 1 << 20                # S3: fold the window's older half beyond 
 _pack_into = event_struct.pack_into
 _E2 = 2 * EVENT_SIZE
 _E3 = 3 * EVENT_SIZE
+# order record layout (S1): field offsets within a record of RECORD ints
+O_ID = 0
+O_ACCT = 1
+O_ASLOT = 2
+O_SYM = 3
+O_SIDE = 4
+O_TYPE = 5
+O_TIF = 6
+O_FLAGS = 7
+O_STP = 8
+O_PRICE = 9
+O_QTY = 10
+O_REM = 11
+O_FILLED = 12
+O_PROD = 13
+O_EXP = 14
+O_STOP = 15
+O_FUNDS = 16
+O_HOLD = 17
+O_FEEPAID = 18
+O_PREV = 19
+O_NEXT = 20
+O_LVL = 21
+O_ANEXT = 22
+O_APREV = 23
+O_STATE = 24
+RECORD = 32                           # ints per record (a power of two)
+SHIFT = 5                             # handle >> SHIFT = slot number
+_TEMPLATE = [0] * RECORD
+for _f in (O_PREV, O_NEXT, O_LVL, O_ANEXT, O_APREV):
+    _TEMPLATE[_f] = -1
+del _f
 _ORDER = struct.Struct("<qIHBBBBBBqqqqQHqqqq16sq")
 _SYM_HDR = struct.Struct("<HBqqII")
 
@@ -154,33 +186,9 @@ class SoaMatcher(object):
         self.symbols = dict((sid, _Sym(config.symbols[sid], self.index))
                             for sid in sorted(config.symbols))
         # order columns (S1)
-        self.o_id = []
-        self.o_acct = []        # account id
-        self.o_aslot = []       # account slot
-        self.o_sym = []
-        self.o_side = []
-        self.o_type = []
-        self.o_tif = []
-        self.o_flags = []
-        self.o_stp = []
-        self.o_price = []
-        self.o_qty = []
-        self.o_rem = []
-        self.o_filled = []
-        self.o_coid = []
-        self.o_prod = []
-        self.o_exp = []
-        self.o_stop = []
-        self.o_funds = []
-        self.o_hold = []
-        self.o_feenum = []
-        self.o_feepaid = []
-        self.o_prev = []
-        self.o_next = []
-        self.o_lvl = []
-        self.o_anext = []
-        self.o_aprev = []
-        self.o_state = []
+        self.ob = []            # order records, RECORD ints each, at handle h = slot * RECORD
+        self.o_coid = []        # client order id per slot (h >> SHIFT): may exceed int64
+        self.o_feenum = []      # fee numerator per slot: may exceed int64
         self.o_free = []
         # level columns (S2)
         self.lv_price = []
@@ -216,70 +224,65 @@ class SoaMatcher(object):
 
     def _alloc(self, oid, account_id, a, sid, side, otype, tif, flags, stp, price, qty,
                coid, prod, expire_ns, stop_price, funds):
+        """A fresh order handle (S1): from the free list, else a new record at the end."""
         free = self.o_free
+        ob = self.ob
         if free:
-            s = free.pop()
-            self.o_id[s] = oid
-            self.o_acct[s] = account_id
-            self.o_aslot[s] = a
-            self.o_sym[s] = sid
-            self.o_side[s] = side
-            self.o_type[s] = otype
-            self.o_tif[s] = tif
-            self.o_flags[s] = flags
-            self.o_stp[s] = stp
-            self.o_price[s] = price
-            self.o_qty[s] = qty
-            self.o_rem[s] = qty
-            self.o_filled[s] = 0
-            self.o_coid[s] = coid
-            self.o_prod[s] = prod
-            self.o_exp[s] = expire_ns
-            self.o_stop[s] = stop_price
-            self.o_funds[s] = funds
-            self.o_hold[s] = 0
-            self.o_feenum[s] = 0
-            self.o_feepaid[s] = 0
-            self.o_prev[s] = -1
-            self.o_next[s] = -1
-            self.o_lvl[s] = -1
-            self.o_anext[s] = -1
-            self.o_aprev[s] = -1
-            self.o_state[s] = FREE
-            return s
-        s = len(self.o_id)
-        self.o_id.append(oid)
-        self.o_acct.append(account_id)
-        self.o_aslot.append(a)
-        self.o_sym.append(sid)
-        self.o_side.append(side)
-        self.o_type.append(otype)
-        self.o_tif.append(tif)
-        self.o_flags.append(flags)
-        self.o_stp.append(stp)
-        self.o_price.append(price)
-        self.o_qty.append(qty)
-        self.o_rem.append(qty)
-        self.o_filled.append(0)
+            h = free.pop()
+            ob[h + O_ID] = oid
+            ob[h + O_ACCT] = account_id
+            ob[h + O_ASLOT] = a
+            ob[h + O_SYM] = sid
+            ob[h + O_SIDE] = side
+            ob[h + O_TYPE] = otype
+            ob[h + O_TIF] = tif
+            ob[h + O_FLAGS] = flags
+            ob[h + O_STP] = stp
+            ob[h + O_PRICE] = price
+            ob[h + O_QTY] = qty
+            ob[h + O_REM] = qty
+            ob[h + O_FILLED] = 0
+            ob[h + O_PROD] = prod
+            ob[h + O_EXP] = expire_ns
+            ob[h + O_STOP] = stop_price
+            ob[h + O_FUNDS] = funds
+            ob[h + O_HOLD] = 0
+            ob[h + O_FEEPAID] = 0
+            ob[h + O_PREV] = -1
+            ob[h + O_NEXT] = -1
+            ob[h + O_LVL] = -1
+            ob[h + O_ANEXT] = -1
+            ob[h + O_APREV] = -1
+            ob[h + O_STATE] = FREE
+            i = h >> SHIFT
+            self.o_coid[i] = coid
+            self.o_feenum[i] = 0
+            return h
+        h = len(ob)
+        ob.extend(_TEMPLATE)
+        ob[h + O_ID] = oid
+        ob[h + O_ACCT] = account_id
+        ob[h + O_ASLOT] = a
+        ob[h + O_SYM] = sid
+        ob[h + O_SIDE] = side
+        ob[h + O_TYPE] = otype
+        ob[h + O_TIF] = tif
+        ob[h + O_FLAGS] = flags
+        ob[h + O_STP] = stp
+        ob[h + O_PRICE] = price
+        ob[h + O_QTY] = qty
+        ob[h + O_REM] = qty
+        ob[h + O_PROD] = prod
+        ob[h + O_EXP] = expire_ns
+        ob[h + O_STOP] = stop_price
+        ob[h + O_FUNDS] = funds
         self.o_coid.append(coid)
-        self.o_prod.append(prod)
-        self.o_exp.append(expire_ns)
-        self.o_stop.append(stop_price)
-        self.o_funds.append(funds)
-        self.o_hold.append(0)
         self.o_feenum.append(0)
-        self.o_feepaid.append(0)
-        self.o_prev.append(-1)
-        self.o_next.append(-1)
-        self.o_lvl.append(-1)
-        self.o_anext.append(-1)
-        self.o_aprev.append(-1)
-        self.o_state.append(FREE)
-        return s
+        return h
 
     def _free(self, s):
         """Return a finished order's slot (S1); a live one stays."""
-        if self.o_state[s] == FREE:
+        if self.ob[s + O_STATE] == FREE:
             self.o_free.append(s)
 
     def _lookup(self, oid):
@@ -291,7 +294,7 @@ class SoaMatcher(object):
 
     def _register(self, s, state):
         """Index a live order by id, account and client id (rule M8); GTT -> heap."""
-        oid = self.o_id[s]
+        oid = self.ob[s + O_ID]
         win = self.win
         i = oid - self.win_base
         if i >= len(win):
@@ -311,24 +314,24 @@ class SoaMatcher(object):
             win[i] = s + 1
         else:
             self.old[oid] = s
-        self.o_state[s] = state
+        self.ob[s + O_STATE] = state
         self.n_live += 1
-        a = self.o_aslot[s]
+        a = self.ob[s + O_ASLOT]
         self.a_norders[a] += 1
         head = self.a_head[a]
-        self.o_anext[s] = head
-        self.o_aprev[s] = -1
+        self.ob[s + O_ANEXT] = head
+        self.ob[s + O_APREV] = -1
         if head >= 0:
-            self.o_aprev[head] = s
+            self.ob[head + O_APREV] = s
         self.a_head[a] = s
-        coid = self.o_coid[s]
+        coid = self.o_coid[s >> SHIFT]
         if coid:
             d = self.a_coid[a]
             if d is None:
                 d = self.a_coid[a] = {}
             d[coid] = s
-        if self.o_tif[s] == GTT:
-            heapq.heappush(self.expiry, (self.o_exp[s], oid))
+        if self.ob[s + O_TIF] == GTT:
+            heapq.heappush(self.expiry, (self.ob[s + O_EXP], oid))
 
     def _fold(self, everything=False):
         """S3: move the live orders of the window's older half (or all of it, before a
@@ -345,32 +348,32 @@ class SoaMatcher(object):
         self.win_base = base + half
 
     def _unregister(self, s):
-        oid = self.o_id[s]
+        oid = self.ob[s + O_ID]
         i = oid - self.win_base
         if 0 <= i < len(self.win):
             self.win[i] = 0
         else:
             del self.old[oid]
-        self.o_state[s] = FREE
+        self.ob[s + O_STATE] = FREE
         self.n_live -= 1
-        a = self.o_aslot[s]
+        a = self.ob[s + O_ASLOT]
         self.a_norders[a] -= 1
-        nxt = self.o_anext[s]
-        prv = self.o_aprev[s]
+        nxt = self.ob[s + O_ANEXT]
+        prv = self.ob[s + O_APREV]
         if prv >= 0:
-            self.o_anext[prv] = nxt
+            self.ob[prv + O_ANEXT] = nxt
         else:
             self.a_head[a] = nxt
         if nxt >= 0:
-            self.o_aprev[nxt] = prv
-        coid = self.o_coid[s]
+            self.ob[nxt + O_APREV] = prv
+        coid = self.o_coid[s >> SHIFT]
         if coid:
             del self.a_coid[a][coid]
 
     # -- book (S2) ---------------------------------------------------------
     def _book_insert(self, sym, s):
-        price = self.o_price[s]
-        if self.o_side[s] == BUY:
+        price = self.ob[s + O_PRICE]
+        if self.ob[s + O_SIDE] == BUY:
             lv = sym.bid_levels.get(price, -1)
             if lv < 0:
                 lv = self._new_level(price)
@@ -387,16 +390,16 @@ class SoaMatcher(object):
                 if price < sym.best_ask:
                     sym.best_ask = price
         tail = self.lv_tail[lv]
-        self.o_prev[s] = tail
-        self.o_next[s] = -1
+        self.ob[s + O_PREV] = tail
+        self.ob[s + O_NEXT] = -1
         if tail < 0:
             self.lv_head[lv] = s
         else:
-            self.o_next[tail] = s
+            self.ob[tail + O_NEXT] = s
         self.lv_tail[lv] = s
-        self.lv_total[lv] += self.o_rem[s]
+        self.lv_total[lv] += self.ob[s + O_REM]
         self.lv_count[lv] += 1
-        self.o_lvl[s] = lv
+        self.ob[s + O_LVL] = lv
 
     def _new_level(self, price):
         free = self.lv_free
@@ -419,23 +422,23 @@ class SoaMatcher(object):
     def _book_remove(self, sym, s):
         """Unlink resting ``s`` (its remaining leaves the total); returns the level's
         total afterwards (0 when the level emptied and was dropped)."""
-        lv = self.o_lvl[s]
-        prv = self.o_prev[s]
-        nxt = self.o_next[s]
+        lv = self.ob[s + O_LVL]
+        prv = self.ob[s + O_PREV]
+        nxt = self.ob[s + O_NEXT]
         if prv < 0:
             self.lv_head[lv] = nxt
         else:
-            self.o_next[prv] = nxt
+            self.ob[prv + O_NEXT] = nxt
         if nxt < 0:
             self.lv_tail[lv] = prv
         else:
-            self.o_prev[nxt] = prv
-        self.o_prev[s] = self.o_next[s] = self.o_lvl[s] = -1
-        self.lv_total[lv] -= self.o_rem[s]
+            self.ob[nxt + O_PREV] = prv
+        self.ob[s + O_PREV] = self.ob[s + O_NEXT] = self.ob[s + O_LVL] = -1
+        self.lv_total[lv] -= self.ob[s + O_REM]
         count = self.lv_count[lv] - 1
         self.lv_count[lv] = count
         if count == 0:
-            self._drop_level(sym, self.o_side[s], self.lv_price[lv])
+            self._drop_level(sym, self.ob[s + O_SIDE], self.lv_price[lv])
             return 0
         return self.lv_total[lv]
 
@@ -456,16 +459,16 @@ class SoaMatcher(object):
 
     # -- stops ---------------------------------------------------------------
     def _rises(self, s):
-        return (self.o_side[s] == BUY) == (self.o_type[s] == STOP_LOSS or
-                                            self.o_type[s] == STOP_LIMIT)
+        return (self.ob[s + O_SIDE] == BUY) == (self.ob[s + O_TYPE] == STOP_LOSS or
+                                            self.ob[s + O_TYPE] == STOP_LIMIT)
 
     def _stop_add(self, sym, s):
-        (sym.rising if self._rises(s) else sym.falling).add((self.o_stop[s], self.o_id[s]))
-        sym.stops[self.o_id[s]] = s
+        (sym.rising if self._rises(s) else sym.falling).add((self.ob[s + O_STOP], self.ob[s + O_ID]))
+        sym.stops[self.ob[s + O_ID]] = s
 
     def _stop_remove(self, sym, s):
-        (sym.rising if self._rises(s) else sym.falling).remove((self.o_stop[s], self.o_id[s]))
-        del sym.stops[self.o_id[s]]
+        (sym.rising if self._rises(s) else sym.falling).remove((self.ob[s + O_STOP], self.ob[s + O_ID]))
+        del sym.stops[self.ob[s + O_ID]]
 
     # ==================================================================
     # events (S5)
@@ -491,10 +494,10 @@ class SoaMatcher(object):
     def _oev(self, kind, s, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
              aux):
         """An event about order slot ``s`` (EventWriter.order)."""
-        self._ev(kind, self.o_side[s], self.o_type[s], self.o_tif[s], flags, self.o_sym[s],
-                 reason, self.o_prod[s], self.o_acct[s], self.o_id[s], price, qty,
-                 self.o_rem[s], self.o_filled[s], fee, amount, trade_id, c_oid, c_acct,
-                 self.o_coid[s], aux)
+        self._ev(kind, self.ob[s + O_SIDE], self.ob[s + O_TYPE], self.ob[s + O_TIF], flags, self.ob[s + O_SYM],
+                 reason, self.ob[s + O_PROD], self.ob[s + O_ACCT], self.ob[s + O_ID], price, qty,
+                 self.ob[s + O_REM], self.ob[s + O_FILLED], fee, amount, trade_id, c_oid, c_acct,
+                 self.o_coid[s >> SHIFT], aux)
 
     def _delta(self, sid, side, price, total):
         self._ev(E_DELTA, side, 0, 0, 0, sid, 0, 0, 0, 0, price, total, 0, 0, 0, 0, 0, 0, 0, 0,
@@ -502,11 +505,11 @@ class SoaMatcher(object):
 
     def _fill(self, m, o, sid, price, q, mfee, tfee, n, trade_id):
         """Maker FILL, taker FILL, TRADE (EventWriter.fill)."""
-        maker_id = self.o_id[m]
-        maker_acct = self.o_acct[m]
-        taker_id = self.o_id[o]
-        taker_acct = self.o_acct[o]
-        taker_side = self.o_side[o]
+        maker_id = self.ob[m + O_ID]
+        maker_acct = self.ob[m + O_ACCT]
+        taker_id = self.ob[o + O_ID]
+        taker_acct = self.ob[o + O_ACCT]
+        taker_side = self.ob[o + O_SIDE]
         bs = self._bs
         if bs is not None:
             end = bs._end
@@ -517,26 +520,26 @@ class SoaMatcher(object):
             ck = self._ck
             seq = self._seq
             ts = self._ts
-            _pack_into(buf, end, E_FILL, self.o_side[m], self.o_type[m], self.o_tif[m],
-                       EF_MAKER, ck, sid, 0, self.o_prod[m], maker_acct, seq, maker_id, price,
-                       q, self.o_rem[m], self.o_filled[m], mfee, n, trade_id, taker_id,
-                       taker_acct, ei, ts, self.o_coid[m], 0)
-            _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, self.o_type[o],
-                       self.o_tif[o], EF_TAKER, ck, sid, 0, self.o_prod[o], taker_acct, seq,
-                       taker_id, price, q, self.o_rem[o], self.o_filled[o], tfee, n, trade_id,
-                       maker_id, maker_acct, ei + 1, ts, self.o_coid[o], 0)
+            _pack_into(buf, end, E_FILL, self.ob[m + O_SIDE], self.ob[m + O_TYPE], self.ob[m + O_TIF],
+                       EF_MAKER, ck, sid, 0, self.ob[m + O_PROD], maker_acct, seq, maker_id, price,
+                       q, self.ob[m + O_REM], self.ob[m + O_FILLED], mfee, n, trade_id, taker_id,
+                       taker_acct, ei, ts, self.o_coid[m >> SHIFT], 0)
+            _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, self.ob[o + O_TYPE],
+                       self.ob[o + O_TIF], EF_TAKER, ck, sid, 0, self.ob[o + O_PROD], taker_acct, seq,
+                       taker_id, price, q, self.ob[o + O_REM], self.ob[o + O_FILLED], tfee, n, trade_id,
+                       maker_id, maker_acct, ei + 1, ts, self.o_coid[o >> SHIFT], 0)
             _pack_into(buf, end + _E2, E_TRADE, taker_side, 0, 0, 0, ck, sid, 0, 0, taker_acct,
                        seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct,
                        ei + 2, ts, 0, 0)
             self._ei = ei + 3
             bs._end = end + _E3
             return
-        self._ev(E_FILL, self.o_side[m], self.o_type[m], self.o_tif[m], EF_MAKER, sid, 0,
-                 self.o_prod[m], maker_acct, maker_id, price, q, self.o_rem[m],
-                 self.o_filled[m], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m], 0)
-        self._ev(E_FILL, taker_side, self.o_type[o], self.o_tif[o], EF_TAKER, sid, 0,
-                 self.o_prod[o], taker_acct, taker_id, price, q, self.o_rem[o],
-                 self.o_filled[o], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o], 0)
+        self._ev(E_FILL, self.ob[m + O_SIDE], self.ob[m + O_TYPE], self.ob[m + O_TIF], EF_MAKER, sid, 0,
+                 self.ob[m + O_PROD], maker_acct, maker_id, price, q, self.ob[m + O_REM],
+                 self.ob[m + O_FILLED], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m >> SHIFT], 0)
+        self._ev(E_FILL, taker_side, self.ob[o + O_TYPE], self.ob[o + O_TIF], EF_TAKER, sid, 0,
+                 self.ob[o + O_PROD], taker_acct, taker_id, price, q, self.ob[o + O_REM],
+                 self.ob[o + O_FILLED], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o >> SHIFT], 0)
         self._ev(E_TRADE, taker_side, 0, 0, 0, sid, 0, 0, taker_acct, taker_id, price, q, 0, 0,
                  0, n, trade_id, maker_id, maker_acct, 0, 0)
 
@@ -627,24 +630,24 @@ class SoaMatcher(object):
     # holds (rule M4)
     # ==================================================================
     def _need_rest(self, s, sym):
-        rem = self.o_rem[s]
-        if self.o_side[s] == SELL:
+        rem = self.ob[s + O_REM]
+        if self.ob[s + O_SIDE] == SELL:
             return rem * sym.bpl
-        n = self.o_price[s] * rem * sym.u
+        n = self.ob[s + O_PRICE] * rem * sym.u
         m = sym.maker
         if m > 0:
-            return n - ((-(self.o_feenum[s] + n * m)) // 10000) - self.o_feepaid[s]
+            return n - ((-(self.o_feenum[s >> SHIFT] + n * m)) // 10000) - self.ob[s + O_FEEPAID]
         return n
 
     def _need_stop(self, s, sym):
-        if self.o_side[s] == SELL:
-            return self.o_qty[s] * sym.bpl
-        if self.o_flags[s] & F_FUNDS:
-            return self.o_funds[s]
-        price = self.o_price[s]
+        if self.ob[s + O_SIDE] == SELL:
+            return self.ob[s + O_QTY] * sym.bpl
+        if self.ob[s + O_FLAGS] & F_FUNDS:
+            return self.ob[s + O_FUNDS]
+        price = self.ob[s + O_PRICE]
         if price == 0:
             return 0
-        n = price * self.o_qty[s] * sym.u
+        n = price * self.ob[s + O_QTY] * sym.u
         return n - ((-n * sym.taker) // 10000)
 
     # ==================================================================
@@ -745,7 +748,7 @@ class SoaMatcher(object):
                         qty, coid, cmd.producer_id, expire_ns, stop_price, funds)
         if otype >= STOP_LOSS:
             self._new_stop(s, sym, a, cmd)
-            if self.o_state[s] == FREE:
+            if self.ob[s + O_STATE] == FREE:
                 self.o_free.append(s)
         elif not self._new_taker(s, sym, a, cmd, seq, side, otype, tif, flags, price, qty,
                                  funds):
@@ -765,13 +768,13 @@ class SoaMatcher(object):
                         if not flags & F_REPRICE or sym.best_ask <= 1:
                             return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
                         price = sym.best_ask - 1
-                        self.o_price[s] = price
+                        self.ob[s + O_PRICE] = price
                         eflags = EF_REPRICED
                 elif price <= sym.best_bid:
                     if not flags & F_REPRICE:
                         return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
                     price = sym.best_bid + 1
-                    self.o_price[s] = price
+                    self.ob[s + O_PRICE] = price
                     eflags = EF_REPRICED
                 hold = self._need_rest(s, sym)
             elif side == BUY:
@@ -803,14 +806,14 @@ class SoaMatcher(object):
                 return self._reject(cmd, R_FOK_NOT_FILLABLE, seq)
         bal[hi] -= hold
         bal[hi + 1] += hold
-        self.o_hold[s] = hold
+        self.ob[s + O_HOLD] = hold
         self._oev(E_ACCEPTED, s, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
         if flags & F_POST:
             self._rest(s, sym)
         else:
             last = sym.last_price
             self._take(s, sym)
-            if self.o_state[s] == FREE:
+            if self.ob[s + O_STATE] == FREE:
                 self.o_free.append(s)
             if sym.last_price != last and sym.stops:
                 self._run_triggers(sym)
@@ -820,38 +823,36 @@ class SoaMatcher(object):
         last = sym.last_price
         if last:
             if self._rises(s):
-                triggered = last >= self.o_stop[s]
+                triggered = last >= self.ob[s + O_STOP]
             else:
-                triggered = last <= self.o_stop[s]
+                triggered = last <= self.ob[s + O_STOP]
             if triggered:
-                return self._reject(cmd, R_INVALID_STOP_PRICE, self.o_id[s])
+                return self._reject(cmd, R_INVALID_STOP_PRICE, self.ob[s + O_ID])
         hold = self._need_stop(s, sym)
-        hi = a * self.W + (sym.quote_i if self.o_side[s] == BUY else sym.base_i)
+        hi = a * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY else sym.base_i)
         bal = self.bal
         if hold > bal[hi]:
-            return self._reject(cmd, R_INSUFFICIENT_FUNDS, self.o_id[s])
+            return self._reject(cmd, R_INSUFFICIENT_FUNDS, self.ob[s + O_ID])
         bal[hi] -= hold
         bal[hi + 1] += hold
-        self.o_hold[s] = hold
+        self.ob[s + O_HOLD] = hold
         self._stop_add(sym, s)
         self._register(s, WAITING)
-        self._oev(E_ACCEPTED, s, EF_STOP, 0, self.o_price[s], self.o_qty[s], 0,
-                  self.o_funds[s], 0, 0, 0, hold)
+        self._oev(E_ACCEPTED, s, EF_STOP, 0, self.ob[s + O_PRICE], self.ob[s + O_QTY], 0,
+                  self.ob[s + O_FUNDS], 0, 0, 0, hold)
 
     def _fok_fillable(self, s, sym, ab):
-        need = self.o_qty[s]
-        account_id = self.o_acct[s]
-        skip_own = self.o_stp[s] == STP_CO
-        side = self.o_side[s]
-        oprice = self.o_price[s]
+        ob = self.ob
+        need = self.ob[s + O_QTY]
+        account_id = self.ob[s + O_ACCT]
+        skip_own = self.ob[s + O_STP] == STP_CO
+        side = self.ob[s + O_SIDE]
+        oprice = self.ob[s + O_PRICE]
         budget = self.bal[ab + sym.quote_i] if (side == BUY and oprice == 0) else -1
         cost = 0
         fee_num = 0
         u = sym.u
         rate = sym.taker
-        o_acct = self.o_acct
-        o_rem = self.o_rem
-        o_next = self.o_next
         lv_head = self.lv_head
         if side == BUY:
             limit = oprice or NO_ASK - 1
@@ -869,11 +870,11 @@ class SoaMatcher(object):
                 return False
             m = lv_head[levels[price]]
             while m >= 0:
-                if o_acct[m] == account_id:
+                if ob[m + O_ACCT] == account_id:
                     if not skip_own:
                         return False
                 else:
-                    mrem = o_rem[m]
+                    mrem = ob[m + O_REM]
                     q = mrem if mrem < need else need
                     if budget >= 0:
                         n = price * q * u
@@ -884,73 +885,65 @@ class SoaMatcher(object):
                     need -= q
                     if need == 0:
                         return True
-                m = o_next[m]
+                m = ob[m + O_NEXT]
         return False
 
     def _rest(self, s, sym):
         need = self._need_rest(s, sym)
-        extra = self.o_hold[s] - need
+        extra = self.ob[s + O_HOLD] - need
         if extra:
-            hi = self.o_aslot[s] * self.W + (sym.quote_i if self.o_side[s] == BUY
+            hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= extra
             bal[hi] += extra
-            self.o_hold[s] = need
+            self.ob[s + O_HOLD] = need
         self._book_insert(sym, s)
         self._register(s, RESTING)
-        self._delta(sym.symbol_id, self.o_side[s], self.o_price[s],
-                    self.lv_total[self.o_lvl[s]])
+        self._delta(sym.symbol_id, self.ob[s + O_SIDE], self.ob[s + O_PRICE],
+                    self.lv_total[self.ob[s + O_LVL]])
 
     def _release(self, s, sym):
-        hold = self.o_hold[s]
+        hold = self.ob[s + O_HOLD]
         if hold:
-            hi = self.o_aslot[s] * self.W + (sym.quote_i if self.o_side[s] == BUY
+            hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= hold
             bal[hi] += hold
-            self.o_hold[s] = 0
+            self.ob[s + O_HOLD] = 0
         return hold
 
     def _take(self, s, sym):
-        otype = self.o_type[s]
-        price = self.o_price[s]
-        if self.o_side[s] == BUY:
+        otype = self.ob[s + O_TYPE]
+        price = self.ob[s + O_PRICE]
+        if self.ob[s + O_SIDE] == BUY:
             crosses = sym.best_ask <= (price or NO_ASK - 1)
         else:
             crosses = sym.best_bid >= (price or 1)
         stop_reason = self._match(s, sym) if crosses else 0
-        rem = self.o_rem[s]
-        tif = self.o_tif[s]
+        rem = self.ob[s + O_REM]
+        tif = self.ob[s + O_TIF]
         if rem > 0 and stop_reason == 0 and otype != MARKET and otype != STOP_LOSS and \
                 otype != TAKE_PROFIT and (tif == GTC or tif == GTT):
             self._rest(s, sym)
             return
-        if rem > 0 or self.o_funds[s]:
+        if rem > 0 or self.ob[s + O_FUNDS]:
             if stop_reason == 0:
                 if price == 0:
                     stop_reason = R_CANCELLED_MARKET_REMAINDER
                 else:
                     stop_reason = R_CANCELLED_IOC_REMAINDER
-            self.o_rem[s] = 0
+            self.ob[s + O_REM] = 0
             released = self._release(s, sym)
             self._oev(E_CANCELLED, s, 0, stop_reason, price, rem, 0, released, 0, 0, 0, 0)
         else:
             self._release(s, sym)
 
     def _match(self, o, sym):
-        """Match taker slot ``o``; returns 0 or the reason its remainder must be cancelled."""
-        o_acct = self.o_acct
-        o_aslot = self.o_aslot
-        o_rem = self.o_rem
-        o_filled = self.o_filled
-        o_next = self.o_next
-        o_prev = self.o_prev
-        o_hold = self.o_hold
+        """Match taker ``o``; returns 0 or the reason its remainder must be cancelled."""
+        ob = self.ob
         o_feenum = self.o_feenum
-        o_feepaid = self.o_feepaid
-        o_lvl = self.o_lvl
         lv_head = self.lv_head
         lv_tail = self.lv_tail
         lv_total = self.lv_total
@@ -958,19 +951,19 @@ class SoaMatcher(object):
         bal = self.bal
         W = self.W
         fee_b = self.acct_slot[self.fee_account_id] * W
-        side = self.o_side[o]
-        by_funds = self.o_funds[o]
-        oprice = self.o_price[o]
+        side = self.ob[o + O_SIDE]
+        by_funds = self.ob[o + O_FUNDS]
+        oprice = self.ob[o + O_PRICE]
         budget_limited = side == BUY and oprice == 0
-        rem = MAX_VALUE if by_funds else o_rem[o]
+        rem = MAX_VALUE if by_funds else ob[o + O_REM]
         taker_rate = sym.taker
         maker_rate = sym.maker
         u = sym.u
         bpl = sym.bpl
         qi = sym.quote_i
         bi = sym.base_i
-        tb = o_aslot[o] * W
-        account_id = o_acct[o]
+        tb = ob[o + O_ASLOT] * W
+        account_id = ob[o + O_ACCT]
         symbol_id = sym.symbol_id
         if side == BUY:
             levels = sym.ask_levels
@@ -994,9 +987,9 @@ class SoaMatcher(object):
             lv = levels[price]
             m = lv_head[lv]
             while m >= 0:
-                nxt = o_next[m]
-                if o_acct[m] == account_id:
-                    mode = self.o_stp[o]
+                nxt = ob[m + O_NEXT]
+                if ob[m + O_ACCT] == account_id:
+                    mode = self.ob[o + O_STP]
                     if mode == STP_CO or (mode == STP_DC and by_funds):
                         self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                         m = nxt
@@ -1008,78 +1001,78 @@ class SoaMatcher(object):
                         self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                         stop_reason = R_CANCELLED_STP
                         break
-                    mrem = o_rem[m]
+                    mrem = ob[m + O_REM]
                     d = rem if rem < mrem else mrem
                     if mrem > d:
                         self._decrement_maker(m, lv, sym, d)
                         stop_reason = R_CANCELLED_STP
                         break
-                    mid = self.o_id[m]
-                    macct = o_acct[m]
+                    mid = self.ob[m + O_ID]
+                    macct = ob[m + O_ACCT]
                     self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                     if rem == d:
                         stop_reason = R_CANCELLED_STP
                         break
-                    self.o_qty[o] -= d
-                    o_rem[o] -= d
+                    self.ob[o + O_QTY] -= d
+                    ob[o + O_REM] -= d
                     rem -= d
-                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, self.o_qty[o], 0, 0, 0,
+                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, self.ob[o + O_QTY], 0, 0, 0,
                               mid, macct, d)
                     m = nxt
                     continue
-                mrem = o_rem[m]
+                mrem = ob[m + O_REM]
                 q = mrem if mrem < rem else rem
                 n = price * q * u
-                fn = o_feenum[o] + n * taker_rate
+                fn = o_feenum[o >> SHIFT] + n * taker_rate
                 fp = -((-fn) // 10000)
-                tfee = fp - o_feepaid[o]
-                if budget_limited and n + tfee > o_hold[o]:
+                tfee = fp - ob[o + O_FEEPAID]
+                if budget_limited and n + tfee > ob[o + O_HOLD]:
                     q = self._affordable(o, price * u, q, taker_rate)
                     if q == 0:
                         stop_reason = R_CANCELLED_NO_FUNDS
                         break
                     n = price * q * u
-                    fn = o_feenum[o] + n * taker_rate
+                    fn = o_feenum[o >> SHIFT] + n * taker_rate
                     fp = -((-fn) // 10000)
-                    tfee = fp - o_feepaid[o]
-                o_feenum[o] = fn
-                o_feepaid[o] = fp
-                fn = o_feenum[m] + n * maker_rate
+                    tfee = fp - ob[o + O_FEEPAID]
+                o_feenum[o >> SHIFT] = fn
+                ob[o + O_FEEPAID] = fp
+                fn = o_feenum[m >> SHIFT] + n * maker_rate
                 fp = -((-fn) // 10000)
-                mfee = fp - o_feepaid[m]
-                o_feenum[m] = fn
-                o_feepaid[m] = fp
+                mfee = fp - ob[m + O_FEEPAID]
+                o_feenum[m >> SHIFT] = fn
+                ob[m + O_FEEPAID] = fp
                 b = q * bpl
-                mb = o_aslot[m] * W
+                mb = ob[m + O_ASLOT] * W
                 if side == BUY:
                     cost = n + tfee
-                    o_hold[o] -= cost
+                    ob[o + O_HOLD] -= cost
                     bal[tb + qi + 1] -= cost
                     bal[tb + bi] += b
-                    o_hold[m] -= b
+                    ob[m + O_HOLD] -= b
                     bal[mb + bi + 1] -= b
                     bal[mb + qi] += n - mfee
                 else:
-                    o_hold[o] -= b
+                    ob[o + O_HOLD] -= b
                     bal[tb + bi + 1] -= b
                     bal[tb + qi] += n - tfee
                     if mfee >= 0:
                         cost = n + mfee
-                        o_hold[m] -= cost
+                        ob[m + O_HOLD] -= cost
                         bal[mb + qi + 1] -= cost
                     else:
-                        o_hold[m] -= n
+                        ob[m + O_HOLD] -= n
                         bal[mb + qi + 1] -= n
                         bal[mb + qi] -= mfee
                     bal[mb + bi] += b
                 bal[fee_b + qi] += tfee + mfee
                 rem -= q
-                o_filled[o] += q
+                ob[o + O_FILLED] += q
                 if not by_funds:
-                    o_rem[o] -= q
-                o_filled[m] += q
+                    ob[o + O_REM] -= q
+                ob[m + O_FILLED] += q
                 mrem -= q
-                o_rem[m] = mrem
+                ob[m + O_REM] = mrem
                 lv_total[lv] -= q
                 trade_id = sym.trade_id + 1
                 sym.trade_id = trade_id
@@ -1090,16 +1083,16 @@ class SoaMatcher(object):
                     if nxt < 0:
                         lv_tail[lv] = -1
                     else:
-                        o_prev[nxt] = -1
+                        ob[nxt + O_PREV] = -1
                     lv_count[lv] -= 1
-                    o_next[m] = -1
-                    o_lvl[m] = -1
-                    mhold = o_hold[m]
+                    ob[m + O_NEXT] = -1
+                    ob[m + O_LVL] = -1
+                    mhold = ob[m + O_HOLD]
                     if mhold:
                         hi = mb + (qi if mside == BUY else bi)
                         bal[hi + 1] -= mhold
                         bal[hi] += mhold
-                        o_hold[m] = 0
+                        ob[m + O_HOLD] = 0
                     self._unregister(m)
                     self.o_free.append(m)
                     m = nxt
@@ -1121,12 +1114,12 @@ class SoaMatcher(object):
         return stop_reason
 
     def _affordable(self, o, pu, q, rate):
-        hold = self.o_hold[o]
+        hold = self.ob[o + O_HOLD]
         est = (hold * 10000) // (pu * (10000 + rate)) + 1
         if est < q:
             q = est
-        fee_num = self.o_feenum[o]
-        fee_paid = self.o_feepaid[o]
+        fee_num = self.o_feenum[o >> SHIFT]
+        fee_paid = self.ob[o + O_FEEPAID]
         while q > 0:
             n = pu * q
             if n - ((-(fee_num + n * rate)) // 10000) - fee_paid <= hold:
@@ -1136,38 +1129,38 @@ class SoaMatcher(object):
 
     def _cancel_head(self, m, lv, sym, reason):
         """Cancel maker ``m`` at the head of level ``lv`` during matching (no delta)."""
-        nxt = self.o_next[m]
+        nxt = self.ob[m + O_NEXT]
         self.lv_head[lv] = nxt
         if nxt < 0:
             self.lv_tail[lv] = -1
         else:
-            self.o_prev[nxt] = -1
+            self.ob[nxt + O_PREV] = -1
         self.lv_count[lv] -= 1
-        cancelled = self.o_rem[m]
+        cancelled = self.ob[m + O_REM]
         self.lv_total[lv] -= cancelled
-        self.o_next[m] = -1
-        self.o_lvl[m] = -1
-        self.o_rem[m] = 0
+        self.ob[m + O_NEXT] = -1
+        self.ob[m + O_LVL] = -1
+        self.ob[m + O_REM] = 0
         released = self._release(m, sym)
         self._unregister(m)
-        self._oev(E_CANCELLED, m, EF_MAKER, reason, self.o_price[m], cancelled, 0, released, 0,
+        self._oev(E_CANCELLED, m, EF_MAKER, reason, self.ob[m + O_PRICE], cancelled, 0, released, 0,
                   0, 0, 0)
         self.o_free.append(m)
 
     def _decrement_maker(self, m, lv, sym, d):
-        self.o_qty[m] -= d
-        self.o_rem[m] -= d
+        self.ob[m + O_QTY] -= d
+        self.ob[m + O_REM] -= d
         self.lv_total[lv] -= d
         need = self._need_rest(m, sym)
-        extra = self.o_hold[m] - need
+        extra = self.ob[m + O_HOLD] - need
         if extra:
-            hi = self.o_aslot[m] * self.W + (sym.quote_i if self.o_side[m] == BUY
+            hi = self.ob[m + O_ASLOT] * self.W + (sym.quote_i if self.ob[m + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= extra
             bal[hi] += extra
-            self.o_hold[m] = need
-        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, self.o_price[m], self.o_qty[m], 0,
+            self.ob[m + O_HOLD] = need
+        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, self.ob[m + O_PRICE], self.ob[m + O_QTY], 0,
                   extra, 0, 0, 0, d)
 
     # -- triggers (rule M7) ------------------------------------------------
@@ -1192,29 +1185,29 @@ class SoaMatcher(object):
                 return
             for s in batch:
                 self._unregister(s)
-                self._oev(E_TRIGGERED, s, EF_STOP, 0, self.o_price[s], self.o_qty[s], 0,
-                          self.o_funds[s], 0, 0, 0, self.o_stop[s])
-                buy_by_size = self.o_side[s] == BUY and self.o_price[s] == 0
-                if buy_by_size and not self.o_funds[s]:
+                self._oev(E_TRIGGERED, s, EF_STOP, 0, self.ob[s + O_PRICE], self.ob[s + O_QTY], 0,
+                          self.ob[s + O_FUNDS], 0, 0, 0, self.ob[s + O_STOP])
+                buy_by_size = self.ob[s + O_SIDE] == BUY and self.ob[s + O_PRICE] == 0
+                if buy_by_size and not self.ob[s + O_FUNDS]:
                     bal = self.bal
-                    qi = self.o_aslot[s] * self.W + sym.quote_i
+                    qi = self.ob[s + O_ASLOT] * self.W + sym.quote_i
                     avail = bal[qi]
                     bal[qi] = 0
                     bal[qi + 1] += avail
-                    self.o_hold[s] = avail
+                    self.ob[s + O_HOLD] = avail
                 if sym.halted:
                     self._finish_unfilled(s, sym, R_SYMBOL_HALTED)
-                elif buy_by_size and self.o_hold[s] == 0:
+                elif buy_by_size and self.ob[s + O_HOLD] == 0:
                     self._finish_unfilled(s, sym, R_CANCELLED_NO_FUNDS)
                 else:
                     self._take(s, sym)
                 self._free(s)
 
     def _finish_unfilled(self, s, sym, reason):
-        cancelled = self.o_rem[s]
-        self.o_rem[s] = 0
+        cancelled = self.ob[s + O_REM]
+        self.ob[s + O_REM] = 0
         released = self._release(s, sym)
-        self._oev(E_CANCELLED, s, EF_STOP, reason, self.o_price[s], cancelled, 0, released, 0,
+        self._oev(E_CANCELLED, s, EF_STOP, reason, self.ob[s + O_PRICE], cancelled, 0, released, 0,
                   0, 0, 0)
 
     # -- expiry (rule M1) --------------------------------------------------
@@ -1223,27 +1216,27 @@ class SoaMatcher(object):
         while expiry and expiry[0][0] <= now:
             expire_ns, oid = heapq.heappop(expiry)
             s = self._lookup(oid)
-            if s < 0 or self.o_exp[s] != expire_ns:
+            if s < 0 or self.ob[s + O_EXP] != expire_ns:
                 continue
-            self._remove_live(s, self.symbols[self.o_sym[s]], E_EXPIRED, R_CANCELLED_EXPIRED)
+            self._remove_live(s, self.symbols[self.ob[s + O_SYM]], E_EXPIRED, R_CANCELLED_EXPIRED)
 
     def _remove_live(self, s, sym, kind, reason):
         """Remove a resting order or waiting stop; release its hold; emit kind (+ delta);
         frees the slot."""
-        resting = self.o_state[s] == RESTING
-        price = self.o_price[s]
+        resting = self.ob[s + O_STATE] == RESTING
+        price = self.ob[s + O_PRICE]
         if resting:
             total = self._book_remove(sym, s)
         else:
             self._stop_remove(sym, s)
-        cancelled = self.o_rem[s]
-        self.o_rem[s] = 0
+        cancelled = self.ob[s + O_REM]
+        self.ob[s + O_REM] = 0
         released = self._release(s, sym)
         self._unregister(s)
         self._oev(kind, s, 0 if resting else EF_STOP, reason, price, cancelled, 0, released, 0,
                   0, 0, 0)
         if resting:
-            self._delta(sym.symbol_id, self.o_side[s], price, total)
+            self._delta(sym.symbol_id, self.ob[s + O_SIDE], price, total)
         self.o_free.append(s)
 
     # ==================================================================
@@ -1268,7 +1261,7 @@ class SoaMatcher(object):
         s = self._lookup(cmd.order_id)
         if s < 0:
             return a, -1, R_ORDER_NOT_FOUND
-        if self.o_acct[s] != account_id:
+        if self.ob[s + O_ACCT] != account_id:
             return a, -1, R_NOT_ORDER_OWNER
         return a, s, 0
 
@@ -1276,17 +1269,17 @@ class SoaMatcher(object):
         a, s, reason = self._target(cmd)
         if reason:
             return self._reject(cmd, reason, cmd.order_id if not cmd.flags & F_BY_CID else 0)
-        self._ack(cmd, self.o_id[s])
-        self._remove_live(s, self.symbols[self.o_sym[s]], E_CANCELLED, R_CANCELLED_BY_USER)
+        self._ack(cmd, self.ob[s + O_ID])
+        self._remove_live(s, self.symbols[self.ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_BY_USER)
 
     def _amend(self, cmd):
         a, s, reason = self._target(cmd)
         oid = cmd.order_id if not cmd.flags & F_BY_CID else 0
         if reason:
             return self._reject(cmd, reason, oid)
-        oid = self.o_id[s]
-        sym = self.symbols[self.o_sym[s]]
-        if self.o_state[s] != RESTING:
+        oid = self.ob[s + O_ID]
+        sym = self.symbols[self.ob[s + O_SYM]]
+        if self.ob[s + O_STATE] != RESTING:
             return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
         if sym.halted:
             return self._reject(cmd, R_SYMBOL_HALTED, oid)
@@ -1298,13 +1291,13 @@ class SoaMatcher(object):
             return self._reject(cmd, R_VALUE_OVERFLOW, oid)
         if qty < 0:
             return self._reject(cmd, R_INVALID_QTY, oid)
-        old_price = self.o_price[s]
-        old_qty = self.o_qty[s]
-        old_rem = self.o_rem[s]
-        side = self.o_side[s]
+        old_price = self.ob[s + O_PRICE]
+        old_qty = self.ob[s + O_QTY]
+        old_rem = self.ob[s + O_REM]
+        side = self.ob[s + O_SIDE]
         new_price = price or old_price
         new_qty = qty or old_qty
-        filled = self.o_filled[s]
+        filled = self.ob[s + O_FILLED]
         if new_qty <= filled:
             return self._reject(cmd, R_AMEND_BELOW_FILLED, oid)
         if new_qty < sym.min_qty:
@@ -1321,52 +1314,51 @@ class SoaMatcher(object):
             if (side == BUY and new_price >= sym.best_ask) or \
                     (side == SELL and new_price <= sym.best_bid):
                 return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
-        self.o_price[s] = new_price
-        self.o_qty[s] = new_qty
-        self.o_rem[s] = new_qty - filled
+        self.ob[s + O_PRICE] = new_price
+        self.ob[s + O_QTY] = new_qty
+        self.ob[s + O_REM] = new_qty - filled
         need = self._need_rest(s, sym)
-        hi = self.o_aslot[s] * self.W + (sym.quote_i if side == BUY else sym.base_i)
+        hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if side == BUY else sym.base_i)
         bal = self.bal
-        diff = need - self.o_hold[s]
+        diff = need - self.ob[s + O_HOLD]
         if diff > bal[hi]:
-            self.o_price[s] = old_price
-            self.o_qty[s] = old_qty
-            self.o_rem[s] = old_rem
+            self.ob[s + O_PRICE] = old_price
+            self.ob[s + O_QTY] = old_qty
+            self.ob[s + O_REM] = old_rem
             return self._reject(cmd, R_INSUFFICIENT_FUNDS, oid)
         bal[hi] -= diff
         bal[hi + 1] += diff
-        self.o_hold[s] = need
+        self.ob[s + O_HOLD] = need
         self._ack(cmd, oid)
-        lv = self.o_lvl[s]
+        lv = self.ob[s + O_LVL]
         if new_price == old_price and new_qty < old_qty:
-            self.lv_total[lv] -= old_rem - self.o_rem[s]
+            self.lv_total[lv] -= old_rem - self.ob[s + O_REM]
             self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
             self._delta(sym.symbol_id, side, new_price, self.lv_total[lv])
         else:
-            new_rem = self.o_rem[s]
-            self.o_rem[s] = old_rem
-            self.o_price[s] = old_price
+            new_rem = self.ob[s + O_REM]
+            self.ob[s + O_REM] = old_rem
+            self.ob[s + O_PRICE] = old_price
             old_total = self._book_remove(sym, s)
-            self.o_price[s] = new_price
-            self.o_rem[s] = new_rem
+            self.ob[s + O_PRICE] = new_price
+            self.ob[s + O_REM] = new_rem
             self._book_insert(sym, s)
             self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
             if new_price != old_price:
                 self._delta(sym.symbol_id, side, old_price, old_total)
-            self._delta(sym.symbol_id, side, new_price, self.lv_total[self.o_lvl[s]])
+            self._delta(sym.symbol_id, side, new_price, self.lv_total[self.ob[s + O_LVL]])
 
     def _orders_of(self, a, symbol_id=0):
         """Live order slots of account slot ``a`` (of ``symbol_id``; 0 = all), ascending
         order id.  O(the account's live orders)."""
         out = []
+        ob = self.ob
         s = self.a_head[a]
-        o_sym = self.o_sym
-        o_anext = self.o_anext
         while s >= 0:
-            if not symbol_id or o_sym[s] == symbol_id:
+            if not symbol_id or ob[s + O_SYM] == symbol_id:
                 out.append(s)
-            s = o_anext[s]
-        out.sort(key=self.o_id.__getitem__)
+            s = ob[s + O_ANEXT]
+        out.sort(key=lambda h: ob[h + O_ID])
         return out
 
     def _mass_cancel(self, cmd):
@@ -1383,7 +1375,7 @@ class SoaMatcher(object):
         self._ack(cmd, 0, len(targets))
         symbols = self.symbols
         for s in targets:
-            self._remove_live(s, symbols[self.o_sym[s]], E_CANCELLED, R_CANCELLED_MASS)
+            self._remove_live(s, symbols[self.ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_MASS)
 
     # ==================================================================
     # DEPOSIT / WITHDRAW / HALT / RESUME
@@ -1485,7 +1477,7 @@ class SoaMatcher(object):
                 s = self.lv_head[levels[price]]
                 while s >= 0:
                     out.append(s)
-                    s = self.o_next[s]
+                    s = self.ob[s + O_NEXT]
         return out
 
     def _stop_slots(self, sym):
@@ -1513,14 +1505,14 @@ class SoaMatcher(object):
             out.append(_SYM_HDR.pack(sid, 1 if sym.halted else 0, sym.last_price,
                                      sym.trade_id, len(resting), len(stops)))
             for s in resting + stops:
-                out.append(pack(self.o_id[s], self.o_acct[s], self.o_sym[s], self.o_side[s],
-                                self.o_type[s], self.o_tif[s], self.o_flags[s], self.o_stp[s],
-                                0, self.o_price[s], self.o_qty[s], self.o_rem[s],
-                                self.o_filled[s], self.o_coid[s], self.o_prod[s],
-                                self.o_exp[s], self.o_stop[s], self.o_funds[s],
-                                self.o_hold[s],
-                                self.o_feenum[s].to_bytes(16, "little", signed=True),
-                                self.o_feepaid[s]))
+                out.append(pack(self.ob[s + O_ID], self.ob[s + O_ACCT], self.ob[s + O_SYM], self.ob[s + O_SIDE],
+                                self.ob[s + O_TYPE], self.ob[s + O_TIF], self.ob[s + O_FLAGS], self.ob[s + O_STP],
+                                0, self.ob[s + O_PRICE], self.ob[s + O_QTY], self.ob[s + O_REM],
+                                self.ob[s + O_FILLED], self.o_coid[s >> SHIFT], self.ob[s + O_PROD],
+                                self.ob[s + O_EXP], self.ob[s + O_STOP], self.ob[s + O_FUNDS],
+                                self.ob[s + O_HOLD],
+                                self.o_feenum[s >> SHIFT].to_bytes(16, "little", signed=True),
+                                self.ob[s + O_FEEPAID]))
         if clock and self.clock:
             out.append(_CLOCK_TRAILER + struct.pack("<q", self.clock))
         return b"".join(out)
@@ -1587,11 +1579,11 @@ class SoaMatcher(object):
                 a = m.acct_slot[v[1]]
                 s = m._alloc(v[0], v[1], a, v[2], v[3], v[4], v[5], v[6], v[7], v[9], v[10],
                              v[13], v[14], v[15], v[16], v[17])
-                m.o_rem[s] = v[11]
-                m.o_filled[s] = v[12]
-                m.o_hold[s] = v[18]
-                m.o_feenum[s] = int.from_bytes(v[19], "little", signed=True)
-                m.o_feepaid[s] = v[20]
+                m.ob[s + O_REM] = v[11]
+                m.ob[s + O_FILLED] = v[12]
+                m.ob[s + O_HOLD] = v[18]
+                m.o_feenum[s >> SHIFT] = int.from_bytes(v[19], "little", signed=True)
+                m.ob[s + O_FEEPAID] = v[20]
                 if i < n_rest:
                     m._book_insert(sym, s)
                     live.append((s, RESTING))
@@ -1604,12 +1596,12 @@ class SoaMatcher(object):
         if off != len(data):
             raise SnapshotError("trailing bytes in snapshot")
         if live:
-            m.win_base = min(m.o_id[s] for s, _ in live)
+            m.win_base = min(m.ob[s + O_ID] for s, _ in live)
         else:
             m.win_base = m.last_seq + 1
         for s, state in live:
             m._register(s, state)
-        m.expiry = sorted((m.o_exp[s], m.o_id[s]) for s, _ in live if m.o_tif[s] == GTT)
+        m.expiry = sorted((m.ob[s + O_EXP], m.ob[s + O_ID]) for s, _ in live if m.ob[s + O_TIF] == GTT)
         return m
 
     # ==================================================================
@@ -1633,22 +1625,22 @@ class SoaMatcher(object):
                     prev = -1
                     s = self.lv_head[lv]
                     while s >= 0:
-                        assert self.o_prev[s] == prev, "broken back link"
-                        assert self.o_lvl[s] == lv and self.o_side[s] == side
-                        assert self.o_price[s] == price and self.o_sym[s] == sid
-                        assert self.o_state[s] == RESTING
-                        assert self.o_rem[s] > 0
-                        assert self.o_filled[s] + self.o_rem[s] == self.o_qty[s]
-                        assert self._lookup(self.o_id[s]) == s, "resting order not indexed"
-                        assert self.o_hold[s] == self._need_rest(s, sym), "hold != need"
-                        need[self.o_aslot[s] * W + (sym.quote_i if side == BUY
-                                                    else sym.base_i) + 1] += self.o_hold[s]
-                        total += self.o_rem[s]
+                        assert self.ob[s + O_PREV] == prev, "broken back link"
+                        assert self.ob[s + O_LVL] == lv and self.ob[s + O_SIDE] == side
+                        assert self.ob[s + O_PRICE] == price and self.ob[s + O_SYM] == sid
+                        assert self.ob[s + O_STATE] == RESTING
+                        assert self.ob[s + O_REM] > 0
+                        assert self.ob[s + O_FILLED] + self.ob[s + O_REM] == self.ob[s + O_QTY]
+                        assert self._lookup(self.ob[s + O_ID]) == s, "resting order not indexed"
+                        assert self.ob[s + O_HOLD] == self._need_rest(s, sym), "hold != need"
+                        need[self.ob[s + O_ASLOT] * W + (sym.quote_i if side == BUY
+                                                    else sym.base_i) + 1] += self.ob[s + O_HOLD]
+                        total += self.ob[s + O_REM]
                         count += 1
                         live += 1
                         seen.add(s)
                         prev = s
-                        s = self.o_next[s]
+                        s = self.ob[s + O_NEXT]
                     assert self.lv_tail[lv] == prev
                     assert total == self.lv_total[lv] and count == self.lv_count[lv]
             assert sym.best_bid == (max(sym.bid_levels) if sym.bid_levels else NO_BID)
@@ -1658,11 +1650,11 @@ class SoaMatcher(object):
             assert len(sym.rising) + len(sym.falling) == len(sym.stops)
             for stop_price, oid in list(sym.rising) + list(sym.falling):
                 s = sym.stops[oid]
-                assert self.o_stop[s] == stop_price and self.o_state[s] == WAITING
+                assert self.ob[s + O_STOP] == stop_price and self.ob[s + O_STATE] == WAITING
                 assert self._lookup(oid) == s, "stop order not indexed"
-                assert self.o_hold[s] == self._need_stop(s, sym)
-                need[self.o_aslot[s] * W + (sym.quote_i if self.o_side[s] == BUY
-                                            else sym.base_i) + 1] += self.o_hold[s]
+                assert self.ob[s + O_HOLD] == self._need_stop(s, sym)
+                need[self.ob[s + O_ASLOT] * W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
+                                            else sym.base_i) + 1] += self.ob[s + O_HOLD]
                 live += 1
                 seen.add(s)
             for stop_price, oid in sym.rising:
@@ -1676,21 +1668,21 @@ class SoaMatcher(object):
         assert len(set(self.o_free)) == len(self.o_free)
         assert sum(1 for v in self.win if v) + len(self.old) == live
         for s in seen:
-            if self.o_tif[s] == GTT:
-                assert (self.o_exp[s], self.o_id[s]) in self.expiry
+            if self.ob[s + O_TIF] == GTT:
+                assert (self.ob[s + O_EXP], self.ob[s + O_ID]) in self.expiry
         totals = [0] * self.n_assets
         for aid, a in self.acct_slot.items():
             assert self.a_id[a] == aid
             n = 0
             s = self.a_head[a]
             while s >= 0:
-                assert s in seen and self.o_aslot[s] == a
+                assert s in seen and self.ob[s + O_ASLOT] == a
                 n += 1
-                s = self.o_anext[s]
+                s = self.ob[s + O_ANEXT]
             assert n == self.a_norders[a]
             d = self.a_coid[a] or {}
             for coid, s in d.items():
-                assert s in seen and self.o_coid[s] == coid and self.o_aslot[s] == a
+                assert s in seen and self.o_coid[s >> SHIFT] == coid and self.ob[s + O_ASLOT] == a
             for j in range(W):
                 v = self.bal[a * W + j]
                 assert v >= 0, "negative balance"

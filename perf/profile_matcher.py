@@ -8,7 +8,11 @@ a choice of sink, median/min/max over passes after a warm-up, optional cProfile.
 Usage::
 
     python -m perf.profile_matcher [--commands 200000] [--passes 3] [--seed 1]
-        [--sink bytes|bytesview|list|counting|null|noop] [--cprofile | --vmprof PATH]
+        [--sink bytes|bytesview|list|counting|null|noop] [--impl reference|soa]
+        [--cprofile | --vmprof PATH]
+
+``--impl soa`` times ``engine.soa_matcher.SoaMatcher`` (struct-of-arrays state; the
+``noop`` sink then does not apply: use ``null``).
 """
 import argparse
 import os
@@ -80,9 +84,17 @@ def make_sink(name):
             "counting": events.CountingSink, "null": events.NullSink}[name]()
 
 
-def one_pass(deps, cmds, sink_name):
-    from engine.config import DEFAULT_CONFIG
+def matcher_class(impl):
+    if impl == "soa":
+        from engine.soa_matcher import SoaMatcher
+        return SoaMatcher
     from engine.matcher import Matcher
+    return Matcher
+
+
+def one_pass(deps, cmds, sink_name, impl="reference"):
+    from engine.config import DEFAULT_CONFIG
+    Matcher = matcher_class(impl)
     sink = make_sink(sink_name)
     m = Matcher(DEFAULT_CONFIG, sink)
     for seq, c in deps:
@@ -110,6 +122,7 @@ def main(argv=None):
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sink", default="bytes", choices=("bytes", "bytesview", "list", "counting", "null", "noop"))
+    p.add_argument("--impl", default="reference", choices=("reference", "soa"))
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--vmprof", metavar="PATH", help="PyPy: write a vmprof profile of one pass "
                    "after a warm-up (needs the vmprof package; a dev tool, not a dependency)")
@@ -120,26 +133,27 @@ def main(argv=None):
         import pstats
         prof = cProfile.Profile()
         prof.enable()
-        one_pass(deps, cmds, args.sink)
+        one_pass(deps, cmds, args.sink, args.impl)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(22)
         return 0
-    one_pass(deps, cmds, args.sink)        # warm-up (JIT)
+    one_pass(deps, cmds, args.sink, args.impl)        # warm-up (JIT)
     if args.vmprof:
         import vmprof
         with open(args.vmprof, "w+b") as f:
             vmprof.enable(f.fileno(), period=0.0005)
-            one_pass(deps, cmds, args.sink)
+            one_pass(deps, cmds, args.sink, args.impl)
             vmprof.disable()
         return 0
-    runs = [one_pass(deps, cmds, args.sink) for _ in range(args.passes)]
+    runs = [one_pass(deps, cmds, args.sink, args.impl) for _ in range(args.passes)]
     rates = sorted(len(cmds) / wall for wall, _ in runs)
     # CPU time of the whole pass (incl. slicing the batches): less disturbed by other
     # processes on a shared machine than wall time
     cpu_rates = sorted(len(cmds) / c for _, c in runs)
-    print("%s %s sink=%s commands=%d passes=%d: median %.0f cmd/s (min %.0f, max %.0f); "
+    print("%s %s impl=%s sink=%s commands=%d passes=%d: median %.0f cmd/s (min %.0f, max %.0f); "
           "by CPU time median %.0f (min %.0f, max %.0f); loadavg %.2f" % (
-              sys.implementation.name, platform.python_version(), args.sink, len(cmds),
+              sys.implementation.name, platform.python_version(), args.impl, args.sink,
+              len(cmds),
               args.passes, rates[len(rates) // 2], rates[0], rates[-1],
               cpu_rates[len(cpu_rates) // 2], cpu_rates[0], cpu_rates[-1], os.getloadavg()[0]))
     return 0

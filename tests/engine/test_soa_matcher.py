@@ -174,8 +174,10 @@ def test_slots_are_reused():
     soa = SoaMatcher(DEFAULT_CONFIG, BytesSink())
     streams.run(soa, cmds)
     soa._check()
-    assert len(soa.o_id) < 3 * max(soa.n_live, 50)
-    assert soa.n_live + len(soa.o_free) == len(soa.o_id)
+    slots = len(soa.ob) // soa_module.RECORD
+    assert slots == len(soa.o_coid) == len(soa.o_feenum)
+    assert slots < 3 * max(soa.n_live, 50)
+    assert soa.n_live + len(soa.o_free) == slots
 
 
 @pytest.mark.slow
