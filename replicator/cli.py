@@ -30,8 +30,17 @@ def add_arguments(parser):
 
 
 def run(args):
+    from engine.supervisor import StopSignals
+    signals = StopSignals().install()       # supervisor rule 6: before the first step
+    try:
+        return _run(args, signals)
+    finally:
+        signals.restore()
+
+
+def _run(args, signals):
     from engine.runtime import ConfigError, RuntimeConfig
-    from engine.supervisor import AlreadyRunningError
+    from engine.supervisor import AlreadyRunningError, StopRequested
     from replicator.standby import StandbySupervisor
     try:
         runtime = RuntimeConfig.load(args.config)
@@ -49,8 +58,14 @@ def run(args):
     except (ConfigError, ValueError) as exc:
         print("ringmatch standby: bad configuration: %s" % exc, file=sys.stderr)
         return 2
+    if signals:
+        return 0
+    supervisor.stop_signals = signals
     try:
         supervisor.start()
+    except StopRequested as exc:     # start() stopped what it had started (rings, children)
+        supervisor.log.event("stopping", signal=exc.signum, during="start-up")
+        return 0
     except AlreadyRunningError as exc:
         print("ringmatch standby: %s" % exc, file=sys.stderr)
         return 3

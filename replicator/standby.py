@@ -108,10 +108,11 @@ class StandbySupervisor(Supervisor):
                 pass
             self.config_path = os.path.join(self.runtime.run_dir(), "%s.json" % self.shard.name)
             self.runtime.dump(self.config_path)
+            self._checkpoint()                      # supervisor rule 6: a signal stops here
             self.create_rings()
             self.output_drain = OutputDrain(self.rings[1]).start()           # rule 5
             matcher_python, interp = find_matcher_interpreter(
-                self.runtime.matcher.get("interpreter", "auto"))
+                self.runtime.matcher.get("interpreter", "auto"), should_stop=self._checkpoint)
             plan = [("journaler", sys.executable, "journaler.process"),
                     ("receiver", sys.executable, "replicator.receiver_process"),
                     ("matcher", matcher_python, "engine.matcher_process")]
@@ -120,6 +121,7 @@ class StandbySupervisor(Supervisor):
                 self.children[name] = child
                 self.log.event("child_started", child=name, child_pid=child.start(),
                                role="standby")
+                self._checkpoint()
         except BaseException:
             self.stop()
             raise
