@@ -181,6 +181,42 @@ def test_zeros_in_never_synced_bytes_of_last_segment_are_a_torn_tail(tmp_path):
     assert verify_journal(d, SHARD, RS, records.SCHEMA_HASH).ok
 
 
+@pytest.mark.pypy
+def test_journaler_process_cuts_a_writeback_hole_with_one_warn_and_starts(tmp_path):
+    """As the supervisor runs it after a power loss: ring built from the journal's durable
+    end, the journaler cuts the never-synced hole and the blocks after it, logs one WARN
+    naming them, is ready and journals the next records right after the cut."""
+    d = str(tmp_path)
+    shard = "ih%d" % os.getpid()
+    segs = four_segments(d, shard=shard, fsync="off")
+    path = segs[3][1]
+    with open(path, "r+b") as f:
+        f.seek(block_offset(5))
+        f.write(b"\0" * (BLOCK_HEADER_SIZE + 50 * RS))
+    end = recovery.durable_sequence(d, shard)            # the supervisor's ring start
+    assert end == 3250
+    ring = Ring.create("rm-%s-in" % shard, capacity=1024, consumers={"journaler": []},
+                       initial_sequence=end)
+    try:
+        log = Lines()
+        assert journaler_process.run(ring, d, shard, log=log, stop=[1]) == \
+            journaler_process.EXIT_OK
+        cut = log.named("journal_tail_cut")
+        assert len(cut) == 1 and not log.named("fatal")
+        assert (cut[0]["level"], cut[0]["file"], cut[0]["offset"], cut[0]["first_cut_seq"],
+                cut[0]["intact_seqs_cut"]) == ("WARN", path, block_offset(5), 3251, "3301..4000")
+        assert [f["seq"] for f in log.named("ready")] == [3250]
+    finally:
+        ring.close()
+        ring.unlink()
+    with JournalWriter(d, shard) as w:
+        assert w.next_sequence == 3251
+        w.append(3251, make_records(3251, 50).tobytes())
+    seqs, arr = JournalReader(d, shard).array()
+    check_content(seqs, arr)
+    assert seqs[-1] == 3300
+
+
 def interval_segment(d, synced_blocks, blocks=10):
     """One segment of ``blocks`` blocks of 50 under ``interval``, synced after ``synced_blocks``."""
     with JournalWriter(d, SHARD, fsync="interval", fsync_interval_ms=10 ** 9,
@@ -214,6 +250,26 @@ def test_last_segment_zeros_stop_when_synced_and_are_cut_when_never_synced(tmp_p
     c = log.named("journal_tail_cut")[0]
     assert (c["offset"], c["watermark"], c["intact_records_cut"]) == \
         (off, block_offset(4), 50 * (9 - zeroed))
+
+
+@pytest.mark.pypy
+def test_blocks_appended_after_a_restart_claim_the_segment_they_continue(tmp_path):
+    """kill -9 after block 3's sync: blocks 4..9 are only in the page cache.  The next writer
+    fsyncs the segment at open, so its first block claims all ten durable: zeros over block 6
+    are then damage, not a torn tail (without that fsync they would be cut silently)."""
+    d = str(tmp_path)
+    interval_segment(d, synced_blocks=4)
+    path = list_segments(d, SHARD)[0][1]
+    with JournalWriter(d, SHARD, fsync="off") as w:
+        assert w.next_sequence == 501
+        w.append(501, make_records(501, 50).tobytes())
+    with open(path, "rb") as f:
+        f.seek(block_offset(10) + 20)
+        assert struct.unpack("<Q", f.read(8))[0] == block_offset(10)
+    off = zero_block(path, 6)
+    start_must_stop(d, {"path": path, "offset": off, "reason": "bad_block_header",
+                        "valid_through": 300, "first_lost_seq": 301, "last_lost_seq": 550,
+                        "records_after": 200})
 
 
 @pytest.mark.pypy
