@@ -819,6 +819,10 @@ class LazyLevels(Mapping):
         return d
 
     def update(self, other):
+        """Fold later levels in (the hub's conflation); stays lazy when both are."""
+        if isinstance(other, LazyLevels) and self._d is None and other._d is None:
+            self._parts.extend(other._parts)
+            return
         self._dict().update(other._dict() if isinstance(other, LazyLevels) else other)
 
     def __getitem__(self, key):

@@ -208,3 +208,34 @@ def test_columnar_equals_object_model_small_keeps_sliding_window():
 @pytest.mark.timeout(3600)
 def test_columnar_equals_object_model_1m():
     _run(1_000_000, seed=23, checkpoints=5, max_batch=4096)
+
+
+@pytest.mark.timeout(120)
+def test_conflated_changes_merge_equal():
+    """The hub's conflation (``Changes.merge`` of consecutive batches) gives the same
+    merged changes for both models, across the per-event and the vectorized paths."""
+    rng = random.Random(31)
+    sink = BytesSink()
+    matcher = Matcher(DEFAULT_CONFIG, sink)
+    ref = ReadModel(sorted(DEFAULT_CONFIG.symbols), specs=_SPECS)
+    col = ColumnarReadModel(sorted(DEFAULT_CONFIG.symbols), specs=_SPECS)
+    acc_ref = acc_col = None
+    merged = 0
+    for seq, cmd in enumerate(_commands(4000, seed=31), 1):
+        matcher.process(seq, cmd)
+        if rng.random() < rng.choice((0.5, 0.01)):       # ~6 or ~300 events a batch
+            data = sink.take()
+            if not data:
+                continue
+            events = []
+            decode_chunk(data, events)
+            a, b = ref.apply(events), col.apply(EventBatch.from_bytes(data))
+            if acc_ref is None or rng.random() < 0.1:
+                if acc_ref is not None:
+                    _compare_changes(acc_ref, acc_col)
+                acc_ref, acc_col = a, b
+            else:
+                acc_ref, acc_col = acc_ref.merge(a), acc_col.merge(b)
+                merged += 1
+    _compare_changes(acc_ref, acc_col)
+    assert merged > 50
