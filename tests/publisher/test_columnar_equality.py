@@ -221,9 +221,12 @@ def test_conflated_changes_merge_equal():
     col = ColumnarReadModel(sorted(DEFAULT_CONFIG.symbols), specs=_SPECS)
     acc_ref = acc_col = None
     merged = 0
-    for seq, cmd in enumerate(_commands(4000, seed=31), 1):
+    since, target = 0, 2
+    for seq, cmd in enumerate(_commands(6000, seed=31), 1):
         matcher.process(seq, cmd)
-        if rng.random() < rng.choice((0.5, 0.01)):       # ~6 or ~300 events a batch
+        since += 1
+        if since >= target:                  # ~6 or ~300 events a batch: both paths
+            since, target = 0, rng.choice((2, 100, 100))
             data = sink.take()
             if not data:
                 continue
@@ -238,4 +241,4 @@ def test_conflated_changes_merge_equal():
                 acc_ref, acc_col = acc_ref.merge(a), acc_col.merge(b)
                 merged += 1
     _compare_changes(acc_ref, acc_col)
-    assert merged > 50
+    assert merged > 20
