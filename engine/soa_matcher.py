@@ -284,7 +284,8 @@ class SoaMatcher(object):
 
     def _free(self, s):
         """Return a finished order's slot (S1); a live one stays."""
-        if self.ob[s + O_STATE] == FREE:
+        ob = self.ob
+        if ob[s + O_STATE] == FREE:
             self.o_free.append(s)
 
     def _lookup(self, oid):
@@ -296,7 +297,8 @@ class SoaMatcher(object):
 
     def _register(self, s, state):
         """Index a live order by id, account and client id (rule M8); GTT -> heap."""
-        oid = self.ob[s + O_ID]
+        ob = self.ob
+        oid = ob[s + O_ID]
         win = self.win
         i = oid - self.win_base
         if i >= len(win):
@@ -316,15 +318,15 @@ class SoaMatcher(object):
             win[i] = s + 1
         else:
             self.old[oid] = s
-        self.ob[s + O_STATE] = state
+        ob[s + O_STATE] = state
         self.n_live += 1
-        a = self.ob[s + O_ASLOT]
+        a = ob[s + O_ASLOT]
         self.a_norders[a] += 1
         head = self.a_head[a]
-        self.ob[s + O_ANEXT] = head
-        self.ob[s + O_APREV] = -1
+        ob[s + O_ANEXT] = head
+        ob[s + O_APREV] = -1
         if head >= 0:
-            self.ob[head + O_APREV] = s
+            ob[head + O_APREV] = s
         self.a_head[a] = s
         coid = self.o_coid[s >> SHIFT]
         if coid:
@@ -332,8 +334,8 @@ class SoaMatcher(object):
             if d is None:
                 d = self.a_coid[a] = {}
             d[coid] = s
-        if self.ob[s + O_TIF] == GTT:
-            heapq.heappush(self.expiry, (self.ob[s + O_EXP], oid))
+        if ob[s + O_TIF] == GTT:
+            heapq.heappush(self.expiry, (ob[s + O_EXP], oid))
 
     def _fold(self, everything=False):
         """S3: move the live orders of the window's older half (or all of it, before a
@@ -350,32 +352,34 @@ class SoaMatcher(object):
         self.win_base = base + half
 
     def _unregister(self, s):
-        oid = self.ob[s + O_ID]
+        ob = self.ob
+        oid = ob[s + O_ID]
         i = oid - self.win_base
         if 0 <= i < len(self.win):
             self.win[i] = 0
         else:
             del self.old[oid]
-        self.ob[s + O_STATE] = FREE
+        ob[s + O_STATE] = FREE
         self.n_live -= 1
-        a = self.ob[s + O_ASLOT]
+        a = ob[s + O_ASLOT]
         self.a_norders[a] -= 1
-        nxt = self.ob[s + O_ANEXT]
-        prv = self.ob[s + O_APREV]
+        nxt = ob[s + O_ANEXT]
+        prv = ob[s + O_APREV]
         if prv >= 0:
-            self.ob[prv + O_ANEXT] = nxt
+            ob[prv + O_ANEXT] = nxt
         else:
             self.a_head[a] = nxt
         if nxt >= 0:
-            self.ob[nxt + O_APREV] = prv
+            ob[nxt + O_APREV] = prv
         coid = self.o_coid[s >> SHIFT]
         if coid:
             del self.a_coid[a][coid]
 
     # -- book (S2) ---------------------------------------------------------
     def _book_insert(self, sym, s):
-        price = self.ob[s + O_PRICE]
-        if self.ob[s + O_SIDE] == BUY:
+        ob = self.ob
+        price = ob[s + O_PRICE]
+        if ob[s + O_SIDE] == BUY:
             lv = sym.bid_levels.get(price, -1)
             if lv < 0:
                 lv = self._new_level(price)
@@ -392,16 +396,16 @@ class SoaMatcher(object):
                 if price < sym.best_ask:
                     sym.best_ask = price
         tail = self.lv_tail[lv]
-        self.ob[s + O_PREV] = tail
-        self.ob[s + O_NEXT] = -1
+        ob[s + O_PREV] = tail
+        ob[s + O_NEXT] = -1
         if tail < 0:
             self.lv_head[lv] = s
         else:
-            self.ob[tail + O_NEXT] = s
+            ob[tail + O_NEXT] = s
         self.lv_tail[lv] = s
-        self.lv_total[lv] += self.ob[s + O_REM]
+        self.lv_total[lv] += ob[s + O_REM]
         self.lv_count[lv] += 1
-        self.ob[s + O_LVL] = lv
+        ob[s + O_LVL] = lv
 
     def _new_level(self, price):
         free = self.lv_free
@@ -424,23 +428,24 @@ class SoaMatcher(object):
     def _book_remove(self, sym, s):
         """Unlink resting ``s`` (its remaining leaves the total); returns the level's
         total afterwards (0 when the level emptied and was dropped)."""
-        lv = self.ob[s + O_LVL]
-        prv = self.ob[s + O_PREV]
-        nxt = self.ob[s + O_NEXT]
+        ob = self.ob
+        lv = ob[s + O_LVL]
+        prv = ob[s + O_PREV]
+        nxt = ob[s + O_NEXT]
         if prv < 0:
             self.lv_head[lv] = nxt
         else:
-            self.ob[prv + O_NEXT] = nxt
+            ob[prv + O_NEXT] = nxt
         if nxt < 0:
             self.lv_tail[lv] = prv
         else:
-            self.ob[nxt + O_PREV] = prv
-        self.ob[s + O_PREV] = self.ob[s + O_NEXT] = self.ob[s + O_LVL] = -1
-        self.lv_total[lv] -= self.ob[s + O_REM]
+            ob[nxt + O_PREV] = prv
+        ob[s + O_PREV] = ob[s + O_NEXT] = ob[s + O_LVL] = -1
+        self.lv_total[lv] -= ob[s + O_REM]
         count = self.lv_count[lv] - 1
         self.lv_count[lv] = count
         if count == 0:
-            self._drop_level(sym, self.ob[s + O_SIDE], self.lv_price[lv])
+            self._drop_level(sym, ob[s + O_SIDE], self.lv_price[lv])
             return 0
         return self.lv_total[lv]
 
@@ -461,16 +466,19 @@ class SoaMatcher(object):
 
     # -- stops ---------------------------------------------------------------
     def _rises(self, s):
-        return (self.ob[s + O_SIDE] == BUY) == (self.ob[s + O_TYPE] == STOP_LOSS or
-                                            self.ob[s + O_TYPE] == STOP_LIMIT)
+        ob = self.ob
+        return (ob[s + O_SIDE] == BUY) == (ob[s + O_TYPE] == STOP_LOSS or
+                                            ob[s + O_TYPE] == STOP_LIMIT)
 
     def _stop_add(self, sym, s):
-        (sym.rising if self._rises(s) else sym.falling).add((self.ob[s + O_STOP], self.ob[s + O_ID]))
-        sym.stops[self.ob[s + O_ID]] = s
+        ob = self.ob
+        (sym.rising if self._rises(s) else sym.falling).add((ob[s + O_STOP], ob[s + O_ID]))
+        sym.stops[ob[s + O_ID]] = s
 
     def _stop_remove(self, sym, s):
-        (sym.rising if self._rises(s) else sym.falling).remove((self.ob[s + O_STOP], self.ob[s + O_ID]))
-        del sym.stops[self.ob[s + O_ID]]
+        ob = self.ob
+        (sym.rising if self._rises(s) else sym.falling).remove((ob[s + O_STOP], ob[s + O_ID]))
+        del sym.stops[ob[s + O_ID]]
 
     # ==================================================================
     # events (S5)
@@ -496,9 +504,10 @@ class SoaMatcher(object):
     def _oev(self, kind, s, flags, reason, price, qty, fee, amount, trade_id, c_oid, c_acct,
              aux):
         """An event about order slot ``s`` (EventWriter.order)."""
-        self._ev(kind, self.ob[s + O_SIDE], self.ob[s + O_TYPE], self.ob[s + O_TIF], flags, self.ob[s + O_SYM],
-                 reason, self.ob[s + O_PROD], self.ob[s + O_ACCT], self.ob[s + O_ID], price, qty,
-                 self.ob[s + O_REM], self.ob[s + O_FILLED], fee, amount, trade_id, c_oid, c_acct,
+        ob = self.ob
+        self._ev(kind, ob[s + O_SIDE], ob[s + O_TYPE], ob[s + O_TIF], flags, ob[s + O_SYM],
+                 reason, ob[s + O_PROD], ob[s + O_ACCT], ob[s + O_ID], price, qty,
+                 ob[s + O_REM], ob[s + O_FILLED], fee, amount, trade_id, c_oid, c_acct,
                  self.o_coid[s >> SHIFT], aux)
 
     def _delta(self, sid, side, price, total):
@@ -507,11 +516,12 @@ class SoaMatcher(object):
 
     def _fill(self, m, o, sid, price, q, mfee, tfee, n, trade_id):
         """Maker FILL, taker FILL, TRADE (EventWriter.fill)."""
-        maker_id = self.ob[m + O_ID]
-        maker_acct = self.ob[m + O_ACCT]
-        taker_id = self.ob[o + O_ID]
-        taker_acct = self.ob[o + O_ACCT]
-        taker_side = self.ob[o + O_SIDE]
+        ob = self.ob
+        maker_id = ob[m + O_ID]
+        maker_acct = ob[m + O_ACCT]
+        taker_id = ob[o + O_ID]
+        taker_acct = ob[o + O_ACCT]
+        taker_side = ob[o + O_SIDE]
         bs = self._bs
         if bs is not None:
             end = bs._end
@@ -522,13 +532,13 @@ class SoaMatcher(object):
             ck = self._ck
             seq = self._seq
             ts = self._ts
-            _pack_into(buf, end, E_FILL, self.ob[m + O_SIDE], self.ob[m + O_TYPE], self.ob[m + O_TIF],
-                       EF_MAKER, ck, sid, 0, self.ob[m + O_PROD], maker_acct, seq, maker_id, price,
-                       q, self.ob[m + O_REM], self.ob[m + O_FILLED], mfee, n, trade_id, taker_id,
+            _pack_into(buf, end, E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF],
+                       EF_MAKER, ck, sid, 0, ob[m + O_PROD], maker_acct, seq, maker_id, price,
+                       q, ob[m + O_REM], ob[m + O_FILLED], mfee, n, trade_id, taker_id,
                        taker_acct, ei, ts, self.o_coid[m >> SHIFT], 0)
-            _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, self.ob[o + O_TYPE],
-                       self.ob[o + O_TIF], EF_TAKER, ck, sid, 0, self.ob[o + O_PROD], taker_acct, seq,
-                       taker_id, price, q, self.ob[o + O_REM], self.ob[o + O_FILLED], tfee, n, trade_id,
+            _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, ob[o + O_TYPE],
+                       ob[o + O_TIF], EF_TAKER, ck, sid, 0, ob[o + O_PROD], taker_acct, seq,
+                       taker_id, price, q, ob[o + O_REM], ob[o + O_FILLED], tfee, n, trade_id,
                        maker_id, maker_acct, ei + 1, ts, self.o_coid[o >> SHIFT], 0)
             _pack_into(buf, end + _E2, E_TRADE, taker_side, 0, 0, 0, ck, sid, 0, 0, taker_acct,
                        seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct,
@@ -536,12 +546,12 @@ class SoaMatcher(object):
             self._ei = ei + 3
             bs._end = end + _E3
             return
-        self._ev(E_FILL, self.ob[m + O_SIDE], self.ob[m + O_TYPE], self.ob[m + O_TIF], EF_MAKER, sid, 0,
-                 self.ob[m + O_PROD], maker_acct, maker_id, price, q, self.ob[m + O_REM],
-                 self.ob[m + O_FILLED], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m >> SHIFT], 0)
-        self._ev(E_FILL, taker_side, self.ob[o + O_TYPE], self.ob[o + O_TIF], EF_TAKER, sid, 0,
-                 self.ob[o + O_PROD], taker_acct, taker_id, price, q, self.ob[o + O_REM],
-                 self.ob[o + O_FILLED], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o >> SHIFT], 0)
+        self._ev(E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF], EF_MAKER, sid, 0,
+                 ob[m + O_PROD], maker_acct, maker_id, price, q, ob[m + O_REM],
+                 ob[m + O_FILLED], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m >> SHIFT], 0)
+        self._ev(E_FILL, taker_side, ob[o + O_TYPE], ob[o + O_TIF], EF_TAKER, sid, 0,
+                 ob[o + O_PROD], taker_acct, taker_id, price, q, ob[o + O_REM],
+                 ob[o + O_FILLED], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o >> SHIFT], 0)
         self._ev(E_TRADE, taker_side, 0, 0, 0, sid, 0, 0, taker_acct, taker_id, price, q, 0, 0,
                  0, n, trade_id, maker_id, maker_acct, 0, 0)
 
@@ -632,30 +642,33 @@ class SoaMatcher(object):
     # holds (rule M4)
     # ==================================================================
     def _need_rest(self, s, sym):
-        rem = self.ob[s + O_REM]
-        if self.ob[s + O_SIDE] == SELL:
+        ob = self.ob
+        rem = ob[s + O_REM]
+        if ob[s + O_SIDE] == SELL:
             return rem * sym.bpl
-        n = self.ob[s + O_PRICE] * rem * sym.u
+        n = ob[s + O_PRICE] * rem * sym.u
         m = sym.maker
         if m > 0:
-            return n - ((-(self.o_feenum[s >> SHIFT] + n * m)) // 10000) - self.ob[s + O_FEEPAID]
+            return n - ((-(self.o_feenum[s >> SHIFT] + n * m)) // 10000) - ob[s + O_FEEPAID]
         return n
 
     def _need_stop(self, s, sym):
-        if self.ob[s + O_SIDE] == SELL:
-            return self.ob[s + O_QTY] * sym.bpl
-        if self.ob[s + O_FLAGS] & F_FUNDS:
-            return self.ob[s + O_FUNDS]
-        price = self.ob[s + O_PRICE]
+        ob = self.ob
+        if ob[s + O_SIDE] == SELL:
+            return ob[s + O_QTY] * sym.bpl
+        if ob[s + O_FLAGS] & F_FUNDS:
+            return ob[s + O_FUNDS]
+        price = ob[s + O_PRICE]
         if price == 0:
             return 0
-        n = price * self.ob[s + O_QTY] * sym.u
+        n = price * ob[s + O_QTY] * sym.u
         return n - ((-n * sym.taker) // 10000)
 
     # ==================================================================
     # NEW_ORDER
     # ==================================================================
     def _new_order(self, seq, cmd):
+        ob = self.ob
         sym = self.symbols.get(cmd.symbol_id)
         if sym is None:
             return self._reject(cmd, R_UNKNOWN_SYMBOL, seq)
@@ -750,7 +763,7 @@ class SoaMatcher(object):
                         qty, coid, cmd.producer_id, expire_ns, stop_price, funds)
         if otype >= STOP_LOSS:
             self._new_stop(s, sym, a, cmd)
-            if self.ob[s + O_STATE] == FREE:
+            if ob[s + O_STATE] == FREE:
                 self.o_free.append(s)
         elif not self._new_taker(s, sym, a, cmd, seq, side, otype, tif, flags, price, qty,
                                  funds):
@@ -760,6 +773,7 @@ class SoaMatcher(object):
         """Limit/market entry.  None when rejected (the caller frees the slot), True once
         accepted: the slot is then handled here (resting, or freed before the triggers
         run, since a triggered order may take the slot)."""
+        ob = self.ob
         bal = self.bal
         ab = a * self.W
         eflags = 0
@@ -770,13 +784,13 @@ class SoaMatcher(object):
                         if not flags & F_REPRICE or sym.best_ask <= 1:
                             return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
                         price = sym.best_ask - 1
-                        self.ob[s + O_PRICE] = price
+                        ob[s + O_PRICE] = price
                         eflags = EF_REPRICED
                 elif price <= sym.best_bid:
                     if not flags & F_REPRICE:
                         return self._reject(cmd, R_POST_ONLY_WOULD_TAKE, seq)
                     price = sym.best_bid + 1
-                    self.ob[s + O_PRICE] = price
+                    ob[s + O_PRICE] = price
                     eflags = EF_REPRICED
                 hold = self._need_rest(s, sym)
             elif side == BUY:
@@ -808,48 +822,49 @@ class SoaMatcher(object):
                 return self._reject(cmd, R_FOK_NOT_FILLABLE, seq)
         bal[hi] -= hold
         bal[hi + 1] += hold
-        self.ob[s + O_HOLD] = hold
+        ob[s + O_HOLD] = hold
         self._oev(E_ACCEPTED, s, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
         if flags & F_POST:
             self._rest(s, sym)
         else:
             last = sym.last_price
             self._take(s, sym)
-            if self.ob[s + O_STATE] == FREE:
+            if ob[s + O_STATE] == FREE:
                 self.o_free.append(s)
             if sym.last_price != last and sym.stops:
                 self._run_triggers(sym)
         return True
 
     def _new_stop(self, s, sym, a, cmd):
+        ob = self.ob
         last = sym.last_price
         if last:
             if self._rises(s):
-                triggered = last >= self.ob[s + O_STOP]
+                triggered = last >= ob[s + O_STOP]
             else:
-                triggered = last <= self.ob[s + O_STOP]
+                triggered = last <= ob[s + O_STOP]
             if triggered:
-                return self._reject(cmd, R_INVALID_STOP_PRICE, self.ob[s + O_ID])
+                return self._reject(cmd, R_INVALID_STOP_PRICE, ob[s + O_ID])
         hold = self._need_stop(s, sym)
-        hi = a * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY else sym.base_i)
+        hi = a * self.W + (sym.quote_i if ob[s + O_SIDE] == BUY else sym.base_i)
         bal = self.bal
         if hold > bal[hi]:
-            return self._reject(cmd, R_INSUFFICIENT_FUNDS, self.ob[s + O_ID])
+            return self._reject(cmd, R_INSUFFICIENT_FUNDS, ob[s + O_ID])
         bal[hi] -= hold
         bal[hi + 1] += hold
-        self.ob[s + O_HOLD] = hold
+        ob[s + O_HOLD] = hold
         self._stop_add(sym, s)
         self._register(s, WAITING)
-        self._oev(E_ACCEPTED, s, EF_STOP, 0, self.ob[s + O_PRICE], self.ob[s + O_QTY], 0,
-                  self.ob[s + O_FUNDS], 0, 0, 0, hold)
+        self._oev(E_ACCEPTED, s, EF_STOP, 0, ob[s + O_PRICE], ob[s + O_QTY], 0,
+                  ob[s + O_FUNDS], 0, 0, 0, hold)
 
     def _fok_fillable(self, s, sym, ab):
         ob = self.ob
-        need = self.ob[s + O_QTY]
-        account_id = self.ob[s + O_ACCT]
-        skip_own = self.ob[s + O_STP] == STP_CO
-        side = self.ob[s + O_SIDE]
-        oprice = self.ob[s + O_PRICE]
+        need = ob[s + O_QTY]
+        account_id = ob[s + O_ACCT]
+        skip_own = ob[s + O_STP] == STP_CO
+        side = ob[s + O_SIDE]
+        oprice = ob[s + O_PRICE]
         budget = self.bal[ab + sym.quote_i] if (side == BUY and oprice == 0) else -1
         cost = 0
         fee_num = 0
@@ -891,52 +906,55 @@ class SoaMatcher(object):
         return False
 
     def _rest(self, s, sym):
+        ob = self.ob
         need = self._need_rest(s, sym)
-        extra = self.ob[s + O_HOLD] - need
+        extra = ob[s + O_HOLD] - need
         if extra:
-            hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
+            hi = ob[s + O_ASLOT] * self.W + (sym.quote_i if ob[s + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= extra
             bal[hi] += extra
-            self.ob[s + O_HOLD] = need
+            ob[s + O_HOLD] = need
         self._book_insert(sym, s)
         self._register(s, RESTING)
-        self._delta(sym.symbol_id, self.ob[s + O_SIDE], self.ob[s + O_PRICE],
-                    self.lv_total[self.ob[s + O_LVL]])
+        self._delta(sym.symbol_id, ob[s + O_SIDE], ob[s + O_PRICE],
+                    self.lv_total[ob[s + O_LVL]])
 
     def _release(self, s, sym):
-        hold = self.ob[s + O_HOLD]
+        ob = self.ob
+        hold = ob[s + O_HOLD]
         if hold:
-            hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
+            hi = ob[s + O_ASLOT] * self.W + (sym.quote_i if ob[s + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= hold
             bal[hi] += hold
-            self.ob[s + O_HOLD] = 0
+            ob[s + O_HOLD] = 0
         return hold
 
     def _take(self, s, sym):
-        otype = self.ob[s + O_TYPE]
-        price = self.ob[s + O_PRICE]
-        if self.ob[s + O_SIDE] == BUY:
+        ob = self.ob
+        otype = ob[s + O_TYPE]
+        price = ob[s + O_PRICE]
+        if ob[s + O_SIDE] == BUY:
             crosses = sym.best_ask <= (price or NO_ASK - 1)
         else:
             crosses = sym.best_bid >= (price or 1)
         stop_reason = self._match(s, sym) if crosses else 0
-        rem = self.ob[s + O_REM]
-        tif = self.ob[s + O_TIF]
+        rem = ob[s + O_REM]
+        tif = ob[s + O_TIF]
         if rem > 0 and stop_reason == 0 and otype != MARKET and otype != STOP_LOSS and \
                 otype != TAKE_PROFIT and (tif == GTC or tif == GTT):
             self._rest(s, sym)
             return
-        if rem > 0 or self.ob[s + O_FUNDS]:
+        if rem > 0 or ob[s + O_FUNDS]:
             if stop_reason == 0:
                 if price == 0:
                     stop_reason = R_CANCELLED_MARKET_REMAINDER
                 else:
                     stop_reason = R_CANCELLED_IOC_REMAINDER
-            self.ob[s + O_REM] = 0
+            ob[s + O_REM] = 0
             released = self._release(s, sym)
             self._oev(E_CANCELLED, s, 0, stop_reason, price, rem, 0, released, 0, 0, 0, 0)
         else:
@@ -953,9 +971,9 @@ class SoaMatcher(object):
         bal = self.bal
         W = self.W
         fee_b = self.acct_slot[self.fee_account_id] * W
-        side = self.ob[o + O_SIDE]
-        by_funds = self.ob[o + O_FUNDS]
-        oprice = self.ob[o + O_PRICE]
+        side = ob[o + O_SIDE]
+        by_funds = ob[o + O_FUNDS]
+        oprice = ob[o + O_PRICE]
         budget_limited = side == BUY and oprice == 0
         rem = MAX_VALUE if by_funds else ob[o + O_REM]
         taker_rate = sym.taker
@@ -997,7 +1015,7 @@ class SoaMatcher(object):
             while m >= 0:
                 nxt = ob[m + O_NEXT]
                 if ob[m + O_ACCT] == account_id:
-                    mode = self.ob[o + O_STP]
+                    mode = ob[o + O_STP]
                     if mode == STP_CO or (mode == STP_DC and by_funds):
                         self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                         m = nxt
@@ -1015,16 +1033,16 @@ class SoaMatcher(object):
                         self._decrement_maker(m, lv, sym, d)
                         stop_reason = R_CANCELLED_STP
                         break
-                    mid = self.ob[m + O_ID]
+                    mid = ob[m + O_ID]
                     macct = ob[m + O_ACCT]
                     self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                     if rem == d:
                         stop_reason = R_CANCELLED_STP
                         break
-                    self.ob[o + O_QTY] -= d
+                    ob[o + O_QTY] -= d
                     ob[o + O_REM] -= d
                     rem -= d
-                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, self.ob[o + O_QTY], 0, 0, 0,
+                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, ob[o + O_QTY], 0, 0, 0,
                               mid, macct, d)
                     m = nxt
                     continue
@@ -1147,12 +1165,13 @@ class SoaMatcher(object):
         return stop_reason
 
     def _affordable(self, o, pu, q, rate):
-        hold = self.ob[o + O_HOLD]
+        ob = self.ob
+        hold = ob[o + O_HOLD]
         est = (hold * 10000) // (pu * (10000 + rate)) + 1
         if est < q:
             q = est
         fee_num = self.o_feenum[o >> SHIFT]
-        fee_paid = self.ob[o + O_FEEPAID]
+        fee_paid = ob[o + O_FEEPAID]
         while q > 0:
             n = pu * q
             if n - ((-(fee_num + n * rate)) // 10000) - fee_paid <= hold:
@@ -1162,38 +1181,40 @@ class SoaMatcher(object):
 
     def _cancel_head(self, m, lv, sym, reason):
         """Cancel maker ``m`` at the head of level ``lv`` during matching (no delta)."""
-        nxt = self.ob[m + O_NEXT]
+        ob = self.ob
+        nxt = ob[m + O_NEXT]
         self.lv_head[lv] = nxt
         if nxt < 0:
             self.lv_tail[lv] = -1
         else:
-            self.ob[nxt + O_PREV] = -1
+            ob[nxt + O_PREV] = -1
         self.lv_count[lv] -= 1
-        cancelled = self.ob[m + O_REM]
+        cancelled = ob[m + O_REM]
         self.lv_total[lv] -= cancelled
-        self.ob[m + O_NEXT] = -1
-        self.ob[m + O_LVL] = -1
-        self.ob[m + O_REM] = 0
+        ob[m + O_NEXT] = -1
+        ob[m + O_LVL] = -1
+        ob[m + O_REM] = 0
         released = self._release(m, sym)
         self._unregister(m)
-        self._oev(E_CANCELLED, m, EF_MAKER, reason, self.ob[m + O_PRICE], cancelled, 0, released, 0,
+        self._oev(E_CANCELLED, m, EF_MAKER, reason, ob[m + O_PRICE], cancelled, 0, released, 0,
                   0, 0, 0)
         self.o_free.append(m)
 
     def _decrement_maker(self, m, lv, sym, d):
-        self.ob[m + O_QTY] -= d
-        self.ob[m + O_REM] -= d
+        ob = self.ob
+        ob[m + O_QTY] -= d
+        ob[m + O_REM] -= d
         self.lv_total[lv] -= d
         need = self._need_rest(m, sym)
-        extra = self.ob[m + O_HOLD] - need
+        extra = ob[m + O_HOLD] - need
         if extra:
-            hi = self.ob[m + O_ASLOT] * self.W + (sym.quote_i if self.ob[m + O_SIDE] == BUY
+            hi = ob[m + O_ASLOT] * self.W + (sym.quote_i if ob[m + O_SIDE] == BUY
                                              else sym.base_i)
             bal = self.bal
             bal[hi + 1] -= extra
             bal[hi] += extra
-            self.ob[m + O_HOLD] = need
-        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, self.ob[m + O_PRICE], self.ob[m + O_QTY], 0,
+            ob[m + O_HOLD] = need
+        self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, ob[m + O_PRICE], ob[m + O_QTY], 0,
                   extra, 0, 0, 0, d)
 
     # -- triggers (rule M7) ------------------------------------------------
@@ -1212,64 +1233,68 @@ class SoaMatcher(object):
         return [stops.pop(oid) for _, oid in keys]
 
     def _run_triggers(self, sym):
+        ob = self.ob
         while sym.stops:
             batch = self._pop_triggered(sym, sym.last_price)
             if not batch:
                 return
             for s in batch:
                 self._unregister(s)
-                self._oev(E_TRIGGERED, s, EF_STOP, 0, self.ob[s + O_PRICE], self.ob[s + O_QTY], 0,
-                          self.ob[s + O_FUNDS], 0, 0, 0, self.ob[s + O_STOP])
-                buy_by_size = self.ob[s + O_SIDE] == BUY and self.ob[s + O_PRICE] == 0
-                if buy_by_size and not self.ob[s + O_FUNDS]:
+                self._oev(E_TRIGGERED, s, EF_STOP, 0, ob[s + O_PRICE], ob[s + O_QTY], 0,
+                          ob[s + O_FUNDS], 0, 0, 0, ob[s + O_STOP])
+                buy_by_size = ob[s + O_SIDE] == BUY and ob[s + O_PRICE] == 0
+                if buy_by_size and not ob[s + O_FUNDS]:
                     bal = self.bal
-                    qi = self.ob[s + O_ASLOT] * self.W + sym.quote_i
+                    qi = ob[s + O_ASLOT] * self.W + sym.quote_i
                     avail = bal[qi]
                     bal[qi] = 0
                     bal[qi + 1] += avail
-                    self.ob[s + O_HOLD] = avail
+                    ob[s + O_HOLD] = avail
                 if sym.halted:
                     self._finish_unfilled(s, sym, R_SYMBOL_HALTED)
-                elif buy_by_size and self.ob[s + O_HOLD] == 0:
+                elif buy_by_size and ob[s + O_HOLD] == 0:
                     self._finish_unfilled(s, sym, R_CANCELLED_NO_FUNDS)
                 else:
                     self._take(s, sym)
                 self._free(s)
 
     def _finish_unfilled(self, s, sym, reason):
-        cancelled = self.ob[s + O_REM]
-        self.ob[s + O_REM] = 0
+        ob = self.ob
+        cancelled = ob[s + O_REM]
+        ob[s + O_REM] = 0
         released = self._release(s, sym)
-        self._oev(E_CANCELLED, s, EF_STOP, reason, self.ob[s + O_PRICE], cancelled, 0, released, 0,
+        self._oev(E_CANCELLED, s, EF_STOP, reason, ob[s + O_PRICE], cancelled, 0, released, 0,
                   0, 0, 0)
 
     # -- expiry (rule M1) --------------------------------------------------
     def _expire(self, now):
+        ob = self.ob
         expiry = self.expiry
         while expiry and expiry[0][0] <= now:
             expire_ns, oid = heapq.heappop(expiry)
             s = self._lookup(oid)
-            if s < 0 or self.ob[s + O_EXP] != expire_ns:
+            if s < 0 or ob[s + O_EXP] != expire_ns:
                 continue
-            self._remove_live(s, self.symbols[self.ob[s + O_SYM]], E_EXPIRED, R_CANCELLED_EXPIRED)
+            self._remove_live(s, self.symbols[ob[s + O_SYM]], E_EXPIRED, R_CANCELLED_EXPIRED)
 
     def _remove_live(self, s, sym, kind, reason):
         """Remove a resting order or waiting stop; release its hold; emit kind (+ delta);
         frees the slot."""
-        resting = self.ob[s + O_STATE] == RESTING
-        price = self.ob[s + O_PRICE]
+        ob = self.ob
+        resting = ob[s + O_STATE] == RESTING
+        price = ob[s + O_PRICE]
         if resting:
             total = self._book_remove(sym, s)
         else:
             self._stop_remove(sym, s)
-        cancelled = self.ob[s + O_REM]
-        self.ob[s + O_REM] = 0
+        cancelled = ob[s + O_REM]
+        ob[s + O_REM] = 0
         released = self._release(s, sym)
         self._unregister(s)
         self._oev(kind, s, 0 if resting else EF_STOP, reason, price, cancelled, 0, released, 0,
                   0, 0, 0)
         if resting:
-            self._delta(sym.symbol_id, self.ob[s + O_SIDE], price, total)
+            self._delta(sym.symbol_id, ob[s + O_SIDE], price, total)
         self.o_free.append(s)
 
     # ==================================================================
@@ -1277,6 +1302,7 @@ class SoaMatcher(object):
     # ==================================================================
     def _target(self, cmd):
         """(account slot, order slot, reason) for a CANCEL/AMEND command."""
+        ob = self.ob
         account_id = cmd.account_id
         a = self.acct_slot.get(account_id, -1)
         if a < 0 or account_id == self.fee_account_id:
@@ -1294,25 +1320,27 @@ class SoaMatcher(object):
         s = self._lookup(cmd.order_id)
         if s < 0:
             return a, -1, R_ORDER_NOT_FOUND
-        if self.ob[s + O_ACCT] != account_id:
+        if ob[s + O_ACCT] != account_id:
             return a, -1, R_NOT_ORDER_OWNER
         return a, s, 0
 
     def _cancel(self, cmd):
+        ob = self.ob
         a, s, reason = self._target(cmd)
         if reason:
             return self._reject(cmd, reason, cmd.order_id if not cmd.flags & F_BY_CID else 0)
-        self._ack(cmd, self.ob[s + O_ID])
-        self._remove_live(s, self.symbols[self.ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_BY_USER)
+        self._ack(cmd, ob[s + O_ID])
+        self._remove_live(s, self.symbols[ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_BY_USER)
 
     def _amend(self, cmd):
+        ob = self.ob
         a, s, reason = self._target(cmd)
         oid = cmd.order_id if not cmd.flags & F_BY_CID else 0
         if reason:
             return self._reject(cmd, reason, oid)
-        oid = self.ob[s + O_ID]
-        sym = self.symbols[self.ob[s + O_SYM]]
-        if self.ob[s + O_STATE] != RESTING:
+        oid = ob[s + O_ID]
+        sym = self.symbols[ob[s + O_SYM]]
+        if ob[s + O_STATE] != RESTING:
             return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
         if sym.halted:
             return self._reject(cmd, R_SYMBOL_HALTED, oid)
@@ -1324,13 +1352,13 @@ class SoaMatcher(object):
             return self._reject(cmd, R_VALUE_OVERFLOW, oid)
         if qty < 0:
             return self._reject(cmd, R_INVALID_QTY, oid)
-        old_price = self.ob[s + O_PRICE]
-        old_qty = self.ob[s + O_QTY]
-        old_rem = self.ob[s + O_REM]
-        side = self.ob[s + O_SIDE]
+        old_price = ob[s + O_PRICE]
+        old_qty = ob[s + O_QTY]
+        old_rem = ob[s + O_REM]
+        side = ob[s + O_SIDE]
         new_price = price or old_price
         new_qty = qty or old_qty
-        filled = self.ob[s + O_FILLED]
+        filled = ob[s + O_FILLED]
         if new_qty <= filled:
             return self._reject(cmd, R_AMEND_BELOW_FILLED, oid)
         if new_qty < sym.min_qty:
@@ -1347,39 +1375,39 @@ class SoaMatcher(object):
             if (side == BUY and new_price >= sym.best_ask) or \
                     (side == SELL and new_price <= sym.best_bid):
                 return self._reject(cmd, R_AMEND_NOT_ALLOWED, oid)
-        self.ob[s + O_PRICE] = new_price
-        self.ob[s + O_QTY] = new_qty
-        self.ob[s + O_REM] = new_qty - filled
+        ob[s + O_PRICE] = new_price
+        ob[s + O_QTY] = new_qty
+        ob[s + O_REM] = new_qty - filled
         need = self._need_rest(s, sym)
-        hi = self.ob[s + O_ASLOT] * self.W + (sym.quote_i if side == BUY else sym.base_i)
+        hi = ob[s + O_ASLOT] * self.W + (sym.quote_i if side == BUY else sym.base_i)
         bal = self.bal
-        diff = need - self.ob[s + O_HOLD]
+        diff = need - ob[s + O_HOLD]
         if diff > bal[hi]:
-            self.ob[s + O_PRICE] = old_price
-            self.ob[s + O_QTY] = old_qty
-            self.ob[s + O_REM] = old_rem
+            ob[s + O_PRICE] = old_price
+            ob[s + O_QTY] = old_qty
+            ob[s + O_REM] = old_rem
             return self._reject(cmd, R_INSUFFICIENT_FUNDS, oid)
         bal[hi] -= diff
         bal[hi + 1] += diff
-        self.ob[s + O_HOLD] = need
+        ob[s + O_HOLD] = need
         self._ack(cmd, oid)
-        lv = self.ob[s + O_LVL]
+        lv = ob[s + O_LVL]
         if new_price == old_price and new_qty < old_qty:
-            self.lv_total[lv] -= old_rem - self.ob[s + O_REM]
+            self.lv_total[lv] -= old_rem - ob[s + O_REM]
             self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
             self._delta(sym.symbol_id, side, new_price, self.lv_total[lv])
         else:
-            new_rem = self.ob[s + O_REM]
-            self.ob[s + O_REM] = old_rem
-            self.ob[s + O_PRICE] = old_price
+            new_rem = ob[s + O_REM]
+            ob[s + O_REM] = old_rem
+            ob[s + O_PRICE] = old_price
             old_total = self._book_remove(sym, s)
-            self.ob[s + O_PRICE] = new_price
-            self.ob[s + O_REM] = new_rem
+            ob[s + O_PRICE] = new_price
+            ob[s + O_REM] = new_rem
             self._book_insert(sym, s)
             self._oev(E_AMENDED, s, 0, 0, new_price, new_qty, 0, 0, 0, 0, 0, need)
             if new_price != old_price:
                 self._delta(sym.symbol_id, side, old_price, old_total)
-            self._delta(sym.symbol_id, side, new_price, self.lv_total[self.ob[s + O_LVL]])
+            self._delta(sym.symbol_id, side, new_price, self.lv_total[ob[s + O_LVL]])
 
     def _orders_of(self, a, symbol_id=0):
         """Live order slots of account slot ``a`` (of ``symbol_id``; 0 = all), ascending
@@ -1395,6 +1423,7 @@ class SoaMatcher(object):
         return out
 
     def _mass_cancel(self, cmd):
+        ob = self.ob
         account_id = cmd.account_id
         a = self.acct_slot.get(account_id, -1)
         if a < 0 or account_id == self.fee_account_id:
@@ -1408,7 +1437,7 @@ class SoaMatcher(object):
         self._ack(cmd, 0, len(targets))
         symbols = self.symbols
         for s in targets:
-            self._remove_live(s, symbols[self.ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_MASS)
+            self._remove_live(s, symbols[ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_MASS)
 
     # ==================================================================
     # DEPOSIT / WITHDRAW / HALT / RESUME
@@ -1503,6 +1532,7 @@ class SoaMatcher(object):
         return [(p, self.lv_total[levels[p]]) for p in prices]
 
     def _resting_slots(self, sym):
+        ob = self.ob
         out = []
         for side in (BUY, SELL):
             levels = sym.bid_levels if side == BUY else sym.ask_levels
@@ -1510,7 +1540,7 @@ class SoaMatcher(object):
                 s = self.lv_head[levels[price]]
                 while s >= 0:
                     out.append(s)
-                    s = self.ob[s + O_NEXT]
+                    s = ob[s + O_NEXT]
         return out
 
     def _stop_slots(self, sym):
@@ -1521,6 +1551,7 @@ class SoaMatcher(object):
     # snapshot / restore / hash (same bytes as Matcher)
     # ==================================================================
     def _encode(self, clock=True):
+        ob = self.ob
         n_assets = self.n_assets
         out = [struct.pack("<qqH", self.last_seq, self.now, n_assets) if clock else b""]
         out.append(struct.pack("<%dq" % n_assets, *self.supply))
@@ -1538,14 +1569,14 @@ class SoaMatcher(object):
             out.append(_SYM_HDR.pack(sid, 1 if sym.halted else 0, sym.last_price,
                                      sym.trade_id, len(resting), len(stops)))
             for s in resting + stops:
-                out.append(pack(self.ob[s + O_ID], self.ob[s + O_ACCT], self.ob[s + O_SYM], self.ob[s + O_SIDE],
-                                self.ob[s + O_TYPE], self.ob[s + O_TIF], self.ob[s + O_FLAGS], self.ob[s + O_STP],
-                                0, self.ob[s + O_PRICE], self.ob[s + O_QTY], self.ob[s + O_REM],
-                                self.ob[s + O_FILLED], self.o_coid[s >> SHIFT], self.ob[s + O_PROD],
-                                self.ob[s + O_EXP], self.ob[s + O_STOP], self.ob[s + O_FUNDS],
-                                self.ob[s + O_HOLD],
+                out.append(pack(ob[s + O_ID], ob[s + O_ACCT], ob[s + O_SYM], ob[s + O_SIDE],
+                                ob[s + O_TYPE], ob[s + O_TIF], ob[s + O_FLAGS], ob[s + O_STP],
+                                0, ob[s + O_PRICE], ob[s + O_QTY], ob[s + O_REM],
+                                ob[s + O_FILLED], self.o_coid[s >> SHIFT], ob[s + O_PROD],
+                                ob[s + O_EXP], ob[s + O_STOP], ob[s + O_FUNDS],
+                                ob[s + O_HOLD],
                                 self.o_feenum[s >> SHIFT].to_bytes(16, "little", signed=True),
-                                self.ob[s + O_FEEPAID]))
+                                ob[s + O_FEEPAID]))
         if clock and self.clock:
             out.append(_CLOCK_TRAILER + struct.pack("<q", self.clock))
         return b"".join(out)
@@ -1643,6 +1674,7 @@ class SoaMatcher(object):
     def _check(self):
         """Assert every invariant: links, totals, indexes, holds == needs, conservation,
         free lists disjoint from live slots."""
+        ob = self.ob
         W = self.W
         need = [0] * len(self.bal)
         live = 0
@@ -1658,22 +1690,22 @@ class SoaMatcher(object):
                     prev = -1
                     s = self.lv_head[lv]
                     while s >= 0:
-                        assert self.ob[s + O_PREV] == prev, "broken back link"
-                        assert self.ob[s + O_LVL] == lv and self.ob[s + O_SIDE] == side
-                        assert self.ob[s + O_PRICE] == price and self.ob[s + O_SYM] == sid
-                        assert self.ob[s + O_STATE] == RESTING
-                        assert self.ob[s + O_REM] > 0
-                        assert self.ob[s + O_FILLED] + self.ob[s + O_REM] == self.ob[s + O_QTY]
-                        assert self._lookup(self.ob[s + O_ID]) == s, "resting order not indexed"
-                        assert self.ob[s + O_HOLD] == self._need_rest(s, sym), "hold != need"
-                        need[self.ob[s + O_ASLOT] * W + (sym.quote_i if side == BUY
-                                                    else sym.base_i) + 1] += self.ob[s + O_HOLD]
-                        total += self.ob[s + O_REM]
+                        assert ob[s + O_PREV] == prev, "broken back link"
+                        assert ob[s + O_LVL] == lv and ob[s + O_SIDE] == side
+                        assert ob[s + O_PRICE] == price and ob[s + O_SYM] == sid
+                        assert ob[s + O_STATE] == RESTING
+                        assert ob[s + O_REM] > 0
+                        assert ob[s + O_FILLED] + ob[s + O_REM] == ob[s + O_QTY]
+                        assert self._lookup(ob[s + O_ID]) == s, "resting order not indexed"
+                        assert ob[s + O_HOLD] == self._need_rest(s, sym), "hold != need"
+                        need[ob[s + O_ASLOT] * W + (sym.quote_i if side == BUY
+                                                    else sym.base_i) + 1] += ob[s + O_HOLD]
+                        total += ob[s + O_REM]
                         count += 1
                         live += 1
                         seen.add(s)
                         prev = s
-                        s = self.ob[s + O_NEXT]
+                        s = ob[s + O_NEXT]
                     assert self.lv_tail[lv] == prev
                     assert total == self.lv_total[lv] and count == self.lv_count[lv]
             assert sym.best_bid == (max(sym.bid_levels) if sym.bid_levels else NO_BID)
@@ -1683,11 +1715,11 @@ class SoaMatcher(object):
             assert len(sym.rising) + len(sym.falling) == len(sym.stops)
             for stop_price, oid in list(sym.rising) + list(sym.falling):
                 s = sym.stops[oid]
-                assert self.ob[s + O_STOP] == stop_price and self.ob[s + O_STATE] == WAITING
+                assert ob[s + O_STOP] == stop_price and ob[s + O_STATE] == WAITING
                 assert self._lookup(oid) == s, "stop order not indexed"
-                assert self.ob[s + O_HOLD] == self._need_stop(s, sym)
-                need[self.ob[s + O_ASLOT] * W + (sym.quote_i if self.ob[s + O_SIDE] == BUY
-                                            else sym.base_i) + 1] += self.ob[s + O_HOLD]
+                assert ob[s + O_HOLD] == self._need_stop(s, sym)
+                need[ob[s + O_ASLOT] * W + (sym.quote_i if ob[s + O_SIDE] == BUY
+                                            else sym.base_i) + 1] += ob[s + O_HOLD]
                 live += 1
                 seen.add(s)
             for stop_price, oid in sym.rising:
@@ -1701,21 +1733,21 @@ class SoaMatcher(object):
         assert len(set(self.o_free)) == len(self.o_free)
         assert sum(1 for v in self.win if v) + len(self.old) == live
         for s in seen:
-            if self.ob[s + O_TIF] == GTT:
-                assert (self.ob[s + O_EXP], self.ob[s + O_ID]) in self.expiry
+            if ob[s + O_TIF] == GTT:
+                assert (ob[s + O_EXP], ob[s + O_ID]) in self.expiry
         totals = [0] * self.n_assets
         for aid, a in self.acct_slot.items():
             assert self.a_id[a] == aid
             n = 0
             s = self.a_head[a]
             while s >= 0:
-                assert s in seen and self.ob[s + O_ASLOT] == a
+                assert s in seen and ob[s + O_ASLOT] == a
                 n += 1
-                s = self.ob[s + O_ANEXT]
+                s = ob[s + O_ANEXT]
             assert n == self.a_norders[a]
             d = self.a_coid[a] or {}
             for coid, s in d.items():
-                assert s in seen and self.o_coid[s >> SHIFT] == coid and self.ob[s + O_ASLOT] == a
+                assert s in seen and self.o_coid[s >> SHIFT] == coid and ob[s + O_ASLOT] == a
             for j in range(W):
                 v = self.bal[a * W + j]
                 assert v >= 0, "negative balance"
