@@ -245,3 +245,11 @@ def test_conflated_changes_merge_equal():
                 merged += 1
     _compare_changes(acc_ref, acc_col)
     assert merged > 20
+
+
+@pytest.mark.timeout(300)
+def test_sorted_last_writer_fallback_equal(monkeypatch):
+    """The variant used when numpy would not assign repeated indices in order."""
+    import publisher.columnar as columnar
+    monkeypatch.setattr(columnar, "_SEQUENTIAL_ASSIGN", False)
+    _run(8000, seed=24, checkpoints=2, keeps={"done_orders_keep": 1000})
