@@ -726,9 +726,32 @@ def run_config(args, workdir, wait_name, rates):
     env.pop("RINGMATCH_PRODUCER_WAIT", None)
     if wait_name != "default":
         env["RINGMATCH_PRODUCER_WAIT"] = wait_name
-    engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env).start()
+    if args.replication == "none":
+        engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env).start()
+    else:
+        # a standby on this host, as perf/replication_bench starts it (it inherits os.environ)
+        from perf.replication_bench import _e2e_engine, _wait_connected
+        saved = os.environ.get("RINGMATCH_PRODUCER_WAIT")
+        os.environ.pop("RINGMATCH_PRODUCER_WAIT", None)
+        if wait_name != "default":
+            os.environ["RINGMATCH_PRODUCER_WAIT"] = wait_name
+        try:
+            engine = _e2e_engine(workdir, args.replication, args.interpreter, args.port)
+        finally:
+            os.environ.pop("RINGMATCH_PRODUCER_WAIT", None)
+            if saved is not None:
+                os.environ["RINGMATCH_PRODUCER_WAIT"] = saved
+        engine.env = env
+        try:
+            time.sleep(1.0)
+            engine.start()
+            _wait_connected(engine)
+        except BaseException:
+            engine.stop()
+            engine.stop_standby()
+            raise
     timer = None
-    out = {"producer_wait": wait_name, "steps": []}
+    out = {"producer_wait": wait_name, "replication": args.replication, "steps": []}
     try:
         _fund(engine)
         timer = OutcomeTimer(engine.shard)
@@ -762,6 +785,8 @@ def run_config(args, workdir, wait_name, rates):
         if timer is not None:
             timer.close()
         engine.stop()
+        if getattr(engine, "standby", None) is not None:
+            engine.stop_standby()
     by_rate = {}
     for st in out["steps"]:
         by_rate.setdefault(st["target_rate"], []).append(st)
@@ -806,6 +831,9 @@ def main(argv=None):
                         help="comma list of RINGMATCH_PRODUCER_WAIT settings to compare "
                              "(default = the ring's default; sleep-poll = the wait before "
                              "issue 13)")
+    parser.add_argument("--replication", default="none", choices=("none", "sync", "async"),
+                        help="attach a standby on this host (the replicator's CPU is then "
+                             "measured too); fsync is then per batch on both")
     args = parser.parse_args(argv)
     from perf.harness import environment
     from engine.supervisor import find_matcher_interpreter
@@ -837,6 +865,7 @@ def main(argv=None):
     report["settings"] = {
         "command": "python -m perf.e2e_bench " + " ".join(argv),
         "fsync": args.fsync, "producers (load generators)": args.producers,
+        "replication": args.replication,
         "seconds per step": args.seconds, "passes per rate": args.passes,
         "idle seconds": args.idle_seconds,
         "workload": "perf.workload.generate_commands (64%% limit, 25%% cancel, 4%% IOC, "
