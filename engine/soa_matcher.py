@@ -156,6 +156,13 @@ class SoaMatcher(object):
         (100, 0)
     """
 
+    __slots__ = ("W", "_bs", "_ck", "_ei", "_emit_event", "_seq", "_sink_mark_last", "_ts",
+                 "a_coid", "a_head", "a_id", "a_norders", "acct_slot", "asset_ids", "bal",
+                 "clock", "commands", "config", "expiry", "fee_account_id", "index", "last_seq",
+                 "lv_count", "lv_free", "lv_head", "lv_price", "lv_tail", "lv_total", "n_assets",
+                 "n_live", "now", "o_coid", "o_feenum", "o_free", "ob", "old", "sink",
+                 "snapshot_seq", "supply", "symbols", "win", "win_base")
+
     def __init__(self, config, sink):
         self.config = config
         self.sink = sink
