@@ -152,9 +152,17 @@ def kill_trials(tmp_path, shard, ring, trials, seed, fsync):
     progress = []
     try:
         for trial in range(trials):
+            before = ring.consumer_sequence("journaler")
             journaler = _spawn(["-m", "journaler.process", "--config", config, "--shard", shard],
                                errlog)
-            time.sleep(rng.uniform(0.05, 0.5))
+            if trial % 2:       # kill while it journals (a loaded machine starts it slowly)
+                deadline = time.monotonic() + 20
+                while ring.consumer_sequence("journaler") <= before and \
+                        time.monotonic() < deadline and journaler.poll() is None:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:               # kill at a random point, start-up and recovery included
+                time.sleep(rng.uniform(0.05, 0.5))
             journaler.kill()                                  # kill -9 at a random point
             journaler.wait(timeout=10)
             acknowledged = ring.consumer_sequence("journaler")
