@@ -866,6 +866,7 @@ def main(argv=None):
         "command": "python -m perf.e2e_bench " + " ".join(argv),
         "fsync": args.fsync, "producers (load generators)": args.producers,
         "replication": args.replication,
+        "code": _git_revision(),
         "seconds per step": args.seconds, "passes per rate": args.passes,
         "idle seconds": args.idle_seconds,
         "workload": "perf.workload.generate_commands (64%% limit, 25%% cancel, 4%% IOC, "
@@ -876,6 +877,20 @@ def main(argv=None):
                  % MAX_CLAIM}
     write_report(report, os.path.join(RESULTS, args.stem))
     return 0
+
+
+def _git_revision():
+    """``<commit>`` of the checkout, ``+ local changes`` when files differ from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             timeout=10).stdout.decode().strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               timeout=10).stdout.strip()
+        return rev + (" + local changes (other engineers' work in progress)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def write_report(report, base):
