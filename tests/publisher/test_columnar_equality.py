@@ -156,10 +156,17 @@ def _run(n, seed, checkpoints=4, stretch=1, keeps=None, max_batch=600):
     every = max(1, n // checkpoints)
     pending = []
     stats = {"batches": 0, "events": 0, "done": 0, "trades": 0}
+    # commands per batch (~3.4 events each): both the per-event path (<= SMALL_BATCH
+    # events) and the vectorized one, up to ~max_batch events
+    sizes = (1, 3, 12, 60, max(1, max_batch // 3))
+    since, target = 0, 1
     for seq, cmd in enumerate(cmds, 1):
         matcher.process(seq, cmd)
         pending.append(sink.take())
-        if rng.random() < 1.0 / rng.choice((1, 3, 20, max_batch)) or seq % every == 0 or seq == n:
+        since += 1
+        if since >= target or seq % every == 0 or seq == n:
+            since, target = 0, rng.choice(sizes)
+            stats["large"] = stats.get("large", 0) + (sum(len(p) for p in pending) > 128 * 128)
             data = b"".join(pending)
             pending = []
             if not data:
@@ -192,6 +199,7 @@ def _run(n, seed, checkpoints=4, stretch=1, keeps=None, max_batch=600):
 def test_columnar_equals_object_model_50k():
     ref, col, stats = _run(50_000, seed=21)
     assert stats["events"] > 100_000 and stats["done"] > 10_000
+    assert stats["large"] > 100 and stats["batches"] > 2 * stats["large"]   # both paths
     assert any(v.halted is False and v.trades for v in col.symbols.values())
     assert ref.rejections                           # rejections were compared
 
