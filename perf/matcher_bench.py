@@ -29,9 +29,19 @@ The PyPy pass runs as a subprocess: ``.venv-pypy/bin/python -m perf.matcher_benc
 Throughput passes go through ``perf.harness.measure``; latencies are written raw by each
 interpreter and put into ``perf.harness.Histogram`` (HdrHistogram) by the parent.
 
+* Implementations (``--impls``, default both): ``reference`` = ``engine.matcher.Matcher``,
+  ``soa`` = ``engine.soa_matcher.SoaMatcher`` (struct-of-arrays state).  On each
+  interpreter every implementation gets its warm-up/fingerprint pass, then the timed
+  passes are interleaved (reference, soa, reference, soa, ...) so both see the same
+  noise from other work on the host; every run (interpreter x implementation) must give
+  the same fingerprint.  GC time per pass: PyPy ``gc.hooks`` (minor collections and
+  major collection steps), CPython ``gc.callbacks``.  Load average recorded at the start
+  and the end.
+
 Usage::
 
     python -m perf.matcher_bench [--commands 1000000] [--passes 3] [--no-pypy] [--profile]
+        [--impls reference,soa]
 """
 import argparse
 import array
@@ -86,9 +96,66 @@ def build(rows, config):
     return deps, cmds
 
 
-def _fresh_matcher(config, deps):
+IMPLS = ("reference", "soa")
+
+
+def matcher_class(impl):
+    """The matcher class of an implementation name (see ``--impls``)."""
+    if impl == "soa":
+        from engine.soa_matcher import SoaMatcher
+        return SoaMatcher
+    if impl == "reference":
+        from engine.matcher import Matcher
+        return Matcher
+    raise ValueError("unknown implementation %r" % impl)
+
+
+class GcTimer(object):
+    """Seconds spent in the garbage collector while active (context manager).
+
+    PyPy: ``gc.hooks`` minor-collection and major-step durations; CPython:
+    ``gc.callbacks`` start/stop pairs.  ``seconds`` is None if neither is available.
+    """
+
+    def __init__(self):
+        self.seconds = None
+        self._t0 = 0.0
+
+    def _hook(self, stats):
+        self.seconds += stats.duration
+
+    def _callback(self, phase, info):
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+
+    def __enter__(self):
+        import gc
+        hooks = getattr(gc, "hooks", None)
+        if hooks is not None:
+            self.seconds = 0.0
+            hooks.on_gc_minor = self._hook
+            hooks.on_gc_collect_step = self._hook
+        elif hasattr(gc, "callbacks"):
+            self.seconds = 0.0
+            gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        import gc
+        hooks = getattr(gc, "hooks", None)
+        if hooks is not None:
+            hooks.on_gc_minor = None
+            hooks.on_gc_collect_step = None
+        elif hasattr(gc, "callbacks") and self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+        return False
+
+
+def _fresh_matcher(config, deps, impl="reference"):
     from engine.events import BytesSink
-    from engine.matcher import Matcher
+    Matcher = matcher_class(impl)
     sink = BytesSink(initial_events=BATCH * 8)
     matcher = Matcher(config, sink)
     for seq, cmd in deps:
@@ -117,9 +184,9 @@ def _count(data, counts, digest):
             rejects[str(value)] = rejects.get(str(value), 0) + n
 
 
-def run_pass(config, deps, cmds, fingerprint=False):
+def run_pass(config, deps, cmds, fingerprint=False, impl="reference"):
     """One pass on a fresh matcher; return (seconds, counts or None)."""
-    matcher, sink = _fresh_matcher(config, deps)
+    matcher, sink = _fresh_matcher(config, deps, impl)
     process = matcher.process
     take = sink.take
     counts = {"events": 0, "trades": 0, "cancels": 0, "stp_cancels": 0}
@@ -147,9 +214,9 @@ def run_pass(config, deps, cmds, fingerprint=False):
     return total, None
 
 
-def latency_pass(config, deps, cmds):
+def latency_pass(config, deps, cmds, impl="reference"):
     """One pass timing every command; return array('q') of nanoseconds."""
-    matcher, sink = _fresh_matcher(config, deps)
+    matcher, sink = _fresh_matcher(config, deps, impl)
     process = matcher.process
     take = sink.take
     clock = time.perf_counter_ns
@@ -173,32 +240,40 @@ def clock_overhead_ns(samples=200000):
     return (clock() - t0) / float(samples)
 
 
-def worker(csv_path, passes, latency_out=None):
-    """Everything measured on one interpreter; returns a JSON-able dict."""
+def worker(csv_path, passes, latency_out=None, impls=("reference",)):
+    """Everything measured on one interpreter; returns a JSON-able dict.
+
+    ``latency_out``: a path prefix; each implementation's raw latencies go to
+    ``<prefix>.<impl>``.  The timed passes of the implementations are interleaved.
+    """
     from engine.config import DEFAULT_CONFIG
     from perf.workload import read_csv
     rows = read_csv(csv_path)
     deps, cmds = build(rows, DEFAULT_CONFIG)
-    from perf.harness import Sample, measure
-    # the warm-up pass doubles as the fingerprint pass (and checks the invariants)
-    t_warm, counts = run_pass(DEFAULT_CONFIG, deps, cmds, fingerprint=True)
-    times = []
-
-    def one_pass():
-        seconds = run_pass(DEFAULT_CONFIG, deps, cmds)[0]
-        times.append(seconds)
-        return Sample(len(cmds), seconds)
-
-    result = measure("matcher_one_symbol_throughput", _interpreter(), one_pass,
-                     passes=passes, warmup=0, unit="commands/s")
-    out = {"interpreter": _interpreter(), "commands": len(cmds), "warmup_seconds": t_warm,
-           "pass_seconds": times, "fingerprint": counts, "harness": result.as_dict(),
-           "clock_overhead_ns": clock_overhead_ns()}
+    out = {"interpreter": _interpreter(), "commands": len(cmds), "impls": {},
+           "clock_overhead_ns": clock_overhead_ns(), "loadavg_start": os.getloadavg()}
+    for impl in impls:
+        # the warm-up pass doubles as the fingerprint pass (and checks the invariants)
+        t_warm, counts = run_pass(DEFAULT_CONFIG, deps, cmds, fingerprint=True, impl=impl)
+        out["impls"][impl] = {"warmup_seconds": t_warm, "fingerprint": counts,
+                              "pass_seconds": [], "gc_seconds": [], "cpu_seconds": []}
+    for _ in range(passes):
+        for impl in impls:
+            r = out["impls"][impl]
+            c0 = time.process_time()
+            with GcTimer() as gc_timer:
+                seconds = run_pass(DEFAULT_CONFIG, deps, cmds, impl=impl)[0]
+            r["cpu_seconds"].append(time.process_time() - c0)
+            r["pass_seconds"].append(seconds)
+            r["gc_seconds"].append(gc_timer.seconds)
     if latency_out:
-        lat = latency_pass(DEFAULT_CONFIG, deps, cmds)
-        with open(latency_out, "wb") as f:
-            lat.tofile(f)
-        out["latency_file"] = latency_out
+        for impl in impls:
+            lat = latency_pass(DEFAULT_CONFIG, deps, cmds, impl)
+            path = "%s.%s" % (latency_out, impl)
+            with open(path, "wb") as f:
+                lat.tofile(f)
+            out["impls"][impl]["latency_file"] = path
+    out["loadavg_end"] = os.getloadavg()
     return out
 
 
@@ -336,12 +411,19 @@ def suite(argv=None):
                              "cython-orderbook's (0 = skip)")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of 200k commands")
     parser.add_argument("--name", default="matcher_throughput", help="results file stem")
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="comma-separated implementations to run side by side "
+                             "(reference = engine.matcher.Matcher, soa = "
+                             "engine.soa_matcher.SoaMatcher)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--latency-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    impls = tuple(i for i in args.impls.split(",") if i)
+    for impl in impls:
+        matcher_class(impl)           # refuse an unknown name before any work
     if args.worker:
-        result = worker(args.csv, args.passes, args.latency_out)
+        result = worker(args.csv, args.passes, args.latency_out, impls)
         with open(args.json_out, "w") as f:
             json.dump(result, f)
         return 0
@@ -355,7 +437,10 @@ def suite(argv=None):
     rows = read_csv(csv_path)
     report = {"workload": {"commands": len(rows), "seed": args.seed, "csv": args.csv,
                            "accounts": ACCOUNTS, "symbol": "BTC-USD (DEFAULT_CONFIG)"},
-              "passes": args.passes, "runs": {}}
+              "passes": args.passes, "runs": {}, "impls": list(impls),
+              "command": "python -m perf.matcher_bench " + " ".join(
+                  sys.argv[1:] if argv is None else argv),
+              "loadavg_start": os.getloadavg()}
     print("workload: %d commands (%s)" % (len(rows), csv_path), file=sys.stderr)
 
     runs = [("cpython", None)]
@@ -367,19 +452,30 @@ def suite(argv=None):
     for label, exe in runs:
         lat_path = os.path.join(tmp, "lat-%s.bin" % label)
         if exe is None:
-            result = worker(csv_path, args.passes, lat_path)
+            result = worker(csv_path, args.passes, lat_path, impls)
         else:
             out = os.path.join(tmp, "%s.json" % label)
             subprocess.check_call([exe, "-m", "perf.matcher_bench", "--worker", "--csv", csv_path,
                                    "--passes", str(args.passes), "--json-out", out,
-                                   "--latency-out", lat_path], cwd=ROOT, timeout=1800)
+                                   "--latency-out", lat_path, "--impls", ",".join(impls)],
+                                  cwd=ROOT, timeout=3600)
             with open(out) as f:
                 result = json.load(f)
-        result["throughput"] = _stats(result["commands"], result["pass_seconds"])
-        result["latency_ns"] = _histogram(lat_path)
-        report["runs"][label] = result
-        print("%s: median %.0f commands/s" % (label, result["throughput"]["median"]),
-              file=sys.stderr)
+        for impl in impls:
+            r = dict(result["impls"][impl])
+            r["interpreter"] = result["interpreter"]
+            r["impl"] = impl
+            r["commands"] = result["commands"]
+            r["clock_overhead_ns"] = result["clock_overhead_ns"]
+            r["loadavg"] = [result["loadavg_start"], result["loadavg_end"]]
+            r["throughput"] = _stats(result["commands"], r["pass_seconds"])
+            r["cpu_throughput"] = _stats(result["commands"], r["cpu_seconds"])
+            r["latency_ns"] = _histogram(r.pop("latency_file"))
+            os.unlink("%s.%s" % (lat_path, impl))
+            key = "%s/%s" % (label, impl)
+            report["runs"][key] = r
+            print("%s: median %.0f commands/s" % (key, r["throughput"]["median"]),
+                  file=sys.stderr)
 
     if not args.no_baseline:
         times, counts = [], None
@@ -395,12 +491,13 @@ def suite(argv=None):
     if args.crosscheck and not args.no_baseline:
         report["crosscheck"] = crosscheck(rows[:args.crosscheck])
         cross_ok = report["crosscheck"]["equal"]
-    fingerprints = [report["runs"][k]["fingerprint"] for k in ("cpython", "pypy")
-                    if k in report["runs"]]
+    fingerprints = [r["fingerprint"] for k, r in report["runs"].items()
+                    if k != "cython-orderbook"]
     ok = all(f == fingerprints[0] for f in fingerprints)
     report["fingerprint_equal_across_interpreters"] = ok
     from perf.harness import environment
     report["environment"] = environment()
+    report["loadavg_end"] = os.getloadavg()
     try:
         report["git"] = subprocess.check_output(
             ["git", "describe", "--always", "--dirty"], cwd=ROOT).decode().strip()
@@ -419,7 +516,8 @@ def suite(argv=None):
         os.unlink(os.path.join(tmp, name))
     os.rmdir(tmp)
     if not ok:
-        print("FAIL: fingerprints differ between interpreters", file=sys.stderr)
+        print("FAIL: fingerprints differ between interpreters or implementations",
+              file=sys.stderr)
         return 1
     if not cross_ok:
         print("FAIL: counts differ from cython-orderbook with self-trades impossible",
@@ -436,30 +534,39 @@ def _reason_name(code):
         return str(code)
 
 
+def _fmt_load(load):
+    return "/".join("%.2f" % v for v in load) if load else "n/a"
+
+
 def render(report):
     """Markdown text of a report."""
     lines = ["# Matcher benchmark: one symbol, %d commands" % report["workload"]["commands"], "",
              "Generated by `python -m perf.matcher_bench` on %s (%s, %d CPUs; shared machine)."
              % (time.strftime("%Y-%m-%d %H:%M"), platform.machine(), os.cpu_count() or 0),
-             "Code: git %s; load average at end %s." % (report.get("git"), (
-                 report.get("environment") or {}).get("loadavg_at_end")),
+             "Command: `%s`." % report.get("command", "python -m perf.matcher_bench"),
+             "Code: git %s; load average (1/5/15 min) at start %s, at end %s." % (
+                 report.get("git"), _fmt_load(report.get("loadavg_start")),
+                 _fmt_load(report.get("loadavg_end"))),
              "Workload: seed %s, %d accounts round-robin, %s, fees on. One warm-up pass, "
              "%d timed passes, fresh matcher per pass; events packed into 128-byte records "
              "(BytesSink, taken every %d commands)." % (
                  report["workload"]["seed"], report["workload"]["accounts"],
                  report["workload"]["symbol"], report["passes"], BATCH), "",
-             "| run | interpreter | commands/s median | min | max | trades | user cancels ok "
-             "| STP cancels | events |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | interpreter | commands/s median | min | max | by CPU time median | "
+             "GC s/pass median | trades | user cancels ok | STP cancels | events |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in report["runs"].items():
         t, f = r["throughput"], r["fingerprint"]
-        lines.append("| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s |" % (
-            label, r["interpreter"], t["median"], t["min"], t["max"], f.get("trades"),
+        cpu = r.get("cpu_throughput")
+        gcs = [g for g in r.get("gc_seconds") or [] if g is not None]
+        lines.append("| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s |" % (
+            label, r["interpreter"], t["median"], t["min"], t["max"],
+            "%.0f" % cpu["median"] if cpu else "n/a",
+            "%.3f" % sorted(gcs)[len(gcs) // 2] if gcs else "n/a", f.get("trades"),
             f.get("cancels"), f.get("stp_cancels", "n/a"), f.get("events", "n/a")))
     lines += ["", "Targets: CPython >= 1,000,000 commands/s, PyPy >= 3,300,000 commands/s.", ""]
-    for label in ("cpython", "pypy"):
-        r = report["runs"].get(label)
-        if r:
+    for label, r in report["runs"].items():
+        if "latency_ns" in r:
             lat = r["latency_ns"]
             lines.append("- %s per-command latency (ns, clock cost ~%.0f ns included): "
                          "p50 %d, p90 %d, p99 %d, p99.9 %d, p99.99 %d, max %d" % (
@@ -468,14 +575,14 @@ def render(report):
             lines.append("  latency histogram: %s, %d samples" % (lat["histogram"], lat["count"]))
             lines.append("  event sha256 %s" % r["fingerprint"].get("sha256"))
     lines.append("")
-    for label in ("cpython", "pypy"):
-        r = report["runs"].get(label)
-        if r:
+    for label, r in report["runs"].items():
+        if label != "cython-orderbook":
             lines.append("- %s rejects by reason: %s" % (label, ", ".join(
                 "%s %d" % (_reason_name(k), v)
                 for k, v in sorted(r["fingerprint"].get("rejects", {}).items()))))
     lines.append("Fingerprint (trades, user cancels, STP cancels, event bytes) equal across "
-                 "interpreters: %s" % report["fingerprint_equal_across_interpreters"])
+                 "interpreters and implementations: %s"
+                 % report["fingerprint_equal_across_interpreters"])
     base = report["runs"].get("cython-orderbook")
     if base:
         lines.append("cython-orderbook: no accounts, fees, STP or events; %d orders resting at "
