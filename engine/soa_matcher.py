@@ -4,29 +4,37 @@ Theory of operation.  Same rules, same events byte for byte, same ``state_hash()
 ``snapshot()`` bytes as :class:`engine.matcher.Matcher` (the reference implementation,
 tests/engine/test_soa_matcher.py).  Only the representation differs:
 
-S1. Orders are *slots*: an index into parallel int lists (``o_id``, ``o_acct``,
-    ``o_price``, ``o_rem``, ...), allocated from a free list.  No Python object per order.
-    A slot is live while ``o_state`` is RESTING (on a level) or WAITING (a stop); a
-    slot whose order finished is returned to the free list at the end of the step that
-    finished it (after its last event was written).
-S2. A price-time FIFO is an intrusive doubly linked list through ``o_next``/``o_prev``
+S1. Orders are *records* in one flat int list ``ob``: the order in slot ``k`` has handle
+    ``h = k * RECORD`` and its fields at ``ob[h + O_PRICE]``, ``ob[h + O_REM]``, ...
+    (``O_*`` offsets below); the client order id and the fee numerator, which may
+    exceed int64 and would turn the whole list into boxed objects on PyPy, live in
+    columns of their own indexed by ``h >> SHIFT``.  Handles come from a free list; no
+    Python object per order.  A record is live while ``ob[h + O_STATE]`` is RESTING (on
+    a level) or WAITING (a stop); a finished order's handle goes back to the free list
+    at the end of the step that finished it (after its last event was written).
+    (Parallel per-field lists were the first layout: every field access then costs its
+    own list load and bounds check, the command's trace outgrew PyPy's 16000-op limit
+    and was segmented; one list for all fields and locals bound per method brought the
+    traces back to the reference's length -- docs/engine.md, Speed.)
+S2. A price-time FIFO is an intrusive doubly linked list through ``O_NEXT``/``O_PREV``
     (-1 = none); a level is a slot of the level columns (``lv_head``, ``lv_tail``,
     ``lv_total``, ``lv_count``), found by price through a per-side dict; the prices of a
     side are kept in a ``SortedList`` (bids negated) as in :class:`OrderBook`.
-S3. Live orders by id: ``win[order_id - win_base]`` = slot + 1 (0 = not live), a list
-    that grows with the seq; when it is long, its older half is folded into the
+S3. Live orders by id: ``win[order_id - win_base]`` = handle + 1 (0 = not live), a list
+    that grows with the seq (in chunks of 4096); when it is long, its older half is folded into the
     ``old`` dict (only still-live orders) and dropped, so memory follows the live
     orders, not the history.
-S4. Accounts are slots too: ``acct_slot`` maps account id -> slot; balances are one
+S4. Accounts are slots: ``acct_slot`` maps account id -> slot; balances are one
     flat list ``bal`` with account slot ``a`` at ``bal[a * W + i]`` (``W = 2 *
     n_assets``, ``i`` as ``Accounts.index``: even = available, odd = held).  Each
-    account links its live orders through ``o_anext``/``o_aprev`` (mass cancel is
+    account links its live orders through ``O_ANEXT``/``O_APREV`` (mass cancel is
     O(the account's orders)); client order ids per account in a dict created on first
     use.
 S5. Events go straight into a :class:`BytesSink`'s buffer with one ``pack_into`` per
     record (the sink's buffer is reused across takes); any other sink gets
     ``emit_event``/``mark_last`` calls.
 
+Attributes are ``__slots__`` (fixed offsets; hot methods bind them to locals).
 Hot path per order: list stores, no allocation except the level dict/SortedList upkeep
 when a price level is created or emptied, GTT heap entries and stop-book keys.
 Py3.9-compatible (PyPy).
