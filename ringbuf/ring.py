@@ -740,7 +740,10 @@ class Producer(object):
             raise ValueError("%d bytes is not a whole number of %d-byte records"
                              % (len(data), size))
         chunk = max_chunk or max(1, self._capacity // 4)
-        mv = memoryview(data)
+        # one memcpy per contiguous part, from the source's raw pointer: PyPy reads a
+        # read-only memoryview byte by byte (~19 us per 128-byte event, issue 13)
+        src = ffi.from_buffer(data)
+        base, mask = self._data, self._mask
         done = 0
         first_seq = None
         while done < total:
@@ -752,10 +755,12 @@ class Producer(object):
             if first_seq is None:
                 first_seq = first
             offset = done * size
+            pos = (first & mask) * size
             for view in views:
                 length = len(view)
-                view[:] = mv[offset:offset + length]
+                ffi.memmove(base + pos, src + offset, length)
                 offset += length
+                pos = 0                 # a second part starts at the ring's first slot
             if self._stamp:
                 self._stamp_views(views)
             self._publish(first, first + n - 1)
