@@ -12,7 +12,7 @@ import sys
 SUBCOMMANDS = {
     "run": ("engine.run_cli", "run the engine (embedded default configuration)"),
     "ring": ("ringbuf.cli", "inspect shared-memory rings"),
-    "journal": ("journaler.cli", "inspect, verify, replay and export journals"),
+    "journal": ("journaler.cli", "inspect, verify, replay, export and truncate journals"),
     "status": ("engine.status_cli", "live view of rings, consumers, journal and books"),
     "bench": ("perf.cli", "list and run the benchmark suites in perf/"),
     "lobster": ("engine.lobster", "replay the LOBSTER sample through the matcher"),
