@@ -9,44 +9,44 @@ Theory of operation (numbered rules; the code refers to them; the object model's
 rules 1-8 hold unchanged, these say how):
 
 1. Input.  A batch is a numpy structured array of ``EVENT_DTYPE`` records
-   (``EventBatch``: decoded zero-copy with ``np.frombuffer`` over the bytes; the
-   ring feed copies the ring's slots out once per batch, one memcpy, before it
-   commits).  Lists of event tuples are accepted too (tests, the ListSink).
-2. Python work per batch is bounded by what changed for readers, not by the
-   event count: the L2 books are sorted numpy price/size arrays per side
-   (``BookSide``), each side set once per batch from its touched levels' final
-   sizes; ``Changes.level2`` (``LazyLevels``) and ``Changes.trades`` (``TradeList``)
-   become Python objects only when the hub sends them to a subscriber; the events of
-   accounts someone listens to
-   (``report_accounts``, the hub's user subscriptions).  Everything else is a
-   fixed number of numpy operations per batch; sections whose event kinds are
-   absent from the batch are skipped, so a small batch costs little.
-3. Orders are rows of dense column arrays (``_Orders``), in increasing order id
-   (= the input sequence of the NEW_ORDER, so ACCEPTED events append), grown by
-   doubling; an event finds its row by binary search (``np.searchsorted``).
+   (``EventBatch``: decoded zero-copy with ``np.frombuffer`` over bytes; the ring
+   feed copies the ring's slots out once per batch, one bytes copy, before it
+   commits: numpy's own copy of a structured dtype is ~30x slower).  Lists of event
+   tuples are accepted too (tests, the ListSink).
+2. Python work per batch is bounded by what changed for readers, not by the event
+   count: the L2 books are sorted numpy price/size arrays per side (``BookSide``),
+   each side set once per batch from its touched levels' final sizes;
+   ``Changes.level2`` (``LazyLevels``) and ``Changes.trades`` (``TradeList``) become
+   Python objects only when the hub sends them to a subscriber (conflation merges
+   them lazily too); execution reports are built only for the accounts someone
+   listens to (``report_accounts``, the hub's user subscriptions).  Everything else
+   is a fixed number of numpy operations per batch; sections whose event kinds are
+   absent from the batch are skipped.
+3. Orders are rows of column arrays (``_Orders``) in increasing order id (= the
+   input sequence of the NEW_ORDER, so ACCEPTED events append), grown by doubling;
+   an event finds its row through a dense map ``row_of[id - dbase]`` (binary search
+   only for ids below ``dbase``: orders resting since before the last compaction).
    Within a batch a field written by several events of one order gets the last
-   write (events sorted by row, stable, once per batch), sums (executed value,
-   fees, fills) use ``np.add.at``, and the status is the fold of its transitions
-   (``_apply_order_updates``).  Done orders enter the done log in the order they
-   first became done; beyond ``done_orders_keep`` the oldest are forgotten at the
-   end of the batch (object model: at once, which differs only for events about an
-   order forgotten earlier in the same batch: none in practice, it needs
-   ``done_orders_keep`` newer done orders).  Forgotten rows are dropped by a
-   compaction when they outnumber the rest, so memory is bounded by open orders
-   plus twice the done window.
+   write: plain fancy assignment, numpy assigning repeated indices in order
+   (checked at import, ``_sequential_assign``; else events are sorted by row,
+   ``_apply_order_updates_sorted``); sums (executed value, fees, fills, fee_num)
+   use ``np.add.at``; the status is the fold of its transitions.  Done orders enter
+   the done log in the order they first became done; beyond ``done_orders_keep``
+   the oldest are forgotten at the end of the batch (the object model: at once;
+   this differs only for events about an order forgotten earlier in the same
+   batch, which needs ``done_orders_keep`` newer done orders).  Forgotten rows are
+   dropped by a compaction when they outnumber the rest (the dense map is rebuilt
+   to span ~4 rows' worth of ids), so memory is bounded by open orders plus about
+   twice the done window.
 4. Balances: totals per (account, asset) in a sorted key array (key =
    account * 65536 + asset).  Per key, a batch's final total is the last BALANCE
    set (or the previous total) plus the FILL moves after it.  Held amounts are
    derived on request from the account's open orders by ``_order_hold``, the one
-   place where the matcher's hold rule M4 is re-derived (the events do not carry
-   the hold after a fill: see the module ``_order_hold`` docstring).
+   place where the matcher's hold rule M4 is re-derived (the events do not carry an
+   order's hold after a fill or after it rests: see ``_order_hold``).
 5. Trades go to a numpy ring per symbol (``trades_keep``); the 24h window is an
-   append-only array per symbol with a moving head (stream time never goes
-   back), volumes kept as running sums, high/low from per-block extrema.
-7. A batch of at most ``SMALL_BATCH`` events is applied one event at a time on the
-   same columns (``_apply_small``): a fixed ~100-300 numpy calls per batch would cost
-   more than the object model's loop at low load, where batches hold a few events.
-
+   append-only array per symbol with a moving head (stream time never goes back),
+   volumes kept as running sums, high/low from per-block extrema.
 6. Order objects are ``OrderView``s: live views of a row, resolved by order id
    (so they stay right across compactions), exposing the ``OrderState``
    attributes; ``stop_price`` is writable (the API and the rebuild set it).
@@ -54,6 +54,10 @@ rules 1-8 hold unchanged, these say how):
    ``OrderState``s on demand (cached, so a caller's change sticks as in the object
    model).  Client order ids are indexed lazily: creations with a client id are
    appended to arrays and folded into the dict on the first lookup.
+7. A batch of at most ``SMALL_BATCH`` events is applied one event at a time on the
+   same columns (``_apply_small``, the object model's loop): the vectorized path's
+   fixed ~100-300 numpy calls per batch would cost ~100 us per event at low load,
+   where batches hold a few events.
 """
 from collections.abc import Mapping
 
@@ -413,12 +417,18 @@ del _name
 def _order_hold(rows, cols, spec_of):
     """{asset: held} of open order ``rows`` (rule 4): the matcher's rule M4 re-derived.
 
-    The one copy of the hold rule in the publisher (engine/matcher.py ``_need_rest`` /
-    ``_need_stop``; the object model's ``ReadModel._hold`` is the other).  A waiting
-    stop holds what its ACCEPTED event said (``aux``); a resting order what it still
-    needs as a maker, which the events do not carry: a FILL (and an AMENDED) would need
-    the order's hold after it (e.g. in FILL.aux, unused today) for the read model to stop
-    re-deriving the matcher's rule.  O(len(rows)) Python ints (no overflow).
+    The one copy of the hold rule in the columnar model (engine/matcher.py
+    ``_need_rest``; the object model's ``ReadModel._hold`` is the reference's copy).
+    A waiting stop holds what its ACCEPTED event said (``aux``); a resting order what
+    it still needs as a maker (``_need_rest``: price * remaining * u less the maker fee
+    part not yet charged), which no event carries.  For a pure fold the events would
+    need the order's hold after every change: FILL.aux (unused on FILL) = the order's
+    hold after the fill (maker and taker FILLs each their own order's); the rest of a
+    limit order (matcher ``_rest`` sets hold = need_rest and releases the excess: no
+    event names the order) e.g. its BOOK_DELTA with ``order_id`` and ``aux`` = the
+    order's hold; an STP AMENDED (aux = qty decremented) the new hold in ``amount``.
+    Then held = the sum of the open orders' last hold, and this function goes away.
+    O(len(rows)) Python ints (no overflow).
     """
     held = {}
     if not len(rows):
