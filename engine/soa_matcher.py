@@ -1000,12 +1000,6 @@ class SoaMatcher(object):
         tb = ob[o + O_ASLOT] * W
         account_id = ob[o + O_ACCT]
         symbol_id = sym.symbol_id
-        taker_id = ob[o + O_ID]
-        taker_type = ob[o + O_TYPE]
-        taker_tif = ob[o + O_TIF]
-        taker_prod = ob[o + O_PROD]
-        taker_coid = self.o_coid[o >> SHIFT]
-        bs = self._bs
         if side == BUY:
             levels = sym.ask_levels
             limit = oprice or NO_ASK - 1
@@ -1118,32 +1112,7 @@ class SoaMatcher(object):
                 trade_id = sym.trade_id + 1
                 sym.trade_id = trade_id
                 last = price
-                if bs is not None:     # maker FILL, taker FILL, TRADE (EventWriter.fill)
-                    end = bs._end
-                    if end > bs._limit:
-                        bs._grow()
-                    buf = bs._buf
-                    ei = self._ei
-                    ck = self._ck
-                    seq = self._seq
-                    ts = self._ts
-                    maker_id = ob[m + O_ID]
-                    maker_acct = ob[m + O_ACCT]
-                    _pack_into(buf, end, E_FILL, mside, ob[m + O_TYPE], ob[m + O_TIF], EF_MAKER,
-                               ck, symbol_id, 0, ob[m + O_PROD], maker_acct, seq, maker_id,
-                               price, q, mrem, ob[m + O_FILLED], mfee, n, trade_id, taker_id,
-                               account_id, ei, ts, self.o_coid[m >> SHIFT], 0)
-                    _pack_into(buf, end + EVENT_SIZE, E_FILL, side, taker_type, taker_tif,
-                               EF_TAKER, ck, symbol_id, 0, taker_prod, account_id, seq,
-                               taker_id, price, q, ob[o + O_REM], ob[o + O_FILLED], tfee, n,
-                               trade_id, maker_id, maker_acct, ei + 1, ts, taker_coid, 0)
-                    _pack_into(buf, end + _E2, E_TRADE, side, 0, 0, 0, ck, symbol_id, 0, 0,
-                               account_id, seq, taker_id, price, q, 0, 0, 0, n, trade_id,
-                               maker_id, maker_acct, ei + 2, ts, 0, 0)
-                    self._ei = ei + 3
-                    bs._end = end + _E3
-                else:
-                    self._fill(m, o, symbol_id, price, q, mfee, tfee, n, trade_id)
+                self._fill(m, o, symbol_id, price, q, mfee, tfee, n, trade_id)
                 if mrem == 0:
                     lv_head[lv] = nxt
                     if nxt < 0:
