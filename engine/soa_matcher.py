@@ -976,38 +976,24 @@ class SoaMatcher(object):
             self._release(s, sym)
 
     def _match(self, o, sym):
-        """Match taker ``o``; returns 0 or the reason its remainder must be cancelled."""
+        """Match taker ``o``; returns 0 or the reason its remainder must be cancelled.
+
+        Few int locals on purpose: when the maker loop runs as its own compiled JIT loop,
+        PyPy materialises this frame at its head and boxes every int local in it; the
+        per-fill arithmetic lives in :meth:`_settle` (docs/engine.md, Speed).
+        """
         ob = self.ob
-        o_feenum = self.o_feenum
         lv_head = self.lv_head
-        lv_tail = self.lv_tail
-        lv_total = self.lv_total
-        lv_count = self.lv_count
-        bal = self.bal
-        W = self.W
-        fee_b = self.acct_slot[self.fee_account_id] * W
         side = ob[o + O_SIDE]
         by_funds = ob[o + O_FUNDS]
-        oprice = ob[o + O_PRICE]
-        budget_limited = side == BUY and oprice == 0
         rem = MAX_VALUE if by_funds else ob[o + O_REM]
-        taker_rate = sym.taker
-        maker_rate = sym.maker
-        u = sym.u
-        bpl = sym.bpl
-        qi = sym.quote_i
-        bi = sym.base_i
-        tb = ob[o + O_ASLOT] * W
         account_id = ob[o + O_ACCT]
-        symbol_id = sym.symbol_id
         if side == BUY:
             levels = sym.ask_levels
-            limit = oprice or NO_ASK - 1
-            mside = SELL
+            limit = ob[o + O_PRICE] or NO_ASK - 1
         else:
             levels = sym.bid_levels
-            limit = oprice or 1
-            mside = BUY
+            limit = ob[o + O_PRICE] or 1
         stop_reason = 0
         last = 0
         while rem > 0:
@@ -1036,117 +1022,153 @@ class SoaMatcher(object):
                         self._cancel_head(m, lv, sym, R_CANCELLED_STP)
                         stop_reason = R_CANCELLED_STP
                         break
-                    mrem = ob[m + O_REM]
-                    d = rem if rem < mrem else mrem
-                    if mrem > d:
-                        self._decrement_maker(m, lv, sym, d)
+                    d = self._stp_decrement(o, m, lv, sym, rem)
+                    if d == 0:
                         stop_reason = R_CANCELLED_STP
                         break
-                    mid = ob[m + O_ID]
-                    macct = ob[m + O_ACCT]
-                    self._cancel_head(m, lv, sym, R_CANCELLED_STP)
-                    if rem == d:
-                        stop_reason = R_CANCELLED_STP
-                        break
-                    ob[o + O_QTY] -= d
-                    ob[o + O_REM] -= d
                     rem -= d
-                    self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, oprice, ob[o + O_QTY], 0, 0, 0,
-                              mid, macct, d)
                     m = nxt
                     continue
-                mrem = ob[m + O_REM]
-                q = mrem if mrem < rem else rem
-                n = price * q * u
-                fn = o_feenum[o >> SHIFT] + n * taker_rate
-                fp = -((-fn) // 10000)
-                tfee = fp - ob[o + O_FEEPAID]
-                if budget_limited and n + tfee > ob[o + O_HOLD]:
-                    q = self._affordable(o, price * u, q, taker_rate)
-                    if q == 0:
-                        stop_reason = R_CANCELLED_NO_FUNDS
-                        break
-                    n = price * q * u
-                    fn = o_feenum[o >> SHIFT] + n * taker_rate
-                    fp = -((-fn) // 10000)
-                    tfee = fp - ob[o + O_FEEPAID]
-                o_feenum[o >> SHIFT] = fn
-                ob[o + O_FEEPAID] = fp
-                fn = o_feenum[m >> SHIFT] + n * maker_rate
-                fp = -((-fn) // 10000)
-                mfee = fp - ob[m + O_FEEPAID]
-                o_feenum[m >> SHIFT] = fn
-                ob[m + O_FEEPAID] = fp
-                b = q * bpl
-                mb = ob[m + O_ASLOT] * W
-                if side == BUY:
-                    cost = n + tfee
-                    ob[o + O_HOLD] -= cost
-                    bal[tb + qi + 1] -= cost
-                    bal[tb + bi] += b
-                    ob[m + O_HOLD] -= b
-                    bal[mb + bi + 1] -= b
-                    bal[mb + qi] += n - mfee
-                else:
-                    ob[o + O_HOLD] -= b
-                    bal[tb + bi + 1] -= b
-                    bal[tb + qi] += n - tfee
-                    if mfee >= 0:
-                        cost = n + mfee
-                        ob[m + O_HOLD] -= cost
-                        bal[mb + qi + 1] -= cost
-                    else:
-                        ob[m + O_HOLD] -= n
-                        bal[mb + qi + 1] -= n
-                        bal[mb + qi] -= mfee
-                    bal[mb + bi] += b
-                bal[fee_b + qi] += tfee + mfee
+                q = self._settle(o, m, lv, sym, price, rem)
+                if q == 0:
+                    stop_reason = R_CANCELLED_NO_FUNDS
+                    break
                 rem -= q
-                ob[o + O_FILLED] += q
-                if not by_funds:
-                    ob[o + O_REM] -= q
-                ob[m + O_FILLED] += q
-                mrem -= q
-                ob[m + O_REM] = mrem
-                lv_total[lv] -= q
-                trade_id = sym.trade_id + 1
-                sym.trade_id = trade_id
                 last = price
-                self._fill(m, o, symbol_id, price, q, mfee, tfee, n, trade_id)
-                if mrem == 0:
-                    lv_head[lv] = nxt
-                    if nxt < 0:
-                        lv_tail[lv] = -1
-                    else:
-                        ob[nxt + O_PREV] = -1
-                    lv_count[lv] -= 1
-                    ob[m + O_NEXT] = -1
-                    ob[m + O_LVL] = -1
-                    mhold = ob[m + O_HOLD]
-                    if mhold:
-                        hi = mb + (qi if mside == BUY else bi)
-                        bal[hi + 1] -= mhold
-                        bal[hi] += mhold
-                        ob[m + O_HOLD] = 0
-                    self._unregister(m)
-                    self.o_free.append(m)
+                if ob[m + O_REM] == 0:
+                    self._maker_done(m, lv, nxt, sym)
                     m = nxt
                     if rem == 0:
                         break
                 else:
-                    if rem:
+                    if rem:     # maker left, taker not done: only a budget stops this
                         stop_reason = R_CANCELLED_NO_FUNDS
                     break
-            if lv_count[lv] == 0:
-                self._delta(symbol_id, mside, price, 0)
+            mside = SELL if side == BUY else BUY
+            if self.lv_count[lv] == 0:
+                self._delta(sym.symbol_id, mside, price, 0)
                 self._drop_level(sym, mside, price)
             else:
-                self._delta(symbol_id, mside, price, lv_total[lv])
+                self._delta(sym.symbol_id, mside, price, self.lv_total[lv])
             if stop_reason:
                 break
         if last:
             sym.last_price = last
         return stop_reason
+
+    def _stp_decrement(self, o, m, lv, sym, rem):
+        """Rule M6 DECREMENT_AND_CANCEL against maker ``m`` (same account); returns the
+        size taken off the taker's remainder and the loop continues, or 0 when the taker
+        must stop (its remainder is cancelled)."""
+        ob = self.ob
+        mrem = ob[m + O_REM]
+        d = rem if rem < mrem else mrem
+        if mrem > d:
+            self._decrement_maker(m, lv, sym, d)
+            return 0
+        mid = ob[m + O_ID]
+        macct = ob[m + O_ACCT]
+        self._cancel_head(m, lv, sym, R_CANCELLED_STP)
+        if rem == d:
+            return 0
+        ob[o + O_QTY] -= d
+        ob[o + O_REM] -= d
+        self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, ob[o + O_PRICE], ob[o + O_QTY], 0, 0, 0,
+                  mid, macct, d)
+        return d
+
+    def _settle(self, o, m, lv, sym, price, rem):
+        """One fill of taker ``o`` against maker ``m`` at ``price`` (rules M4, M5): fees,
+        balances, holds, sizes, level total, trade id, the three fill events.  Returns
+        the size filled, 0 if the taker's budget (market buy by size) affords nothing."""
+        ob = self.ob
+        o_feenum = self.o_feenum
+        bal = self.bal
+        mrem = ob[m + O_REM]
+        q = mrem if mrem < rem else rem
+        u = sym.u
+        taker_rate = sym.taker
+        n = price * q * u
+        fn = o_feenum[o >> SHIFT] + n * taker_rate
+        fp = -((-fn) // 10000)
+        tfee = fp - ob[o + O_FEEPAID]
+        side = ob[o + O_SIDE]
+        if side == BUY and ob[o + O_PRICE] == 0 and n + tfee > ob[o + O_HOLD]:
+            q = self._affordable(o, price * u, q, taker_rate)
+            if q == 0:
+                return 0
+            n = price * q * u
+            fn = o_feenum[o >> SHIFT] + n * taker_rate
+            fp = -((-fn) // 10000)
+            tfee = fp - ob[o + O_FEEPAID]
+        o_feenum[o >> SHIFT] = fn
+        ob[o + O_FEEPAID] = fp
+        fn = o_feenum[m >> SHIFT] + n * sym.maker
+        fp = -((-fn) // 10000)
+        mfee = fp - ob[m + O_FEEPAID]
+        o_feenum[m >> SHIFT] = fn
+        ob[m + O_FEEPAID] = fp
+        b = q * sym.bpl
+        W = self.W
+        tb = ob[o + O_ASLOT] * W
+        mb = ob[m + O_ASLOT] * W
+        qi = sym.quote_i
+        bi = sym.base_i
+        if side == BUY:
+            cost = n + tfee
+            ob[o + O_HOLD] -= cost
+            bal[tb + qi + 1] -= cost
+            bal[tb + bi] += b
+            ob[m + O_HOLD] -= b
+            bal[mb + bi + 1] -= b
+            bal[mb + qi] += n - mfee
+        else:
+            ob[o + O_HOLD] -= b
+            bal[tb + bi + 1] -= b
+            bal[tb + qi] += n - tfee
+            if mfee >= 0:
+                cost = n + mfee
+                ob[m + O_HOLD] -= cost
+                bal[mb + qi + 1] -= cost
+            else:
+                ob[m + O_HOLD] -= n
+                bal[mb + qi + 1] -= n
+                bal[mb + qi] -= mfee
+            bal[mb + bi] += b
+        bal[qi] += tfee + mfee        # the fee account is account slot 0 (balance base 0)
+        ob[o + O_FILLED] += q
+        if not ob[o + O_FUNDS]:
+            ob[o + O_REM] -= q
+        ob[m + O_FILLED] += q
+        ob[m + O_REM] = mrem - q
+        self.lv_total[lv] -= q
+        trade_id = sym.trade_id + 1
+        sym.trade_id = trade_id
+        self._fill(m, o, sym.symbol_id, price, q, mfee, tfee, n, trade_id)
+        return q
+
+    def _maker_done(self, m, lv, nxt, sym):
+        """Unlink filled maker ``m`` from the head of ``lv``; release what is left of its
+        hold (exactly 0 by rules M4/M5); unregister and free it."""
+        ob = self.ob
+        self.lv_head[lv] = nxt
+        if nxt < 0:
+            self.lv_tail[lv] = -1
+        else:
+            ob[nxt + O_PREV] = -1
+        self.lv_count[lv] -= 1
+        ob[m + O_NEXT] = -1
+        ob[m + O_LVL] = -1
+        mhold = ob[m + O_HOLD]
+        if mhold:
+            hi = ob[m + O_ASLOT] * self.W + (sym.quote_i if ob[m + O_SIDE] == BUY
+                                            else sym.base_i)
+            bal = self.bal
+            bal[hi + 1] -= mhold
+            bal[hi] += mhold
+            ob[m + O_HOLD] = 0
+        self._unregister(m)
+        self.o_free.append(m)
 
     def _affordable(self, o, pu, q, rate):
         ob = self.ob
@@ -1740,3 +1762,4 @@ class SoaMatcher(object):
                     assert v == need[a * W + j], "account %d held %d != need %d" % (
                         aid, v, need[a * W + j])
         assert totals == self.supply
+        assert self.acct_slot[self.fee_account_id] == 0, "fee account not slot 0"
