@@ -818,7 +818,8 @@ def main(argv=None):
     parser.add_argument("--interpreter", default="auto", help="matcher interpreter")
     parser.add_argument("--fsync", default="batch")
     parser.add_argument("--port", type=int, default=18181)
-    parser.add_argument("--stem", default="e2e_" + time.strftime("%Y-%m-%d", time.gmtime()))
+    parser.add_argument("--stem", default="e2e_" + time.strftime("%Y-%m-%d", time.gmtime()),
+                        help="report file name under perf/results (an absolute path is used as is)")
     parser.add_argument("--warmup", type=int, default=200000,
                         help="commands sent (offered at 100k/s, all of them, not measured) "
                              "before the sweep: PyPy's JIT needs a few hundred thousand")
