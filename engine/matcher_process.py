@@ -123,7 +123,7 @@ def main(argv=None):
     data_dir = runtime.data_dir
     keep = runtime.snapshot.get("keep", 3)
     while not stop:
-        batch = poll(max_batch, timeout=0.2)
+        batch = poll(max_batch, timeout=1.0)    # idle: one wake-up a second (and the CLOCK tick)
         if batch is None:
             continue
         seq = batch.first_seq

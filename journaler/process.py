@@ -81,7 +81,7 @@ def _catch_up(consumer, writer, ring, log):
 
 
 def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes=64 << 20,
-        max_batch=4096, log=None, stop=None, idle_timeout=0.2):
+        max_batch=4096, log=None, stop=None, idle_timeout=1.0):
     """Journal ``ring`` (consumer ``journaler``) into ``data_dir`` until ``stop`` is non-empty.
 
     Returns an exit code (EXIT_OK, EXIT_FATAL).  ``stop`` is a list that a

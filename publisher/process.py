@@ -67,7 +67,7 @@ class RingFeed(object):
     """The consumer thread of rule 2."""
 
     def __init__(self, consumer, loop, on_events, max_batch=4096, max_inflight=8,
-                 poll_timeout=0.05, log=None, skip_upto=0, decode=None, linger_s=0.0):
+                 poll_timeout=0.5, log=None, skip_upto=0, decode=None, linger_s=0.0):
         self.consumer = consumer
         self.decode = decode                  # Batch -> events; default: columnar copy-out
         self.loop = loop                      # None until go_live()

@@ -59,7 +59,7 @@ __all__ = ["WaitStrategy", "BusySpinWaitStrategy", "YieldingWaitStrategy",
            "SleepPollSpaceWait", "make_space_wait", "default_space_wait"]
 
 _SPIN_CHUNK = 2000          # pause rounds between deadline checks
-_FUTEX_SLICE_NS = 50000000  # a futex sleep never exceeds 50 ms (re-check, deadlines)
+_FUTEX_SLICE_NS = 250000000  # a futex sleep never exceeds 250 ms (re-check, deadlines; idle cost)
 _monotonic_ns = lib.rm_monotonic_ns
 
 
