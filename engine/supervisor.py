@@ -83,6 +83,7 @@ import threading
 import time
 
 from engine.log import Logger
+from journaler.segment import private_dir     # the one 0700-directory rule (docs/journal.md, Files)
 
 __all__ = ["Supervisor", "AlreadyRunningError", "PortInUseError", "DataDirError",
            "StopRequested", "StopSignals", "OwnerLock", "find_matcher_interpreter",
@@ -183,15 +184,6 @@ def write_private_json(path, obj):
         except OSError:
             pass
         raise
-
-
-def private_dir(path):
-    """Create ``path`` (and parents) with mode 0700; tighten it to 0700 if it is ours and wider."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    st = os.stat(path)
-    if st.st_uid == os.getuid() and st.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
 
 
 class OwnerLock(object):

@@ -112,7 +112,8 @@ def private_dir(path):
     directories, 0600 files (docs/journal.md, "Files").  Returns ``path``.
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
-    if os.stat(path).st_mode & 0o077:
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():    # (another user's dir: left alone)
         os.chmod(path, 0o700)
     return path
 

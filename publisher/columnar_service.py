@@ -5,7 +5,6 @@
 numpy: the duplicate skip (rule 2) is one comparison over the batch, and only the
 events of commands someone waits for (REST writes, rule 3) become Python tuples.
 """
-import heapq
 
 import numpy as np
 
@@ -60,16 +59,8 @@ class ColumnarService(PublisherService):
         if waiters:
             closed = changes.closed_seqs
             hit = closed[np.isin(closed, np.fromiter(waiters, np.int64, len(waiters)))]
-            for seq in hit.tolist():                            # rule 3
-                w = waiters.pop(seq, None)
-                if w is not None and not w.future.done():
-                    w.future.set_result(w.events)
-        heap = self.seq_waiters
-        applied = self.model.applied_seq
-        while heap and heap[0][0] <= applied:
-            _s, _i, fut = heapq.heappop(heap)
-            if not fut.done():
-                fut.set_result(applied)
+            self._resolve_waiters(hit.tolist())                   # rule 3
+        self._wake_seq_waiters()
         if self.on_batch is not None:
             self.on_batch(arr, changes)
         return changes

@@ -116,19 +116,28 @@ class PublisherService(object):
                     w.events.append(e)
         self.hub.publish(changes)
         if waiters:
-            for seq in changes.closed_seqs:                    # rule 3
-                w = waiters.pop(seq, None)
-                if w is not None and not w.future.done():
-                    w.future.set_result(w.events)
+            self._resolve_waiters(changes.closed_seqs)
+        self._wake_seq_waiters()
+        if self.on_batch is not None:
+            self.on_batch(fresh, changes)
+        return changes
+
+    def _resolve_waiters(self, closed_seqs):
+        """Rule 3: a submit() whose command's LAST event was applied gets its events."""
+        waiters = self.waiters
+        for seq in closed_seqs:
+            w = waiters.pop(seq, None)
+            if w is not None and not w.future.done():
+                w.future.set_result(w.events)
+
+    def _wake_seq_waiters(self):
+        """Readers waiting for ``min_seq`` the model has now applied."""
         heap = self.seq_waiters
         applied = self.model.applied_seq
         while heap and heap[0][0] <= applied:
             _s, _i, fut = heapq.heappop(heap)
             if not fut.done():
                 fut.set_result(applied)
-        if self.on_batch is not None:
-            self.on_batch(fresh, changes)
-        return changes
 
     # ------------------------------------------------------------ writes
     async def submit(self, fields):

@@ -122,10 +122,11 @@ class EngineRun(object):
                 pass
             self.proc.wait()
         for pid in self.all_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for sig in (signal.SIGCONT, signal.SIGKILL):     # a SIGSTOPped test child too
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         for name in self.segments():
             try:
                 posix_ipc.unlink_shared_memory("/" + name)

@@ -62,11 +62,6 @@ def runs(tmp_path):
 
     yield make
     for run in made:
-        for pid in run.all_pids():
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         run.kill_all()
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.pipeline.conftest import EngineRun, ROOT, RINGMATCH
+from tests.pipeline.conftest import ROOT, RINGMATCH
 
 
 def _status(config):
@@ -30,24 +30,9 @@ def _health(run):
 
 
 @pytest.fixture
-def engine(tmp_path):
-    made = []
-
-    def make(**kw):
-        shard = "st%d%d" % (os.getpid(), len(made))
-        (tmp_path / shard).mkdir()
-        run = EngineRun(tmp_path / shard, shard, **kw)
-        made.append(run)
-        return run
-
-    yield make
-    for run in made:
-        for pid in run.all_pids():
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        run.kill_all()
+def engine(engine_factory):
+    """conftest's engine_factory (kill_all continues a child left SIGSTOPped)."""
+    return engine_factory
 
 
 @pytest.mark.timeout(60)
