@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "lobster": ("engine.lobster", "replay the LOBSTER sample through the matcher"),
     "standby": ("replicator.cli", "run the engine as a hot standby"),
     "promote": ("replicator.promote_cli", "promote a standby to primary"),
+    "keys": ("publisher.keys_cli", "create, list and revoke API keys (view/trade scopes)"),
 }
 
 

@@ -48,7 +48,7 @@ from typing import Literal, Optional
 
 from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -58,7 +58,9 @@ from ringbuf.records import CommandKind, EventKind, OrderFlags, OrderType, Reaso
     TimeInForce
 
 from publisher import auth as auth_mod
-from publisher.auth import shorten
+from publisher.access_log import AccessLog
+from publisher.auth import SCOPE_TRADE, SCOPE_VIEW, require_scope, shorten
+from publisher.client_oids import ClientOidCollision, ClientOids
 from publisher.products import ConversionError
 from publisher.read_model import reason_name
 from publisher.service import OutcomeTimeout, RingFull
@@ -141,8 +143,9 @@ class OrderRequest(BaseModel):
     post_only: bool = False
     post_only_reprice: bool = Field(False, description="with post_only: re-price instead of reject")
     stp: Literal["dc", "co", "cn", "cb"] = Field("dc", description="self-trade prevention")
-    client_oid: Optional[str] = Field(None, max_length=20,
-                                      description="client order id: integer 1..2^64-1")
+    client_oid: Optional[str] = Field(None, max_length=36,
+                                      description="client order id: a UUID (as Coinbase) or "
+                                                  "an integer 1..2^64-1")
 
 
 class AmendRequest(BaseModel):
@@ -219,13 +222,11 @@ def _errors_text(errors):
 
 
 def _client_oid(text):
-    if not isinstance(text, str) or not _DIGITS_RE.match(text):
-        raise ApiError(400, "client_oid %s is not an integer (1..2^64-1, ASCII digits)"
-                       % shorten(text))
-    value = int(text)
-    if not 0 < value <= _MAX_U64:
-        raise ApiError(400, "client_oid %s is out of range (1..2^64-1)" % shorten(text))
-    return value
+    """A client_oid (UUID or integer, publisher/client_oids.py) -> the record's u64."""
+    try:
+        return ClientOids.parse(text)[0]
+    except ValueError as exc:
+        raise ApiError(400, "client_oid %s is %s" % (shorten(text), exc))
 
 
 def _expire_ns(text):
@@ -289,22 +290,63 @@ class KeyedLocks(object):
 
 def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange API",
                max_body_bytes=MAX_BODY_BYTES, client_oid_window_s=86400.0, health_path=None,
-               clock_ns=time.time_ns):
+               clock_ns=time.time_ns, key_file=None, access_log=True, shard=None):
     """Build the FastAPI app over a PublisherService (injectable: tests pass their own).
 
     ``health_path``: the supervisor's ``<data_dir>/run/<shard>.health.json``
-    (None: no supervisor, ``GET /health`` answers 503 "unknown").
+    (None: no supervisor, ``GET /health`` answers 503 "unknown").  It also
+    locates the data dir and the shard when ``key_file`` / ``shard`` are not
+    given: the key store ``<data_dir>/api_keys.json`` (auth rule 10) and the
+    rings ``rm-<shard>-in|out`` (``/metrics``, ``/health``).
+    ``access_log``: one line per request on ``service.log`` (publisher/access_log.py).
     """
-    app = FastAPI(title=title, version="1",
-                  description="REST and WebSocket API of a ringmatch engine shard. "
-                              "See docs/publisher.md for auth and the WebSocket protocol.")
+    app = FastAPI(title=title, version="1", docs_url=None,
+                  description="REST and WebSocket API of a ringmatch engine shard. Private "
+                              "endpoints take Coinbase Exchange signatures (CB-ACCESS-KEY, "
+                              "CB-ACCESS-SIGN, CB-ACCESS-TIMESTAMP, CB-ACCESS-PASSPHRASE) or "
+                              "RM-ACCESS-* ones; this page signs for you once you give a key "
+                              "under Sign requests. See docs/api.md.")
     catalog = service.catalog
     model = service.model
+    started_at = time.monotonic()
     app.state.service = service
     app.state.keystore = keystore
     client_oid_locks = KeyedLocks()
     app.state.client_oid_locks = client_oid_locks
     window_ns = int(client_oid_window_s * 10 ** 9)
+    data_dir = None
+    if health_path is not None:
+        data_dir = os.path.dirname(os.path.dirname(os.path.abspath(health_path)))
+        base = os.path.basename(health_path)
+        if shard is None and base.endswith(".health.json"):
+            shard = base[:-len(".health.json")]
+    if key_file is None and data_dir is not None:
+        from publisher.key_file import key_file_path
+        key_file = key_file_path(data_dir)
+    if key_file is not None and getattr(keystore, "key_file", None) is None and \
+            hasattr(keystore, "attach_key_file"):
+        keystore.attach_key_file(key_file)                              # auth rule 10
+    client_oids = ClientOids()
+    app.state.client_oids = client_oids
+    service.client_oids = client_oids          # for other views of orders (the user channel)
+    probe = EngineProbe(shard, health_path, data_dir)
+    app.state.probe = probe
+    from publisher import metrics as metrics_mod
+    rejects = metrics_mod.RejectCounter(reason_name)
+    previous_hook = getattr(service, "on_batch", None)
+
+    def _count_batch(events, changes):
+        rejects.add(events)
+        if previous_hook is not None:
+            previous_hook(events, changes)
+    service.on_batch = _count_batch
+    registry = metrics_mod.build_registry(metrics_mod.ShardCollector(
+        service, shard=shard, health_path=health_path, rejects=rejects,
+        replication_path=probe.replication_path))
+    http_metrics = metrics_mod.HttpMetrics(registry)
+    app.state.metrics_registry = registry
+    app.add_middleware(AccessLog, log=getattr(service, "log", None) if access_log else None,
+                       metrics=http_metrics, routes=lambda: app.router.routes)
 
     # ---------------------------------------------------------------- errors (rule 4)
     def _close_if_unread(request, headers):
@@ -370,14 +412,16 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         query = scope.get("query_string") or b""
         return path + b"?" + query if query else path
 
-    async def _auth(request):
-        """Rule 6: (ApiKey, raw body) of a correctly signed request; raise AuthError/ApiError."""
-        h = request.headers
-        timestamp, signature = h.get(auth_mod.HEADER_TIMESTAMP), h.get(auth_mod.HEADER_SIGN)
-        api_key, ts = keystore.check_headers(h.get(auth_mod.HEADER_KEY), timestamp, signature)
+    async def _auth(request, scope=SCOPE_VIEW, action=None):
+        """Rule 6: (ApiKey, raw body) of a correctly signed request whose key may do
+        ``action`` (auth rule 9: ``scope``); raise AuthError/ApiError."""
+        cred = keystore.check_request(request.headers)
         body = await _read_body(request)
-        key = keystore.verify_signed(api_key, ts, timestamp, signature, request.method,
-                                     _signed_path(request), body)
+        key = keystore.verify_credentials(cred, request.method, _signed_path(request), body)
+        request.scope["rm.key"] = key.key                # access log (never the credentials)
+        request.scope["rm.auth"] = cred.scheme
+        if action is not None:
+            require_scope(key, scope, action)
         return key, body
 
     async def _min_seq(min_seq):
@@ -434,9 +478,16 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             return None
         return order
 
+    def _order_json(order, product):
+        """views.order_json with the client_oid as the client sent it (client_oids rule 3)."""
+        body = order_json(order, product)
+        if order.client_order_id:
+            body["client_oid"] = client_oids.text(order.account_id, order.client_order_id)
+        return body
+
     def _existing_answer(order):
         product = catalog.by_id.get(order.symbol_id)
-        body = order_json(order, product)
+        body = _order_json(order, product)
         body["fills"] = []
         body["existing"] = True
         return _ok(body)
@@ -485,7 +536,12 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         elif req.time_in_force == "GTT":
             raise ApiError(400, "time_in_force GTT needs expire_time")
         if req.client_oid is not None:
-            fields["client_order_id"] = _client_oid(req.client_oid)
+            try:
+                fields["client_order_id"] = client_oids.bind(account_id, req.client_oid)
+            except ClientOidCollision as exc:
+                raise ApiError(409, str(exc))
+            except ValueError as exc:
+                raise ApiError(400, "client_oid %s is %s" % (shorten(req.client_oid), exc))
         fields["flags"] = flags
         return product, fields
 
@@ -504,7 +560,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         order = model.order(seq)
         if order is not None and not order.stop_price and fields.get("stop_price"):
             order.stop_price = fields["stop_price"]       # not in the events (read model rule 5)
-        body = order_json(order, product) if order is not None else {"id": str(seq)}
+        body = _order_json(order, product) if order is not None else {"id": str(seq)}
         body["fills"] = [fill_json(e, product) for e in events
                          if e.kind == int(EventKind.FILL) and e.order_id == seq]
         body["seq"] = seq
@@ -513,7 +569,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     @app.post("/orders", tags=["orders"], summary="Place an order",
               openapi_extra=_body_doc(OrderRequest))
     async def place_order(request: Request):
-        key, body = await _auth(request)
+        key, body = await _auth(request, SCOPE_TRADE, "placing an order")
         req = _validate(OrderRequest, body)
         product, fields = _order_fields(req, key.account_id)
         coid = fields.get("client_order_id")
@@ -528,7 +584,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     @app.delete("/orders/{order_id}", tags=["orders"],
                 summary="Cancel an order (id or client:<client_oid>)")
     async def cancel_order(order_id: str, request: Request):
-        key, _body = await _auth(request)
+        key, _body = await _auth(request, SCOPE_TRADE, "cancelling an order")
         oid, coid = _order_ref(order_id)
         fields = {"kind": int(CommandKind.CANCEL), "account_id": key.account_id,
                   "order_id": oid}
@@ -556,7 +612,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
 
     @app.delete("/orders", tags=["orders"], summary="Cancel all open orders (optionally one product)")
     async def cancel_all(request: Request, product_id: Optional[str] = Query(None, max_length=32)):
-        key, _body = await _auth(request)
+        key, _body = await _auth(request, SCOPE_TRADE, "cancelling orders")
         symbol_id = _product(product_id).symbol_id if product_id else 0
         seq, events = await _submit({"kind": int(CommandKind.MASS_CANCEL),
                                      "account_id": key.account_id, "symbol_id": symbol_id})
@@ -572,7 +628,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     @app.patch("/orders/{order_id}", tags=["orders"], summary="Amend price and/or size",
                openapi_extra=_body_doc(AmendRequest))
     async def amend_order(order_id: str, request: Request):
-        key, body = await _auth(request)
+        key, body = await _auth(request, SCOPE_TRADE, "amending an order")
         req = _validate(AmendRequest, body)
         order = _find_order(order_id, key.account_id)
         product = catalog.by_id.get(order.symbol_id)
@@ -592,7 +648,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             reason = reason_name(outcome.reason)
             status = 404 if outcome.reason in _NOT_FOUND else 400
             raise ApiError(status, "amend rejected: %s" % reason, reason=reason, seq=seq)
-        body = order_json(model.order(order.order_id) or order, product)
+        body = _order_json(model.order(order.order_id) or order, product)
         body["seq"] = seq
         return _ok(body)
 
@@ -604,7 +660,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         product = catalog.by_id.get(order.symbol_id)
         if product is None:                       # not this shard's product (issue 12 item 4)
             raise ApiError(404, "order %s not found" % shorten(order_id))
-        return _ok(order_json(order, product))
+        return _ok(_order_json(order, product))
 
     @app.get("/orders", tags=["orders"], summary="List orders (status open|done|all)")
     async def list_orders(request: Request, status: Literal["open", "done", "all"] = "open",
@@ -622,7 +678,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
                 orders = [o for o in orders if not o.is_open]
         by_id = catalog.by_id
         orders = [o for o in orders if o.symbol_id in by_id][-limit:]
-        return _ok([order_json(o, by_id[o.symbol_id]) for o in orders])
+        return _ok([_order_json(o, by_id[o.symbol_id]) for o in orders])
 
     # ---------------------------------------------------------------- accounts
     @app.get("/accounts", tags=["accounts"], summary="Own balances (available and held)")
@@ -639,7 +695,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return _ok(out)
 
     async def _transfer(kind, request):
-        key, body = await _auth(request)
+        key, body = await _auth(request, SCOPE_TRADE, "a %s" % kind.name.lower())
         req = _validate(DepositRequest, body)
         if not allow_deposits:
             raise ApiError(403, "deposits and withdrawals are disabled (publisher.allow_deposits)")
@@ -723,10 +779,34 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
                     "events_applied": model.events_applied, "pid": os.getpid()})
 
     @app.get("/health", tags=["operations"],
-             summary="Engine health from the supervisor (200 ready and fresh, else 503)")
+             summary="Readiness: engine ready, matcher running, journal durable and advancing "
+                     "or idle, standby (if configured) ready: 200, else 503 with a reason")
     async def health():
-        status, body = health_report(health_path, service, clock_ns())
+        status, body = health_report(health_path, service, clock_ns(), probe=probe)
         return JSONResponse(body, status_code=status, headers=_seq_header())
+
+    @app.get("/health/ready", tags=["operations"], summary="Readiness (the same as /health)")
+    async def health_ready():
+        return await health()
+
+    @app.get("/health/live", tags=["operations"],
+             summary="Liveness: this publisher process answers (always 200 while it does)")
+    async def health_live():
+        return JSONResponse({"status": "alive", "pid": os.getpid(),
+                             "uptime_s": round(time.monotonic() - started_at, 3),
+                             "input_seq": model.applied_seq}, headers=_seq_header())
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics (text format)",
+             response_class=Response)
+    async def metrics():
+        return Response(metrics_mod.render(registry), media_type=metrics_mod.CONTENT_TYPE)
+
+    # ---------------------------------------------------------------- OpenAPI + /docs
+    _declare_security(app)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page():
+        return HTMLResponse(_docs_html(app.title))
 
     # ---------------------------------------------------------------- ws + page
     @app.websocket("/ws")
@@ -743,6 +823,117 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     return app
 
 
+# ---------------------------------------------------------------- OpenAPI security, /docs
+_PRIVATE_TAGS = frozenset({"orders", "accounts"})
+SECURITY_SCHEMES = {
+    "CbAccessKey": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_KEY,
+                    "description": "Coinbase Exchange scheme: the API key"},
+    "CbAccessSign": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_SIGN,
+                     "description": "base64(HMAC-SHA256(base64decode(secret), timestamp + "
+                                    "METHOD + requestPath + body))"},
+    "CbAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_TIMESTAMP,
+                          "description": "unix seconds (a fraction allowed), within 30 s"},
+    "CbAccessPassphrase": {"type": "apiKey", "in": "header",
+                           "name": auth_mod.CB_HEADER_PASSPHRASE,
+                           "description": "the key's passphrase"},
+    "RmAccessKey": {"type": "apiKey", "in": "header", "name": auth_mod.HEADER_KEY,
+                    "description": "ringmatch scheme: the API key"},
+    "RmAccessSign": {"type": "apiKey", "in": "header", "name": auth_mod.HEADER_SIGN,
+                     "description": "base64(HMAC-SHA256(secret as UTF-8, timestamp + METHOD + "
+                                    "path_with_query + body))"},
+    "RmAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.HEADER_TIMESTAMP,
+                          "description": "unix seconds (a fraction allowed), within 30 s"},
+}
+#: either the four Coinbase headers or the three RM ones
+SECURITY = [{"CbAccessKey": [], "CbAccessSign": [], "CbAccessTimestamp": [],
+             "CbAccessPassphrase": []},
+            {"RmAccessKey": [], "RmAccessSign": [], "RmAccessTimestamp": []}]
+
+
+def _declare_security(app):
+    """OpenAPI: the security schemes, and on each private operation its requirement and the
+    scope it needs (``x-required-scope``, auth rule 9)."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        for ops in schema.get("paths", {}).values():
+            for method, op in ops.items():
+                if not isinstance(op, dict) or not set(op.get("tags", ())) & _PRIVATE_TAGS:
+                    continue
+                scope = SCOPE_VIEW if method == "get" else SCOPE_TRADE
+                op["security"] = SECURITY
+                op["x-required-scope"] = scope
+                op["description"] = ((op.get("description") or "") +
+                                     "\n\nSigned request; needs a key with the %s scope." % scope).strip()
+                responses = op.setdefault("responses", {})
+                responses.setdefault("401", {"description": "missing, stale or wrong signature"})
+                if scope == SCOPE_TRADE:
+                    responses.setdefault("403", {"description": "the key has the view scope"})
+        app.openapi_schema = schema
+        return schema
+    app.openapi = openapi
+
+
+_SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+_SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+_DOCS_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>%(title)s - docs</title>
+<link rel="stylesheet" href="%(css)s">
+<style>#rm-sign{font:13px sans-serif;padding:8px 16px;background:#f4f6f8;border-bottom:1px solid #ccd}
+#rm-sign input{margin-right:10px}</style></head>
+<body>
+<form id="rm-sign" onsubmit="return false" autocomplete="off"><b>Sign requests</b> (kept in this
+page only): key <input id="rm-key" size="20"> secret <input id="rm-secret" type="password" size="24">
+passphrase <input id="rm-passphrase" type="password" size="14"> <span id="rm-scheme">(with a
+passphrase: CB-ACCESS-*, the secret base64; without: RM-ACCESS-*)</span></form>
+<div id="swagger-ui"></div>
+<script src="%(js)s"></script>
+<script>
+async function rmHmac(keyBytes, message) {
+  const key = await crypto.subtle.importKey("raw", keyBytes, {name: "HMAC", hash: "SHA-256"},
+                                            false, ["sign"]);
+  const sig = new Uint8Array(await crypto.subtle.sign("HMAC", key, new TextEncoder().encode(message)));
+  let bin = ""; sig.forEach((b) => { bin += String.fromCharCode(b); });
+  return btoa(bin);
+}
+async function rmSign(req) {
+  const key = document.getElementById("rm-key").value;
+  const secret = document.getElementById("rm-secret").value;
+  const passphrase = document.getElementById("rm-passphrase").value;
+  const url = new URL(req.url, location.href);
+  if (!key || !secret || url.origin !== location.origin || url.pathname === "/openapi.json") return req;
+  const body = req.body == null ? "" : (typeof req.body === "string" ? req.body : JSON.stringify(req.body));
+  if (body) req.body = body;
+  const ts = (Date.now() / 1000).toFixed(6);
+  const message = ts + req.method.toUpperCase() + url.pathname + url.search + body;
+  if (passphrase) {
+    const raw = Uint8Array.from(atob(secret), (c) => c.charCodeAt(0));
+    req.headers["CB-ACCESS-KEY"] = key; req.headers["CB-ACCESS-TIMESTAMP"] = ts;
+    req.headers["CB-ACCESS-PASSPHRASE"] = passphrase;
+    req.headers["CB-ACCESS-SIGN"] = await rmHmac(raw, message);
+  } else {
+    req.headers["RM-ACCESS-KEY"] = key; req.headers["RM-ACCESS-TIMESTAMP"] = ts;
+    req.headers["RM-ACCESS-SIGN"] = await rmHmac(new TextEncoder().encode(secret), message);
+  }
+  return req;
+}
+window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
+  presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+  layout: "BaseLayout", requestInterceptor: rmSign});
+</script></body></html>
+"""
+
+
+def _docs_html(title):
+    import html
+    return _DOCS_HTML % {"title": html.escape(title), "css": _SWAGGER_CSS, "js": _SWAGGER_JS}
+
+
 _HEALTH_STATES = ("starting", "ready", "degraded", "stopping")
 _CHILD_STATES = ("starting", "ready", "stalled", "restarting", "dead")
 _HEALTH_MAX_BYTES = 1 << 20
@@ -752,15 +943,83 @@ def _int_or_none(value):
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def health_report(path, service, now_ns):
+class EngineProbe(object):
+    """What ``GET /health`` adds to the supervisor's file (O(consumers) per call).
+
+    * the journal's progress: the journaler's sequence on the input ring (its
+      durable end) against the ring's cursor: ``idle`` (caught up),
+      ``advancing`` (moved within ``stuck_after_s``), ``stuck`` (behind and
+      not moved for ``stuck_after_s``: not ready), ``none`` (no journaler on
+      the ring, nor in the file: a bare publisher);
+    * the standby, when one is configured (a ``replicator`` child): its
+      state and ``run/<shard>.replication.json`` (acknowledged sequence).
+    """
+
+    def __init__(self, shard, health_path, data_dir, stuck_after_s=5.0, clock=time.monotonic):
+        self.shard = shard
+        self.health_path = health_path
+        self.replication_path = (os.path.join(data_dir, "run", "%s.replication.json" % shard)
+                                 if data_dir and shard else None)
+        self.stuck_after_s = stuck_after_s
+        self.clock = clock
+        self.last_durable = None
+        self.changed_at = None
+
+    def journal(self, children, file_durable):
+        from publisher.metrics import ring_view
+        view = ring_view("rm-%s-in" % self.shard) if self.shard else None
+        child = children.get("journaler")
+        out = {"durable_seq": file_durable, "input_cursor": None, "lag": None,
+               "journaler": child["state"] if child else None}
+        durable = view["consumers"].get("journaler") if view else None
+        if durable is None:
+            if child is None:
+                out.update(progress="none", ok=True)
+            else:
+                out.update(progress="unknown", ok=child["state"] == "ready")
+            return out
+        now = self.clock()
+        if durable != self.last_durable:
+            self.last_durable, self.changed_at = durable, now
+        lag = view["cursor"] - durable
+        out.update(durable_seq=durable, input_cursor=view["cursor"], lag=lag)
+        if lag <= 0:
+            out.update(progress="idle", ok=True)
+        elif now - self.changed_at < self.stuck_after_s:
+            out.update(progress="advancing", ok=True)
+        else:
+            out.update(progress="stuck", ok=False,
+                       stuck_s=round(now - self.changed_at, 1))
+        return out
+
+    def standby(self, children, cursor):
+        child = children.get("replicator")
+        if child is None:
+            return {"configured": False, "ok": True}
+        out = {"configured": True, "state": child["state"], "ok": child["state"] == "ready",
+               "acked_seq": None, "lag": None}
+        if self.replication_path:
+            from publisher.metrics import _read_json
+            repl = _read_json(self.replication_path) or {}
+            acked = _int_or_none(repl.get("acked"))
+            out["acked_seq"] = acked
+            if acked is not None and cursor is not None:
+                out["lag"] = cursor - acked
+        return out
+
+
+def health_report(path, service, now_ns, probe=None):
     """(HTTP status, body) of GET /health.
 
     The body has the supervisor's file (``shard``, ``state``, ``updated_ns``,
     ``children`` {name: {pid, state, restarts}}, ``journal`` {durable_seq}),
     copied field by field (nothing else from the file: no secret can pass),
     plus ``publisher`` (this process: pid, input_seq, output_seq) and
-    ``reason`` when not healthy.  200 only when the state is ``ready`` and the
-    file was updated less than 5 s ago.  O(children).
+    ``reason`` when not healthy.  200 only when the state is ``ready``, the
+    file was updated less than 5 s ago and (with a ``probe``) every check of
+    ``checks`` holds: ``matcher`` (its child is ready), ``journal``
+    (EngineProbe.journal: idle or advancing), ``standby`` (ready when
+    configured).  O(children).
     """
     own = {"pid": os.getpid(), "input_seq": service.model.applied_seq,
            "events_applied": service.model.events_applied,
@@ -812,11 +1071,33 @@ def health_report(path, service, now_ns):
                        if isinstance(journal, dict) else None}
     age_ns = None if updated is None else now_ns - updated
     body["age_s"] = None if age_ns is None else round(age_ns / 1e9, 3)
+    failed = None
+    if probe is not None:
+        matcher = children.get("matcher")
+        checks = {"matcher": {"ok": bool(matcher and matcher["state"] == "ready"),
+                              "state": matcher["state"] if matcher else None,
+                              "pid": matcher["pid"] if matcher else None}}
+        checks["journal"] = probe.journal(children, body["journal"]["durable_seq"])
+        checks["standby"] = probe.standby(children, checks["journal"].get("input_cursor"))
+        body["checks"] = checks
+        if not checks["matcher"]["ok"]:
+            failed = ("the matcher is not running (%s)" % checks["matcher"]["state"]
+                      if matcher else "the health file names no matcher")
+        elif not checks["journal"]["ok"]:
+            j = checks["journal"]
+            failed = ("the journal is stuck: durable seq %s, input cursor %s, not moved for %s s"
+                      % (j["durable_seq"], j["input_cursor"], j.get("stuck_s"))
+                      if j["progress"] == "stuck" else "the journaler is %s" % j["journaler"])
+        elif not checks["standby"]["ok"]:
+            failed = "the standby's replicator is %s" % checks["standby"]["state"]
     if body["state"] != "ready":
         body["reason"] = "engine state is %s" % body["state"]
         return 503, body
     if age_ns is None or age_ns > HEALTH_FRESH_NS:
         body["reason"] = ("health file is stale (updated %s s ago; the supervisor writes it "
                           "every second)" % body["age_s"])
+        return 503, body
+    if failed is not None:
+        body["reason"] = failed
         return 503, body
     return 200, body
