@@ -100,13 +100,11 @@ O_FEEPAID = 18
 O_PREV = 19
 O_NEXT = 20
 O_LVL = 21
-O_ANEXT = 22
-O_APREV = 23
-O_STATE = 24
+O_STATE = 22
 RECORD = 32                           # ints per record (a power of two)
 SHIFT = 5                             # handle >> SHIFT = slot number
 _TEMPLATE = [0] * RECORD
-for _f in (O_PREV, O_NEXT, O_LVL, O_ANEXT, O_APREV):
+for _f in (O_PREV, O_NEXT, O_LVL):
     _TEMPLATE[_f] = -1
 del _f
 _ORDER = struct.Struct("<qIHBBBBBBqqqqQHqqqq16sq")
@@ -165,7 +163,7 @@ class SoaMatcher(object):
     """
 
     __slots__ = ("W", "_bs", "_ck", "_ei", "_emit_event", "_seq", "_sink_mark_last", "_ts",
-                 "a_coid", "a_head", "a_id", "a_norders", "acct_slot", "asset_ids", "bal",
+                 "a_coid", "a_id", "a_norders", "acct_slot", "asset_ids", "bal",
                  "clock", "commands", "config", "expiry", "fee_account_id", "index", "last_seq",
                  "lv_count", "lv_free", "lv_head", "lv_price", "lv_tail", "lv_total", "n_assets",
                  "n_live", "now", "o_coid", "o_feenum", "o_free", "ob", "old", "sink",
@@ -196,7 +194,6 @@ class SoaMatcher(object):
         self.acct_slot = {}
         self.a_id = []
         self.a_norders = []
-        self.a_head = []
         self.a_coid = []           # dict client order id -> order slot, or None
         self.bal = []
         self._new_account(config.fee_account_id)
@@ -234,7 +231,6 @@ class SoaMatcher(object):
         self.acct_slot[account_id] = a
         self.a_id.append(account_id)
         self.a_norders.append(0)
-        self.a_head.append(-1)
         self.a_coid.append(None)
         self.bal.extend([0] * self.W)
         return a
@@ -265,12 +261,6 @@ class SoaMatcher(object):
             ob[h + O_FUNDS] = funds
             ob[h + O_HOLD] = 0
             ob[h + O_FEEPAID] = 0
-            ob[h + O_PREV] = -1
-            ob[h + O_NEXT] = -1
-            ob[h + O_LVL] = -1
-            ob[h + O_ANEXT] = -1
-            ob[h + O_APREV] = -1
-            ob[h + O_STATE] = FREE
             i = h >> SHIFT
             self.o_coid[i] = coid
             self.o_feenum[i] = 0
@@ -337,12 +327,6 @@ class SoaMatcher(object):
         self.n_live += 1
         a = ob[s + O_ASLOT]
         self.a_norders[a] += 1
-        head = self.a_head[a]
-        ob[s + O_ANEXT] = head
-        ob[s + O_APREV] = -1
-        if head >= 0:
-            ob[head + O_APREV] = s
-        self.a_head[a] = s
         coid = self.o_coid[s >> SHIFT]
         if coid:
             d = self.a_coid[a]
@@ -378,14 +362,6 @@ class SoaMatcher(object):
         self.n_live -= 1
         a = ob[s + O_ASLOT]
         self.a_norders[a] -= 1
-        nxt = ob[s + O_ANEXT]
-        prv = ob[s + O_APREV]
-        if prv >= 0:
-            ob[prv + O_ANEXT] = nxt
-        else:
-            self.a_head[a] = nxt
-        if nxt >= 0:
-            ob[nxt + O_APREV] = prv
         coid = self.o_coid[s >> SHIFT]
         if coid:
             del self.a_coid[a][coid]
@@ -838,7 +814,25 @@ class SoaMatcher(object):
         bal[hi] -= hold
         bal[hi + 1] += hold
         ob[s + O_HOLD] = hold
-        self._oev(E_ACCEPTED, s, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
+        bs = self._bs
+        if bs is None:
+            self._oev(E_ACCEPTED, s, eflags, 0, price, qty, 0, funds, 0, 0, 0, hold)
+        else:
+            # S6: ACCEPTED from the locals (= _oev: rem = qty, filled 0 at entry)
+            ei = self._ei
+            end = bs._end
+            if end > bs._limit:
+                bs._grow()
+            _pack_into(bs._buf, end, E_ACCEPTED, side, otype, tif, eflags, K_NEW, sym.symbol_id,
+                       0, ob[s + O_PROD], ob[s + O_ACCT], seq, seq, price, qty, qty, 0, 0,
+                       funds, 0, 0, 0, ei, self._ts, self.o_coid[s >> SHIFT], hold)
+            bs._end = end + EVENT_SIZE
+            self._ei = ei + 1
+            if otype == LIMIT and not flags and (tif == GTC or tif == GTT) and (
+                    sym.best_ask > price if side == BUY else sym.best_bid < price):
+                # S6: a limit order that does not cross rests at once
+                self._rest_new(s, sym, a, side, price, qty, hold, hi, bs)
+                return True
         if flags & F_POST:
             self._rest(s, sym)
         else:
@@ -935,6 +929,79 @@ class SoaMatcher(object):
         self._register(s, RESTING)
         self._delta(sym.symbol_id, ob[s + O_SIDE], ob[s + O_PRICE],
                     self.lv_total[ob[s + O_LVL]])
+
+    def _rest_new(self, s, sym, a, side, price, qty, hold, hi, bs):
+        """S6: :meth:`_rest` + :meth:`_book_insert` + :meth:`_register` + the DELTA for
+        a fresh, unfilled limit order (fee numerator and fees paid 0, remaining = qty),
+        from locals, into BytesSink ``bs``."""
+        ob = self.ob
+        if side == BUY:
+            need = price * qty * sym.u
+            maker = sym.maker
+            if maker > 0:
+                need -= (-(need * maker)) // 10000
+            levels = sym.bid_levels
+        else:
+            need = qty * sym.bpl
+            levels = sym.ask_levels
+        extra = hold - need
+        if extra:
+            bal = self.bal
+            bal[hi + 1] -= extra
+            bal[hi] += extra
+            ob[s + O_HOLD] = need
+        lv = levels.get(price, -1)
+        if lv < 0:
+            lv = self._new_level(price)
+            levels[price] = lv
+            if side == BUY:
+                sym.bid_prices.add(-price)
+                if price > sym.best_bid:
+                    sym.best_bid = price
+            else:
+                sym.ask_prices.add(price)
+                if price < sym.best_ask:
+                    sym.best_ask = price
+        lv_tail = self.lv_tail
+        tail = lv_tail[lv]
+        ob[s + O_PREV] = tail
+        if tail < 0:
+            self.lv_head[lv] = s
+        else:
+            ob[tail + O_NEXT] = s
+        lv_tail[lv] = s
+        lv_total = self.lv_total
+        total = lv_total[lv] + qty
+        lv_total[lv] = total
+        self.lv_count[lv] += 1
+        ob[s + O_LVL] = lv
+        # _register (rule M8)
+        oid = ob[s + O_ID]
+        win = self.win
+        i = oid - self.win_base
+        if 0 <= i < len(win):
+            win[i] = s + 1
+            ob[s + O_STATE] = RESTING
+            self.n_live += 1
+            self.a_norders[a] += 1
+            coid = self.o_coid[s >> SHIFT]
+            if coid:
+                d = self.a_coid[a]
+                if d is None:
+                    d = self.a_coid[a] = {}
+                d[coid] = s
+            if ob[s + O_TIF] == GTT:
+                heapq.heappush(self.expiry, (ob[s + O_EXP], oid))
+        else:
+            self._register(s, RESTING)
+        ei = self._ei
+        end = bs._end
+        if end > bs._limit:
+            bs._grow()
+        _pack_into(bs._buf, end, E_DELTA, side, 0, 0, 0, K_NEW, sym.symbol_id, 0, 0, 0,
+                   self._seq, 0, price, total, 0, 0, 0, 0, 0, 0, 0, ei, self._ts, 0, 0)
+        bs._end = end + EVENT_SIZE
+        self._ei = ei + 1
 
     def _release(self, s, sym):
         ob = self.ob
@@ -1136,15 +1203,49 @@ class SoaMatcher(object):
                 bal[mb + qi] -= mfee
             bal[mb + bi] += b
         bal[qi] += tfee + mfee        # the fee account is account slot 0 (balance base 0)
-        ob[o + O_FILLED] += q
+        ofilled = ob[o + O_FILLED] + q
+        ob[o + O_FILLED] = ofilled
+        orem = ob[o + O_REM]
         if not ob[o + O_FUNDS]:
-            ob[o + O_REM] -= q
-        ob[m + O_FILLED] += q
+            orem -= q
+            ob[o + O_REM] = orem
+        mfilled = ob[m + O_FILLED] + q
+        ob[m + O_FILLED] = mfilled
         ob[m + O_REM] = mrem - q
         self.lv_total[lv] -= q
         trade_id = sym.trade_id + 1
         sym.trade_id = trade_id
-        self._fill(m, o, sym.symbol_id, price, q, mfee, tfee, n, trade_id)
+        bs = self._bs
+        if bs is None:
+            self._fill(m, o, sym.symbol_id, price, q, mfee, tfee, n, trade_id)
+            return q
+        # _fill from the locals: maker FILL, taker FILL, TRADE
+        end = bs._end
+        if end > bs._limit:
+            bs._grow()
+        buf = bs._buf
+        ei = self._ei
+        ck = self._ck
+        seq = self._seq
+        ts = self._ts
+        sid = sym.symbol_id
+        maker_id = ob[m + O_ID]
+        maker_acct = ob[m + O_ACCT]
+        taker_id = ob[o + O_ID]
+        taker_acct = ob[o + O_ACCT]
+        _pack_into(buf, end, E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF], EF_MAKER, ck,
+                   sid, 0, ob[m + O_PROD], maker_acct, seq, maker_id, price, q, mrem - q,
+                   mfilled, mfee, n, trade_id, taker_id, taker_acct, ei, ts,
+                   self.o_coid[m >> SHIFT], 0)
+        _pack_into(buf, end + EVENT_SIZE, E_FILL, side, ob[o + O_TYPE], ob[o + O_TIF], EF_TAKER,
+                   ck, sid, 0, ob[o + O_PROD], taker_acct, seq, taker_id, price, q, orem,
+                   ofilled, tfee, n, trade_id, maker_id, maker_acct, ei + 1, ts,
+                   self.o_coid[o >> SHIFT], 0)
+        _pack_into(buf, end + _E2, E_TRADE, side, 0, 0, 0, ck, sid, 0, 0, taker_acct, seq,
+                   taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct, ei + 2, ts, 0,
+                   0)
+        self._ei = ei + 3
+        bs._end = end + _E3
         return q
 
     def _maker_done(self, m, lv, nxt, sym):
@@ -1167,7 +1268,19 @@ class SoaMatcher(object):
             bal[hi + 1] -= mhold
             bal[hi] += mhold
             ob[m + O_HOLD] = 0
-        self._unregister(m)
+        # _unregister
+        oid = ob[m + O_ID]
+        i = oid - self.win_base
+        if 0 <= i < len(self.win):
+            self.win[i] = 0
+        else:
+            del self.old[oid]
+        ob[m + O_STATE] = FREE
+        self.n_live -= 1
+        self.a_norders[ob[m + O_ASLOT]] -= 1
+        coid = self.o_coid[m >> SHIFT]
+        if coid:
+            del self.a_coid[ob[m + O_ASLOT]][coid]
         self.o_free.append(m)
 
     def _affordable(self, o, pu, q, rate):
@@ -1332,11 +1445,92 @@ class SoaMatcher(object):
 
     def _cancel(self, cmd):
         ob = self.ob
+        bs = self._bs
+        if bs is not None and not cmd.flags:
+            # S6: a user cancel of a resting order by order id, events from locals
+            account_id = cmd.account_id
+            a = self.acct_slot.get(account_id, -1)
+            if a > 0:       # account slot 0 is the fee account's (_check)
+                oid = cmd.order_id
+                i = oid - self.win_base
+                win = self.win
+                if 0 <= i < len(win):
+                    s = win[i] - 1
+                    if s >= 0 and ob[s + O_ACCT] == account_id and \
+                            ob[s + O_STATE] == RESTING:
+                        return self._cancel_resting(cmd, s, a, bs)
         a, s, reason = self._target(cmd)
         if reason:
             return self._reject(cmd, reason, cmd.order_id if not cmd.flags & F_BY_CID else 0)
         self._ack(cmd, ob[s + O_ID])
         self._remove_live(s, self.symbols[ob[s + O_SYM]], E_CANCELLED, R_CANCELLED_BY_USER)
+
+    def _cancel_resting(self, cmd, s, a, bs):
+        """S6: :meth:`_ack` + :meth:`_remove_live` of resting order ``s`` (account slot
+        ``a``) with the events packed here into BytesSink ``bs``."""
+        ob = self.ob
+        oid = ob[s + O_ID]
+        ei = self._ei
+        seq = self._seq
+        ts = self._ts
+        end = bs._end
+        if end > bs._limit:
+            bs._grow()
+        _pack_into(bs._buf, end, E_ACCEPTED, 0, 0, 0, 0, K_CANCEL, cmd.symbol_id, 0,
+                   cmd.producer_id, cmd.account_id, seq, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0, ei, ts,
+                   cmd.client_order_id, 0)
+        sid = ob[s + O_SYM]
+        sym = self.symbols[sid]
+        price = ob[s + O_PRICE]
+        side = ob[s + O_SIDE]
+        # _book_remove
+        lv = ob[s + O_LVL]
+        prv = ob[s + O_PREV]
+        nxt = ob[s + O_NEXT]
+        if prv < 0:
+            self.lv_head[lv] = nxt
+        else:
+            ob[prv + O_NEXT] = nxt
+        if nxt < 0:
+            self.lv_tail[lv] = prv
+        else:
+            ob[nxt + O_PREV] = prv
+        ob[s + O_PREV] = ob[s + O_NEXT] = ob[s + O_LVL] = -1
+        cancelled = ob[s + O_REM]
+        lv_total = self.lv_total
+        total = lv_total[lv] - cancelled
+        lv_total[lv] = total
+        count = self.lv_count[lv] - 1
+        self.lv_count[lv] = count
+        if count == 0:
+            self._drop_level(sym, side, price)
+            total = 0
+        ob[s + O_REM] = 0
+        # _release
+        released = ob[s + O_HOLD]
+        if released:
+            hi = a * self.W + (sym.quote_i if side == BUY else sym.base_i)
+            bal = self.bal
+            bal[hi + 1] -= released
+            bal[hi] += released
+            ob[s + O_HOLD] = 0
+        # _unregister
+        self.win[oid - self.win_base] = 0
+        ob[s + O_STATE] = FREE
+        self.n_live -= 1
+        self.a_norders[a] -= 1
+        coid = self.o_coid[s >> SHIFT]
+        if coid:
+            del self.a_coid[a][coid]
+        end += EVENT_SIZE
+        _pack_into(bs._buf, end, E_CANCELLED, side, ob[s + O_TYPE], ob[s + O_TIF], 0, K_CANCEL,
+                   sid, R_CANCELLED_BY_USER, ob[s + O_PROD], ob[s + O_ACCT], seq, oid, price,
+                   cancelled, 0, ob[s + O_FILLED], 0, released, 0, 0, 0, ei + 1, ts, coid, 0)
+        _pack_into(bs._buf, end + EVENT_SIZE, E_DELTA, side, 0, 0, 0, K_CANCEL, sid, 0, 0, 0,
+                   seq, 0, price, total, 0, 0, 0, 0, 0, 0, 0, ei + 2, ts, 0, 0)
+        bs._end = end + _E2
+        self._ei = ei + 3
+        self.o_free.append(s)
 
     def _amend(self, cmd):
         ob = self.ob
@@ -1420,11 +1614,15 @@ class SoaMatcher(object):
         order id.  O(the account's live orders)."""
         out = []
         ob = self.ob
-        s = self.a_head[a]
-        while s >= 0:
-            if not symbol_id or ob[s + O_SYM] == symbol_id:
-                out.append(s)
-            s = ob[s + O_ANEXT]
+        left = self.a_norders[a]
+        h = 0
+        end = len(ob)
+        while left and h < end:
+            if ob[h + O_STATE] != FREE and ob[h + O_ASLOT] == a:
+                if not symbol_id or ob[h + O_SYM] == symbol_id:
+                    out.append(h)
+                left -= 1
+            h += RECORD
         out.sort(key=lambda h: ob[h + O_ID])
         return out
 
@@ -1741,16 +1939,16 @@ class SoaMatcher(object):
         for s in seen:
             if ob[s + O_TIF] == GTT:
                 assert (ob[s + O_EXP], ob[s + O_ID]) in self.expiry
+        per_account = [0] * len(self.a_id)
+        for s in seen:
+            per_account[ob[s + O_ASLOT]] += 1
+        for s in self.o_free:       # free slots are unlinked (S1: reuse skips these writes)
+            assert ob[s + O_STATE] == FREE
+            assert ob[s + O_PREV] == ob[s + O_NEXT] == ob[s + O_LVL] == -1
         totals = [0] * self.n_assets
         for aid, a in self.acct_slot.items():
             assert self.a_id[a] == aid
-            n = 0
-            s = self.a_head[a]
-            while s >= 0:
-                assert s in seen and ob[s + O_ASLOT] == a
-                n += 1
-                s = ob[s + O_ANEXT]
-            assert n == self.a_norders[a]
+            assert per_account[a] == self.a_norders[a]
             d = self.a_coid[a] or {}
             for coid, s in d.items():
                 assert s in seen and self.o_coid[s >> SHIFT] == coid and ob[s + O_ASLOT] == a
