@@ -102,6 +102,17 @@ _UPDATE_KIND = np.zeros(256, bool)
 _UPDATE_KIND[list(_UPDATE_KINDS)] = True
 _STOP_TYPE = np.zeros(256, bool)
 _STOP_TYPE[list(_STOP_TYPES)] = True
+# kind groups of the vectorized path (rule 2): one stable sort by group per batch
+_G_OTHER, _G_ACCEPTED, _G_REJECTED, _G_UPDATE, _G_BALANCE, _G_BOOK, _G_TRADE, _G_STATUS = range(8)
+_N_GROUPS = 8
+_GROUP = np.zeros(256, np.uint8)
+_GROUP[_K_ACCEPTED] = _G_ACCEPTED
+_GROUP[_K_REJECTED] = _G_REJECTED
+_GROUP[list(_UPDATE_KINDS)] = _G_UPDATE
+_GROUP[_K_BALANCE] = _G_BALANCE
+_GROUP[_K_BOOK_DELTA] = _G_BOOK
+_GROUP[_K_TRADE] = _G_TRADE
+_GROUP[_K_SYMBOL_STATUS] = _G_STATUS
 
 # status codes (OrderState.status strings) and done reasons
 _PENDING, _OPEN, _DONE = 0, 1, 2
@@ -242,7 +253,7 @@ _ORDER_COLUMNS = (
 class _Orders(object):
     """Column arrays of order rows in increasing id (rule 3)."""
 
-    def __init__(self, capacity=1024):
+    def __init__(self, capacity=1 << 17):
         self.n = 0
         self.cap = capacity
         self.cols = {name: np.zeros(capacity, dt) for name, dt in _ORDER_COLUMNS}
@@ -251,6 +262,14 @@ class _Orders(object):
         self.dbase = 0                    # dense map: row_of[id - dbase] = row, or -1
         self.row_of = np.full(1024, -1, np.int32)
         self.indexed = 0
+        self._scratch = None
+
+    def scratch(self, k):
+        """An int64 scratch array indexable by row (contents undefined)."""
+        s = self._scratch
+        if s is None or len(s) < self.cap:
+            s = self._scratch = np.empty(self.cap, np.int64)
+        return s
 
     def reserve(self, k):
         need = self.n + k
@@ -517,6 +536,20 @@ class _ByRow(object):
 TRADE_DTYPE = np.dtype([("trade_id", np.int64), ("price", np.int64), ("qty", np.int64),
                         ("taker_side", np.int64), ("timestamp_ns", np.int64), ("seq", np.int64),
                         ("maker_order_id", np.int64), ("taker_order_id", np.int64)])
+
+
+def _trade_words():
+    """Word index (of an event record as 16 int64) of each TRADE_DTYPE field; the
+    taker side is the byte after ``kind`` in word 0."""
+    off = {n: EVENT_DTYPE.fields[n][1] for n in EVENT_DTYPE.names}
+    src = ("trade_id", "price", "qty", "kind", "timestamp_ns", "seq", "counter_order_id",
+           "order_id")
+    assert EVENT_DTYPE.fields["side"][1] == 1 and off["kind"] == 0
+    assert all(off[n] % 8 == 0 for n in src) and np.little_endian
+    return np.array([off[n] // 8 for n in src], np.intp)
+
+
+_TRADE_WORDS = _trade_words()
 
 
 def _trade(rec):
@@ -958,6 +991,127 @@ class ColumnarChanges(object):
         return self
 
 
+_HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+class _Totals(object):
+    """Totals per (account, asset) key (rule 4): a dense value array by slot (slots in
+    order of first sight, never moved), found by key through an open-addressing hash
+    table (vectorized: one gather for nearly every key; ``searchsorted`` over unsorted
+    keys costs ~80 ns a key in branch misses) and through a dict (the per-event path)."""
+
+    def __init__(self):
+        self.n = 0
+        self.keys = np.zeros(1024, np.int64)          # slot -> key
+        self.vals = np.zeros(1024, np.int64)          # slot -> total
+        self.slot_of = {}                             # key -> slot
+        self._bits = 12
+        self.hkeys = np.full(1 << 12, -1, np.int64)   # -1: empty (keys are >= 0)
+        self.hslot = np.zeros(1 << 12, np.int64)
+        self._sorted_n = 0
+        self._skeys = _EMPTY_I
+        self._sslots = _EMPTY_I
+
+    def _hash(self, keys):
+        return (keys.view(np.uint64) * _HASH_MULT >> np.uint64(64 - self._bits)).astype(np.intp)
+
+    def slots(self, keys):
+        """Slots of int64 ``keys`` (new keys get new slots with total 0)."""
+        h = self._hash(keys)
+        out = self.hslot.take(h)
+        hit = self.hkeys.take(h) == keys
+        if hit.all():
+            return out
+        todo = (~hit).nonzero()[0]
+        hh = h[todo]
+        mask = (1 << self._bits) - 1
+        missing = []
+        while len(todo):
+            hk = self.hkeys.take(hh)
+            found = hk == keys[todo]
+            if found.any():
+                out[todo[found]] = self.hslot.take(hh[found])
+            empty = hk == -1
+            if empty.any():
+                missing.append(todo[empty])
+            more = ~(found | empty)
+            todo = todo[more]
+            hh = (hh[more] + 1) & mask
+        if missing:
+            miss = np.concatenate(missing)
+            new = np.unique(keys[miss])
+            self._insert(new)
+            out[miss] = self.slots(keys[miss])
+        return out
+
+    def slot(self, key):
+        """The slot of one key (Python int), inserted when new."""
+        i = self.slot_of.get(key)
+        if i is None:
+            self._insert(np.array([key], np.int64))
+            i = self.slot_of[key]
+        return i
+
+    def _insert(self, new):
+        """Enter unique absent keys ``new``."""
+        k = len(new)
+        n = self.n
+        if n + k > len(self.keys):
+            cap = len(self.keys)
+            while cap < n + k:
+                cap *= 2
+            for name in ("keys", "vals"):
+                old = getattr(self, name)
+                a = np.zeros(cap, np.int64)
+                a[:n] = old[:n]
+                setattr(self, name, a)
+        self.keys[n:n + k] = new
+        slots = np.arange(n, n + k, dtype=np.int64)
+        self.slot_of.update(zip(new.tolist(), slots.tolist()))
+        self.n = n + k
+        if 2 * self.n > (1 << self._bits):            # load <= 1/2: rebuild larger
+            while 2 * self.n > (1 << self._bits):
+                self._bits += 1
+            self.hkeys = np.full(1 << self._bits, -1, np.int64)
+            self.hslot = np.zeros(1 << self._bits, np.int64)
+            self._place(self.keys[:self.n].copy(), np.arange(self.n, dtype=np.int64))
+        else:
+            self._place(new, slots)
+
+    def _place(self, keys, slots):
+        mask = (1 << self._bits) - 1
+        h = self._hash(keys)
+        hkeys, hslot = self.hkeys, self.hslot
+        mark = np.empty(1 << self._bits, np.int64)
+        while len(keys):
+            busy = hkeys.take(h) != -1
+            h[busy] = (h[busy] + 1) & mask
+            free = (~busy).nonzero()[0]
+            if not len(free):
+                continue
+            hf = h[free]
+            mark[hf[::-1]] = free[::-1]                # the first key per free position
+            win = free[mark[hf] == free]
+            hkeys[h[win]] = keys[win]
+            hslot[h[win]] = slots[win]
+            rest = np.ones(len(keys), bool)
+            rest[win] = False
+            keys, slots, h = keys[rest], slots[rest], h[rest]
+
+    def account_items(self, account_id):
+        """[(asset, total)] of an account, by asset."""
+        if self._sorted_n != self.n:
+            o = self.keys[:self.n].argsort(kind="stable")
+            self._skeys, self._sslots = self.keys[o], o
+            self._sorted_n = self.n
+        sk = self._skeys
+        a = int(sk.searchsorted(account_id * 65536))
+        b = int(sk.searchsorted((account_id + 1) * 65536))
+        keys = sk[a:b].tolist()
+        vals = self.vals[self._sslots[a:b]].tolist()
+        return [(key - account_id * 65536, v) for key, v in zip(keys, vals)]
+
+
 class ColumnarReadModel(object):
     """Books, tickers, trades, 24h stats, order states and balances, one numpy pass a batch.
 
@@ -994,8 +1148,7 @@ class ColumnarReadModel(object):
         self._rej_cache = {}
         self._coid_parts = []              # arrays (account, coid, id) not yet in _client_ids
         self._client_ids = {}
-        self._tot_keys = _EMPTY_I
-        self._tot_vals = _EMPTY_I
+        self._totals = _Totals()
         sym_ok = np.zeros(65536, bool)
         sym_ok[list(self.symbols)] = True
         self._sym_ok = sym_ok
@@ -1033,13 +1186,19 @@ class ColumnarReadModel(object):
         if n <= SMALL_BATCH:
             return self._apply_small(arr, changes)
         kind = arr["kind"].copy()                     # contiguous: compared many times
-        present = np.bincount(kind, minlength=16)
+        # one stable sort by kind group, one copy of the records: every section below
+        # reads a contiguous slice of its own events (rule 2)
+        grp = _GROUP[kind]
+        order = grp.argsort(kind="stable")
+        counts = np.bincount(grp, minlength=_N_GROUPS).tolist()
+        srt = _raw(arr).take(order, axis=0).view(EVENT_DTYPE).reshape(n)
+        bounds = [0]
+        for c in counts:
+            bounds.append(bounds[-1] + c)
         seqs = arr["seq"]
-        flags = arr["flags"]
         # rule 2 of the object model: applied_seq
         applied = self.applied_seq
-        last_mask = (flags & _LAST) != 0
-        closed = seqs[last_mask]
+        closed = seqs[(arr["flags"] & _LAST).astype(bool)]
         if len(closed):
             applied = max(applied, int(closed.max()))
         prev = np.empty(n, np.int64)
@@ -1055,34 +1214,41 @@ class ColumnarReadModel(object):
             self.last_timestamp_ns = ts_max
         changes.closed_seqs = closed
 
-        if present[_K_ACCEPTED] or present[_K_REJECTED]:
-            cmd_new = arr["command_kind"] == _C_NEW
-            if present[_K_ACCEPTED]:
-                acc = (kind == _K_ACCEPTED) & cmd_new
-                if acc.any():
-                    self._create(_take(arr, acc))
-            if present[_K_REJECTED]:
-                rej = (kind == _K_REJECTED) & cmd_new
-                if rej.any():
-                    self._add_rejections(_take(arr, rej))
-        upd = _nz(_UPDATE_KIND[kind])
-        fills_found = _EMPTY_I
-        if len(upd):
-            ev = arr.take(upd)
+        def group(g):
+            return srt[bounds[g]:bounds[g + 1]], order[bounds[g]:bounds[g + 1]]
+
+        if counts[_G_ACCEPTED]:
+            acc = srt[bounds[_G_ACCEPTED]:bounds[_G_ACCEPTED + 1]]
+            new = acc["command_kind"] == _C_NEW
+            if not new.all():
+                acc = _take(acc, new)
+            if len(acc):
+                self._create(acc)
+        if counts[_G_REJECTED]:
+            rej = srt[bounds[_G_REJECTED]:bounds[_G_REJECTED + 1]]
+            new = rej["command_kind"] == _C_NEW
+            if not new.all():
+                rej = _take(rej, new)
+            if len(rej):
+                self._add_rejections(rej)
+        fe = fpos = None
+        if counts[_G_UPDATE]:
+            ev, upos = group(_G_UPDATE)
             rows, found = self._orders.lookup(ev["order_id"])
             if not found.all():
-                ev, rows, upd = _take(ev, found), rows[found], upd[found]
+                sel = found.nonzero()[0]
+                ev, rows, upos = ev.take(sel), rows[sel], upos[sel]
             if len(rows):
-                self._apply_order_updates(ev, rows)
-                fills_found = upd[ev["kind"] == _K_FILL]
-        if present[_K_BALANCE] or len(fills_found):
-            self._apply_totals(arr, kind, fills_found)
-        if present[_K_BOOK_DELTA]:
-            self._apply_books(_take(arr, kind == _K_BOOK_DELTA), changes)
-        if present[_K_TRADE]:
-            self._apply_trades(_take(arr, kind == _K_TRADE), changes)
-        if present[_K_SYMBOL_STATUS]:
-            for e in _events_of(_take(arr, kind == _K_SYMBOL_STATUS)):
+                fe, fpos = self._apply_order_updates(ev, rows, upos)
+        if counts[_G_BALANCE] or fe is not None:
+            be, bpos = group(_G_BALANCE)
+            self._apply_totals(be, bpos, fe, fpos)
+        if counts[_G_BOOK]:
+            self._apply_books(group(_G_BOOK)[0], changes)
+        if counts[_G_TRADE]:
+            self._apply_trades(group(_G_TRADE)[0], changes)
+        if counts[_G_STATUS]:
+            for e in _events_of(group(_G_STATUS)[0]):
                 view = self.symbols.get(e.symbol_id)
                 if view is not None:
                     view.halted = e.reason == _HALTED
@@ -1293,16 +1459,14 @@ class ColumnarReadModel(object):
 
     def _total_op(self, key, value, is_set):
         """One BALANCE set (``is_set``) or FILL move of the total of ``key`` (rule 4)."""
-        tk = self._tot_keys
-        i = int(np.searchsorted(tk, key))
-        if i >= len(tk) or tk[i] != key:
-            tv = self._tot_vals
-            self._tot_keys = np.concatenate((tk[:i], np.array([key], np.int64), tk[i:]))
-            self._tot_vals = np.concatenate((tv[:i], _ZERO1, tv[i:]))
+        tot = self._totals
+        i = tot.slot_of.get(key)
+        if i is None:
+            i = tot.slot(key)
         if is_set:
-            self._tot_vals[i] = value
+            tot.vals[i] = value
         else:
-            self._tot_vals[i] += value
+            tot.vals[i] += value
 
     def _create(self, ev):
         """ACCEPTED of NEW_ORDER: new rows (rule 3)."""
@@ -1364,85 +1528,132 @@ class ColumnarReadModel(object):
                 self._coid_parts.append((ev["account_id"][i:i + 1], ev["client_order_id"][i:i + 1],
                                          ids[i:i + 1]))
 
-    def _apply_order_updates(self, ev, rows):
-        """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders at ``rows`` (rule 3).
+    def _apply_order_updates(self, ev, rows, upos):
+        """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders at ``rows`` (rule 3);
+        ``upos`` their positions in the batch.  Returns (FILL events, their positions)
+        for the totals.
 
         Last writer per field by plain fancy assignment (numpy assigns repeated indices in
         order, checked at import by ``_sequential_assign``; else the sorted variant).
         """
         if not _SEQUENTIAL_ASSIGN:
-            return self._apply_order_updates_sorted(ev, rows)
-        c = self._orders.cols
+            return self._apply_order_updates_sorted(ev, rows, upos)
+        t = self._orders
+        c = t.cols
         k = ev["kind"]
-        rem = ev["remaining"]
-        is_fill = k == _K_FILL
-        is_can = k == _K_CANCELLED
-        is_exp = k == _K_EXPIRED
-        is_cx = is_can | is_exp
-        is_am = k == _K_AMENDED
-        is_tr = k == _K_TRIGGERED
-        done_ev = (is_fill & (rem == 0)) | is_cx
         c["last_seq"][rows] = ev["seq"]
-        fi = np.nonzero(is_fill)[0]
-        if len(fi):
+        is_fill = k == _K_FILL
+        fi = is_fill.nonzero()[0]
+        nf = len(fi)
+        fe = fpos = None
+        status = c["status"]
+        if nf:
             fr = rows[fi]
             fe = ev.take(fi)
+            fpos = upos[fi]
             c["filled"][fr] = fe["filled"]
+            frem = fe["remaining"]
+            c["remaining"][fr] = frem
             amount = fe["amount"]
             np.add.at(c["executed_value"], fr, amount)
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
             sid = fe["symbol_id"]
-            ok = self._spec_ok[sid]
-            taker = (fe["flags"] & _TAKER) != 0
-            rate = np.where(taker, self._spec_taker[sid], self._spec_maker[sid])
-            if ok.all():
-                np.add.at(c["fee_num"], fr, amount * rate)
-            elif ok.any():
-                np.add.at(c["fee_num"], fr[ok], (amount * rate)[ok])
-        wi = np.nonzero(is_fill | is_cx | is_am)[0]
-        c["remaining"][rows[wi]] = np.where(is_cx[wi], 0, rem[wi])
-        ai = np.nonzero(is_am)[0]
-        if len(ai):
-            ra = rows[ai]
-            ea = ev.take(ai)
+            rate = np.where(fe["flags"] & _TAKER, self._spec_taker[sid], self._spec_maker[sid])
+            np.add.at(c["fee_num"], fr, amount * rate)      # 0 for a symbol without spec
+            pr = fr[frem != 0]                               # partial: pending -> open
+            status[pr[status[pr] == _PENDING]] = _OPEN
+        if nf == len(k):                                     # fills only (the usual batch)
+            done = (frem == 0).nonzero()[0]
+            if len(done):
+                dr = fr[done]
+                status[dr] = _DONE
+                c["done_reason"][dr] = 1
+                c["done_ns"][dr] = fe["timestamp_ns"][done]
+                self._first_done(dr)
+            return fe, fpos
+        oi = (~is_fill).nonzero()[0]                          # the other kinds, event order
+        orows = rows[oi]
+        oe = ev.take(oi)
+        ok = oe["kind"]
+        is_can = ok == _K_CANCELLED
+        is_exp = ok == _K_EXPIRED
+        is_cx = is_can | is_exp
+        is_am = ok == _K_AMENDED
+        is_tr = ok == _K_TRIGGERED
+        if is_am.any():
+            ai = is_am.nonzero()[0]
+            ra = orows[ai]
+            ea = oe.take(ai)
             m = ea["reason"] == 0
             c["hold"][ra[m]] = ea["aux"][m]
             m = ea["price"] != 0
             c["price"][ra[m]] = ea["price"][m]
             c["qty"][ra] = ea["qty"]
-        xi = np.nonzero(is_cx)[0]
+        if nf:
+            # remaining: the last write per row across fills and the other kinds
+            wi = (~is_tr).nonzero()[0]
+            if nf and len(wi):
+                allr = np.concatenate((fr, orows[wi]))
+                allp = np.concatenate((fpos, upos[oi[wi]]))
+                allv = np.concatenate((frem, np.where(is_cx[wi], 0, oe["remaining"][wi])))
+                o = allp.argsort(kind="stable")
+                c["remaining"][allr[o]] = allv[o]
+        else:
+            wi = (~is_tr).nonzero()[0]
+            c["remaining"][orows[wi]] = np.where(is_cx[wi], 0, oe["remaining"][wi])
+        xi = is_cx.nonzero()[0]
         if len(xi):
-            c["reason"][rows[xi]] = ev["reason"][xi]
+            c["reason"][orows[xi]] = oe["reason"][xi]
         if is_tr.any():
-            ti = np.nonzero(is_tr & (ev["aux"] != 0))[0]
-            c["stop_price"][rows[ti]] = ev["aux"][ti]
-        di = np.nonzero(done_ev)[0]
-        status = c["status"]
-        # status: a partial FILL maps pending -> open; the constant transitions (TRIGGERED
-        # -> open, done events -> done) after it, the last one winning.  Equal to the
-        # object model's fold because no constant transition leads to pending.
-        pi = np.nonzero(is_fill & (rem != 0))[0]
-        if len(pi):
-            pr = rows[pi]
-            status[pr[status[pr] == _PENDING]] = _OPEN
-        ci = np.nonzero(is_tr | done_ev)[0]
-        if len(ci):
-            status[rows[ci]] = np.where(done_ev[ci], _DONE, _OPEN)
-        if len(di):
-            dr = rows[di]
-            c["done_reason"][dr] = np.where(is_exp[di], 3, np.where(is_can[di], 2, 1))
-            c["done_ns"][dr] = ev["timestamp_ns"][di]
-            ever = c["ever_done"]
-            dr = dr[~ever[dr]]
-            if len(dr):
-                if len(dr) > 1:                                  # first done event per row
-                    o = np.argsort(dr, kind="stable")
-                    dr = dr[np.sort(o[_runs_first(dr[o])])]
-                ever[dr] = True
-                self._log_done(c["id"][dr])
+            ti = (is_tr & (oe["aux"] != 0)).nonzero()[0]
+            c["stop_price"][orows[ti]] = oe["aux"][ti]
+        # status: a partial FILL maps pending -> open (done above); the constant
+        # transitions (TRIGGERED -> open, done events -> done) after it, the last one
+        # winning.  Equal to the object model's fold because no constant transition
+        # leads to pending.  Done events (full FILLs, CANCELLED, EXPIRED) in event order.
+        if nf:
+            fdone = (frem == 0).nonzero()[0]
+            cr = np.concatenate((fr[fdone], orows))
+            cp = np.concatenate((fpos[fdone], upos[oi]))
+            cdone = np.concatenate((np.ones(len(fdone), bool), is_cx))
+            cexp = np.concatenate((np.zeros(len(fdone), bool), is_exp))
+            ccan = np.concatenate((np.zeros(len(fdone), bool), is_can))
+            cts = np.concatenate((fe["timestamp_ns"][fdone], oe["timestamp_ns"]))
+            cm = cdone | np.concatenate((np.zeros(len(fdone), bool), is_tr))
+            sel = cm.nonzero()[0]
+            sel = sel[cp[sel].argsort(kind="stable")]
+        else:
+            cr, cdone, cexp, ccan, cts = orows, is_cx, is_exp, is_can, oe["timestamp_ns"]
+            sel = (is_cx | is_tr).nonzero()[0]
+        if len(sel):
+            status[cr[sel]] = np.where(cdone[sel], _DONE, _OPEN)
+            di = sel[cdone[sel]]
+            if len(di):
+                dr = cr[di]
+                c["done_reason"][dr] = np.where(cexp[di], 3, np.where(ccan[di], 2, 1))
+                c["done_ns"][dr] = cts[di]
+                self._first_done(dr)
+        return fe, fpos
 
-    def _apply_order_updates_sorted(self, ev, rows):
+    def _first_done(self, dr):
+        """Rows ``dr`` (done events, event order) not done before: into the done log,
+        each once, in the order of its first done event (rule 3)."""
+        t = self._orders
+        ever = t.cols["ever_done"]
+        dr = dr[~ever[dr]]
+        k = len(dr)
+        if not k:
+            return
+        if k > 1:                                   # first done event per row
+            mark = t.scratch(k)
+            back = np.arange(k - 1, -1, -1)
+            mark[dr[back]] = back                   # the first write of a row lands last
+            dr = dr[mark[dr] == np.arange(k)]
+        ever[dr] = True
+        self._log_done(t.cols["id"][dr])
+
+    def _apply_order_updates_sorted(self, ev, rows, upos):
         """``_apply_order_updates`` without relying on the order of repeated assignments."""
         t = self._orders
         c = t.cols
@@ -1519,6 +1730,10 @@ class ColumnarReadModel(object):
                 dr = dr[np.argsort(di, kind="stable")]
                 c["ever_done"][dr] = True
                 self._log_done(c["id"][dr])
+        fi = is_fill.nonzero()[0]
+        if not len(fi):
+            return None, None
+        return ev.take(fi), upos[fi]
 
     def _log_done(self, ids):
         k = len(ids)
@@ -1603,78 +1818,64 @@ class ColumnarReadModel(object):
         self._rej_cache[seq] = order
         return order
 
-    def _apply_totals(self, arr, kind, fills):
-        """BALANCE sets and moves of FILLs of known orders (positions ``fills``) of totals
-        per (account, asset) (rule 4)."""
-        bal = _nz(kind == _K_BALANCE)
-        if len(fills):
-            fe = arr.take(fills)
+    def _apply_totals(self, be, bpos, fe, fpos):
+        """BALANCE sets (events ``be`` at batch positions ``bpos``) and the moves of the
+        FILLs of known orders (``fe`` at ``fpos``, or None) of the totals per
+        (account, asset) (rule 4)."""
+        nb = len(be)
+        keys, vals, pos = [], [], []
+        if nb:
+            keys.append(be["account_id"] * np.int64(65536) + be["symbol_id"])
+            vals.append(be["amount"] + be["aux"])
+        if fe is not None:
             sid = fe["symbol_id"]
             ok = self._spec_ok[sid]
             if not ok.all():
-                fills, fe, sid = fills[ok], _take(fe, ok), sid[ok]
-        parts_key, parts_pos, parts_val, parts_set = [], [], [], []
-        if len(bal):
-            be = arr.take(bal)
-            parts_key.append(be["account_id"].astype(np.int64) * 65536 + be["symbol_id"])
-            parts_pos.append(bal)
-            parts_val.append(be["amount"] + be["aux"])
-            parts_set.append(np.ones(len(bal), bool))
-        if len(fills):
-            acct = fe["account_id"].astype(np.int64) * 65536
-            buy = fe["side"] == _BUY
-            b = fe["qty"] * self._spec_bpl[sid]
-            amount, fee = fe["amount"], fe["fee"]
-            parts_key.append(acct + self._spec_base[sid])
-            parts_pos.append(fills)
-            parts_val.append(np.where(buy, b, -b))
-            parts_set.append(np.zeros(len(fills), bool))
-            parts_key.append(acct + self._spec_quote[sid])
-            parts_pos.append(fills)
-            parts_val.append(np.where(buy, -amount - fee, amount - fee))
-            parts_set.append(np.zeros(len(fills), bool))
-        if not parts_key:
+                sel = ok.nonzero()[0]
+                fe, fpos, sid = fe.take(sel), fpos[sel], sid[sel]
+            if len(fe):
+                acct = fe["account_id"] * np.int64(65536)
+                buy = fe["side"] == _BUY
+                b = fe["qty"] * self._spec_bpl[sid]
+                amount, fee = fe["amount"], fe["fee"]
+                keys.append(acct + self._spec_base[sid])
+                keys.append(acct + self._spec_quote[sid])
+                vals.append(np.where(buy, b, -b))
+                vals.append(np.where(buy, -amount, amount) - fee)
+            else:
+                fe = None
+        if not keys:
             return
-        keys = np.concatenate(parts_key)
-        pos = np.concatenate(parts_pos)
-        vals = np.concatenate(parts_val)
-        is_set = np.concatenate(parts_set)
-        tk = self._tot_keys
-        idx = np.searchsorted(tk, keys)
-        missing = (idx >= len(tk)) | (tk[np.minimum(idx, len(tk) - 1)] != keys) if len(tk) \
-            else np.ones(len(keys), bool)
-        if missing.any():
-            new_keys = np.unique(keys[missing])
-            merged = np.union1d(tk, new_keys)
-            vals_old = np.zeros(len(merged), np.int64)
-            vals_old[np.searchsorted(merged, tk)] = self._tot_vals
-            self._tot_keys, self._tot_vals = merged, vals_old
-            tk = merged
-            idx = np.searchsorted(tk, keys)
-        tv = self._tot_vals
-        last_set = np.full(len(tk), -1, np.int64)
-        if is_set.any() and _SEQUENTIAL_ASSIGN:
-            sk = idx[is_set]
-            tv[sk] = vals[is_set]                  # the last set of a key wins
-            last_set[sk] = pos[is_set]
-        elif is_set.any():
-            sk, sp, sv = idx[is_set], pos[is_set], vals[is_set]
-            order = np.argsort(sk, kind="stable")
-            sks = sk[order]
-            lastm = _runs_last(sks)
-            sel = order[lastm]
-            tv[sk[sel]] = sv[sel]
-            last_set[sk[sel]] = sp[sel]
-        adds = ~is_set
-        if adds.any():
-            ak, ap, av = idx[adds], pos[adds], vals[adds]
-            after = ap > last_set[ak]
+        keys = np.concatenate(keys) if len(keys) > 1 else keys[0]
+        vals = np.concatenate(vals) if len(vals) > 1 else vals[0]
+        tot = self._totals
+        idx = tot.slots(keys)
+        tv = tot.vals
+        if not nb:
+            np.add.at(tv, idx, vals)
+            return
+        sk = idx[:nb]
+        last_set = np.full(tot.n, -1, np.int64)
+        if _SEQUENTIAL_ASSIGN:
+            tv[sk] = vals[:nb]                         # the last set of a key wins
+            last_set[sk] = bpos
+        else:
+            order = sk.argsort(kind="stable")
+            sel = order[_runs_last(sk[order])]
+            tv[sk[sel]] = vals[:nb][sel]
+            last_set[sk[sel]] = bpos[sel]
+        if fe is not None:
+            ak, av = idx[nb:], vals[nb:]
+            ap = np.concatenate((fpos, fpos))
+            after = (ap > last_set[ak]).nonzero()[0]
             np.add.at(tv, ak[after], av[after])
 
     def _apply_books(self, bd, changes):
         """BOOK_DELTA: each level touched set once to its final size of the batch (rule 2);
         no Python per level (the books are BookSides, ``Changes.level2`` LazyLevels)."""
-        bd = _take(bd, self._sym_ok[bd["symbol_id"]])
+        ok = self._sym_ok[bd["symbol_id"]]
+        if not ok.all():
+            bd = _take(bd, ok)
         k = len(bd)
         if not k:
             return
@@ -1723,22 +1924,23 @@ class ColumnarReadModel(object):
             view.book_seq = int(bseq[_nz(sym == s)[-1]])
 
     def _apply_trades(self, tr, changes):
-        tr = _take(tr, self._sym_ok[tr["symbol_id"]])
+        ok = self._sym_ok[tr["symbol_id"]]
+        if not ok.all():
+            tr = _take(tr, ok)
         if not len(tr):
             return
-        arr = np.empty(len(tr), TRADE_DTYPE)
-        arr["trade_id"] = tr["trade_id"]
-        arr["price"] = tr["price"]
-        arr["qty"] = tr["qty"]
-        arr["taker_side"] = tr["side"]
-        arr["timestamp_ns"] = tr["timestamp_ns"]
-        arr["seq"] = tr["seq"]
-        arr["maker_order_id"] = tr["counter_order_id"]
-        arr["taker_order_id"] = tr["order_id"]
+        # TRADE_DTYPE rows straight from the records' int64 words (one take)
+        raw = _raw(tr).take(_TRADE_WORDS, axis=1)
+        raw[:, 3] = (raw[:, 3] >> 8) & 0xFF                  # the side byte
+        arr = raw.view(TRADE_DTYPE).reshape(len(tr))
         sym = tr["symbol_id"]
-        syms = [int(sym[0])] if (sym == sym[0]).all() else np.unique(sym).tolist()
-        for s in syms:
-            part = arr if len(syms) == 1 else _take(arr, sym == s)
+        s0 = int(sym[0])
+        if (sym == s0).all():
+            self.symbols[s0]._add_trades(arr)
+            changes.trades[s0] = TradeList(arr)
+            return
+        for s in np.unique(sym).tolist():
+            part = _take(arr, sym == s)
             self.symbols[s]._add_trades(part)
             changes.trades[s] = TradeList(part)
 
@@ -1813,11 +2015,8 @@ class ColumnarReadModel(object):
                 keys.append(account_id * 65536 + asset_id)
                 vals.append(acct.bal[i] + acct.bal[i + 1])
         if keys:
-            tk = dict(zip(self._tot_keys.tolist(), self._tot_vals.tolist()))
-            tk.update(zip(keys, vals))
-            ks = sorted(tk)
-            self._tot_keys = np.array(ks, np.int64)
-            self._tot_vals = np.array([tk[k] for k in ks], np.int64)
+            tot = self._totals
+            tot.vals[tot.slots(np.array(keys, np.int64))] = vals
         self.applied_seq = max(self.applied_seq, seq)
         self._open_seq = max(self._open_seq, seq)
 
@@ -1878,16 +2077,13 @@ class ColumnarReadModel(object):
 
     def account_balances(self, account_id):
         """{asset_id: (available, held)} (rule 4).  O(log keys + rows)."""
-        tk = self._tot_keys
-        a = int(np.searchsorted(tk, account_id * 65536))
-        b = int(np.searchsorted(tk, (account_id + 1) * 65536))
-        if a == b:
+        items = self._totals.account_items(account_id)
+        if not items:
             return {}
         held = _order_hold(self._account_rows(account_id, open_only=True), self._orders.cols,
                            self.specs)
         out = {}
-        for key, total in zip(tk[a:b].tolist(), self._tot_vals[a:b].tolist()):
-            asset = key - account_id * 65536
+        for asset, total in items:
             h = held.get(asset, 0)
             out[asset] = (total - h, h)
         return out
