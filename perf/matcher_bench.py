@@ -24,6 +24,12 @@ Topology (no rings: the matcher's business logic alone)::
   reduced when a maker fills completely), then a limit-then-cancel.  It has no self-trade
   prevention, so its trade count may differ from ours by the self-trades our matcher
   prevented (reported).
+* ``--account-per-order``: the same rows replayed with one account per order (each funded
+  with ``PER_ORDER_FUNDING`` of both assets, untimed), so self-trade prevention cannot
+  fire and the trade and successful-cancel counts of the timed run must equal
+  cython-orderbook's exactly (the run fails otherwise): the counts are comparable with
+  any engine without accounts.
+* Spread: ``(max - min) / median`` of the timed passes' commands/s, per run.
 
 The PyPy pass runs as a subprocess: ``.venv-pypy/bin/python -m perf.matcher_bench --worker``.
 Throughput passes go through ``perf.harness.measure``; latencies are written raw by each
@@ -61,6 +67,8 @@ PYPY = os.path.join(ROOT, ".venv-pypy", "bin", "python")
 SYMBOL_ID = 1            # BTC-USD in DEFAULT_CONFIG
 ACCOUNTS = 1000
 FUNDING = 10 ** 15       # minor units of each asset per account
+#: per account with --account-per-order: 10**12 x ~750k accounts keeps supply < 2**62
+PER_ORDER_FUNDING = 10 ** 12
 BATCH = 4096
 
 KIND_TRADE = 7
@@ -88,11 +96,20 @@ def deposits(config, accounts=ACCOUNTS, amount=FUNDING):
     return out
 
 
-def build(rows, config):
-    """Return (deposit [(seq, cmd)], order [(seq, cmd)])."""
+def build(rows, config, per_order=False):
+    """Return (deposit [(seq, cmd)], order [(seq, cmd)]).
+
+    ``per_order``: one account per order (no self-trade prevention possible), each
+    funded with ``PER_ORDER_FUNDING``; else ``ACCOUNTS`` accounts round-robin.
+    """
     from perf.workload import to_commands
-    deps = list(enumerate(deposits(config), 1))
-    cmds = to_commands(rows, SYMBOL_ID, ACCOUNTS, len(deps) + 1)
+    if per_order:
+        accounts = max(1, sum(1 for r in rows if r[1] != "C"))
+        deps = list(enumerate(deposits(config, accounts, PER_ORDER_FUNDING), 1))
+    else:
+        accounts = ACCOUNTS
+        deps = list(enumerate(deposits(config), 1))
+    cmds = to_commands(rows, SYMBOL_ID, accounts, len(deps) + 1)
     return deps, cmds
 
 
@@ -240,7 +257,7 @@ def clock_overhead_ns(samples=200000):
     return (clock() - t0) / float(samples)
 
 
-def worker(csv_path, passes, latency_out=None, impls=("reference",)):
+def worker(csv_path, passes, latency_out=None, impls=("reference",), per_order=False):
     """Everything measured on one interpreter; returns a JSON-able dict.
 
     ``latency_out``: a path prefix; each implementation's raw latencies go to
@@ -249,7 +266,7 @@ def worker(csv_path, passes, latency_out=None, impls=("reference",)):
     from engine.config import DEFAULT_CONFIG
     from perf.workload import read_csv
     rows = read_csv(csv_path)
-    deps, cmds = build(rows, DEFAULT_CONFIG)
+    deps, cmds = build(rows, DEFAULT_CONFIG, per_order)
     out = {"interpreter": _interpreter(), "commands": len(cmds), "impls": {},
            "clock_overhead_ns": clock_overhead_ns(), "loadavg_start": os.getloadavg()}
     for impl in impls:
@@ -331,9 +348,12 @@ def baseline_pass(rows):
 # Reporting
 # ---------------------------------------------------------------------------
 def _stats(commands, times):
+    """Median/min/max commands/s of the passes and the spread (max - min) / median."""
     import statistics
     rates = [commands / t for t in times]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+    median = statistics.median(rates)
+    return {"median": median, "min": min(rates), "max": max(rates),
+            "spread": (max(rates) - min(rates)) / median}
 
 
 def _histogram(path):
@@ -410,6 +430,9 @@ def suite(argv=None):
                         help="untimed: first N rows, one account per order, counts must equal "
                              "cython-orderbook's (0 = skip)")
     parser.add_argument("--profile", action="store_true", help="add a cProfile of 200k commands")
+    parser.add_argument("--account-per-order", action="store_true",
+                        help="one account per order (no self-trade prevention possible): "
+                             "trade/cancel counts must equal cython-orderbook's")
     parser.add_argument("--name", default="matcher_throughput", help="results file stem")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated implementations to run side by side "
@@ -423,7 +446,8 @@ def suite(argv=None):
     for impl in impls:
         matcher_class(impl)           # refuse an unknown name before any work
     if args.worker:
-        result = worker(args.csv, args.passes, args.latency_out, impls)
+        result = worker(args.csv, args.passes, args.latency_out, impls,
+                        args.account_per_order)
         with open(args.json_out, "w") as f:
             json.dump(result, f)
         return 0
@@ -435,8 +459,12 @@ def suite(argv=None):
         csv_path = os.path.join(tmp, "workload.csv")
         write_csv(csv_path, generate(args.commands, seed=args.seed))
     rows = read_csv(csv_path)
+    per_order = args.account_per_order
     report = {"workload": {"commands": len(rows), "seed": args.seed, "csv": args.csv,
-                           "accounts": ACCOUNTS, "symbol": "BTC-USD (DEFAULT_CONFIG)"},
+                           "accounts": (sum(1 for r in rows if r[1] != "C") if per_order
+                                        else ACCOUNTS),
+                           "account_per_order": per_order,
+                           "symbol": "BTC-USD (DEFAULT_CONFIG)"},
               "passes": args.passes, "runs": {}, "impls": list(impls),
               "command": "python -m perf.matcher_bench " + " ".join(
                   sys.argv[1:] if argv is None else argv),
@@ -452,12 +480,13 @@ def suite(argv=None):
     for label, exe in runs:
         lat_path = os.path.join(tmp, "lat-%s.bin" % label)
         if exe is None:
-            result = worker(csv_path, args.passes, lat_path, impls)
+            result = worker(csv_path, args.passes, lat_path, impls, per_order)
         else:
             out = os.path.join(tmp, "%s.json" % label)
             subprocess.check_call([exe, "-m", "perf.matcher_bench", "--worker", "--csv", csv_path,
                                    "--passes", str(args.passes), "--json-out", out,
-                                   "--latency-out", lat_path, "--impls", ",".join(impls)],
+                                   "--latency-out", lat_path, "--impls", ",".join(impls)]
+                                  + (["--account-per-order"] if per_order else []),
                                   cwd=ROOT, timeout=3600)
             with open(out) as f:
                 result = json.load(f)
@@ -488,7 +517,16 @@ def suite(argv=None):
             "throughput": _stats(len(rows), times), "fingerprint": counts}
 
     cross_ok = True
-    if args.crosscheck and not args.no_baseline:
+    base = report["runs"].get("cython-orderbook")
+    if per_order and base:
+        theirs = base["fingerprint"]
+        report["counts_vs_baseline"] = dict(
+            (key, {"ours": r["fingerprint"]["trades"], "cancels": r["fingerprint"]["cancels"],
+                   "equal": (r["fingerprint"]["trades"], r["fingerprint"]["cancels"]) ==
+                   (theirs["trades"], theirs["cancels"])})
+            for key, r in report["runs"].items() if key != "cython-orderbook")
+        cross_ok = all(v["equal"] for v in report["counts_vs_baseline"].values())
+    if args.crosscheck and not args.no_baseline and not per_order:
         report["crosscheck"] = crosscheck(rows[:args.crosscheck])
         cross_ok = report["crosscheck"]["equal"]
     fingerprints = [r["fingerprint"] for k, r in report["runs"].items()
@@ -547,24 +585,31 @@ def render(report):
              "Code: git %s; load average (1/5/15 min) at start %s, at end %s." % (
                  report.get("git"), _fmt_load(report.get("loadavg_start")),
                  _fmt_load(report.get("loadavg_end"))),
-             "Workload: seed %s, %d accounts round-robin, %s, fees on. One warm-up pass, "
+             "Workload: seed %s, %d accounts %s, %s, fees on. One warm-up pass, "
              "%d timed passes, fresh matcher per pass; events packed into 128-byte records "
-             "(BytesSink, taken every %d commands)." % (
+             "(BytesSink, taken every %d commands).  Spread = (max - min) / median of the "
+             "timed passes; GC = seconds in the collector per pass (PyPy gc.hooks, CPython "
+             "gc.callbacks)." % (
                  report["workload"]["seed"], report["workload"]["accounts"],
+                 "(one per order: no self-trade prevention possible)"
+                 if report["workload"].get("account_per_order") else "round-robin",
                  report["workload"]["symbol"], report["passes"], BATCH), "",
-             "| run | interpreter | commands/s median | min | max | by CPU time median | "
-             "GC s/pass median | trades | user cancels ok | STP cancels | events |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| run | interpreter | commands/s median | min | max | spread | "
+             "by CPU time median | GC s/pass median | trades | user cancels ok | "
+             "STP cancels | events |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in report["runs"].items():
         t, f = r["throughput"], r["fingerprint"]
         cpu = r.get("cpu_throughput")
         gcs = [g for g in r.get("gc_seconds") or [] if g is not None]
-        lines.append("| %s | %s | %.0f | %.0f | %.0f | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %s | %.0f | %.0f | %.0f | %.0f%% | %s | %s | %s | %s | %s | %s |" % (
             label, r["interpreter"], t["median"], t["min"], t["max"],
+            100.0 * t.get("spread", (t["max"] - t["min"]) / t["median"]),
             "%.0f" % cpu["median"] if cpu else "n/a",
             "%.3f" % sorted(gcs)[len(gcs) // 2] if gcs else "n/a", f.get("trades"),
             f.get("cancels"), f.get("stp_cancels", "n/a"), f.get("events", "n/a")))
-    lines += ["", "Targets: CPython >= 1,000,000 commands/s, PyPy >= 3,300,000 commands/s.", ""]
+    lines += ["", "Targets (issue 14): PyPy >= 3,300,000 commands/s, CPython >= 400,000, "
+              "spread <= 15% of the median.", ""]
     for label, r in report["runs"].items():
         if "latency_ns" in r:
             lat = r["latency_ns"]
@@ -587,6 +632,13 @@ def render(report):
     if base:
         lines.append("cython-orderbook: no accounts, fees, STP or events; %d orders resting at "
                      "the end." % base["fingerprint"]["resting"])
+    versus = report.get("counts_vs_baseline")
+    if versus:
+        lines.append("One account per order: trades / user cancels equal to cython-orderbook's "
+                     "(%d / %d) in the timed run: %s." % (
+                         base["fingerprint"]["trades"], base["fingerprint"]["cancels"],
+                         ", ".join("%s %s" % (k, "yes" if v["equal"] else "NO")
+                                   for k, v in versus.items())))
     cross = report.get("crosscheck")
     if cross:
         lines.append("Cross-check (untimed; first %d rows, one account per order so self-trade "
