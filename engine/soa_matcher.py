@@ -750,8 +750,34 @@ class SoaMatcher(object):
                 return self._reject(cmd, R_PRICE_OUT_OF_BAND, seq)
         if funds:
             qty = 0
-        s = self._alloc(seq, account_id, a, sym.symbol_id, side, otype, tif, flags, stp, price,
-                        qty, coid, cmd.producer_id, expire_ns, stop_price, funds)
+        free = self.o_free
+        if free:        # _alloc's reuse path, inlined (S1: a free slot is unlinked)
+            s = free.pop()
+            ob[s + O_ID] = seq
+            ob[s + O_ACCT] = account_id
+            ob[s + O_ASLOT] = a
+            ob[s + O_SYM] = sym.symbol_id
+            ob[s + O_SIDE] = side
+            ob[s + O_TYPE] = otype
+            ob[s + O_TIF] = tif
+            ob[s + O_FLAGS] = flags
+            ob[s + O_STP] = stp
+            ob[s + O_PRICE] = price
+            ob[s + O_QTY] = qty
+            ob[s + O_REM] = qty
+            ob[s + O_FILLED] = 0
+            ob[s + O_PROD] = cmd.producer_id
+            ob[s + O_EXP] = expire_ns
+            ob[s + O_STOP] = stop_price
+            ob[s + O_FUNDS] = funds
+            ob[s + O_HOLD] = 0
+            ob[s + O_FEEPAID] = 0
+            i = s >> SHIFT
+            self.o_coid[i] = coid
+            self.o_feenum[i] = 0
+        else:
+            s = self._alloc(seq, account_id, a, sym.symbol_id, side, otype, tif, flags, stp,
+                            price, qty, coid, cmd.producer_id, expire_ns, stop_price, funds)
         if otype >= STOP_LOSS:
             self._new_stop(s, sym, a, cmd)
             if ob[s + O_STATE] == FREE:
