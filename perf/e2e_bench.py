@@ -76,6 +76,28 @@ def _proc_cpu_seconds(pid="self"):
         return 0.0
 
 
+def _proc_cpu_ns_precise(pid):
+    """On-CPU nanoseconds of every live thread of ``pid`` (/proc/<pid>/task/*/schedstat).
+
+    Nanosecond resolution (the idle engine uses a few ms a second, which the 10 ms
+    ticks of /proc/<pid>/stat over a 5 s window cannot tell apart); threads that
+    exited are not counted, so it is used only for the idle engine, whose threads
+    live.  None when schedstat is not available.
+    """
+    total = 0
+    try:
+        tasks = os.listdir("/proc/%s/task" % pid)
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open("/proc/%s/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def producer_main(argv):
     """One open-loop load generator (run as a child process).
 
@@ -387,7 +409,7 @@ def _cpu_seconds(pid):
 
 # ---------------------------------------------------------------- engine
 class Engine(object):
-    def __init__(self, workdir, interpreter, fsync, port, env=None):
+    def __init__(self, workdir, interpreter, fsync, port, env=None, overrides=None):
         self.env = env
         self.shard = "e2e%d" % os.getpid()
         self.data_dir = os.path.join(workdir, "data")
@@ -400,6 +422,8 @@ class Engine(object):
                "journal": {"fsync": fsync},
                "snapshot": {"every_commands": 0, "every_seconds": 0, "keep": 2},
                "matcher": {"interpreter": interpreter}}
+        for section, values in (overrides or {}).items():      # --variant settings
+            raw.setdefault(section, {}).update(values)
         with open(self.config, "w") as f:
             json.dump(raw, f)
         self.proc = None
@@ -468,13 +492,24 @@ def engine_pids(engine):
 
 
 def idle_cpu(engine, seconds):
-    """CPU seconds per second (share of one core) each engine process used while idle."""
+    """CPU seconds per second (share of one core) each engine process used while idle.
+
+    From the threads' schedstat (ns) when available, else /proc/<pid>/stat ticks.
+    """
     pids = engine_pids(engine)
+    ns0 = {name: _proc_cpu_ns_precise(pid) for name, pid in pids.items()}
     cpu0 = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - t0
-    return {name: (_cpu_seconds(pid) - cpu0[name]) / wall for name, pid in pids.items()}
+    out = {}
+    for name, pid in pids.items():
+        ns1 = _proc_cpu_ns_precise(pid)
+        if ns0[name] is not None and ns1 is not None:
+            out[name] = (ns1 - ns0[name]) / 1e9 / wall
+        else:
+            out[name] = (_cpu_seconds(pid) - cpu0[name]) / wall
+    return out
 
 
 def _drain(engine, timeout=120):
@@ -633,9 +668,15 @@ def _markdown(report):
     for c in report["configs"]:
         L.append("## Producer wait: %s" % c["producer_wait"])
         L.append("")
-        L.append("Idle engine (%.0f s, nothing offered), share of one core: %s" % (
+        if c.get("variant"):
+            L.append("Engine settings: %s" % ", ".join(
+                "%s.%s=%s" % (sec, k, v) for sec, vals in sorted(c["variant"].items())
+                for k, v in sorted(vals.items())))
+            L.append("")
+        L.append("Idle engine (%.0f s, nothing offered), share of one core: %s (total %.2f%%)" % (
             report["settings"]["idle seconds"], ", ".join(
-                "%s %.2f%%" % (k, 100 * v) for k, v in sorted(c["idle_cpu"].items()))))
+                "%s %.2f%%" % (k, 100 * v) for k, v in sorted(c["idle_cpu"].items())),
+            100 * sum(c["idle_cpu"].values())))
         L.append("")
         L.append("Latency = outcome received by the gated bench consumer - the command's "
                  "scheduled send time (no coordinated omission); medians over passes "
@@ -720,14 +761,39 @@ def _plot(report, path):
     return path
 
 
-def run_config(args, workdir, wait_name, rates):
-    """Start an engine with one producer-wait setting, measure idle CPU and every rate."""
+def parse_variant(spec):
+    """``LABEL:SECTION.KEY=VALUE,...`` -> (label, {section: {key: value}}); values are JSON
+    when they parse as JSON (numbers), else strings.
+
+    >>> parse_variant("gc300:journal.group_commit_us=300,publisher.feed_linger_ms=8")
+    ('gc300', {'journal': {'group_commit_us': 300}, 'publisher': {'feed_linger_ms': 8}})
+    """
+    label, _, body = spec.partition(":")
+    out = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not section or not name or not _:
+            raise SystemExit("bad --variant item %r (SECTION.KEY=VALUE)" % (item,))
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+        out.setdefault(section, {})[name] = value
+    return label, out
+
+
+def run_config(args, workdir, wait_name, rates, variant=None):
+    """Start an engine with one producer-wait setting (and ``variant`` = (label, engine
+    config overrides)), measure idle CPU and every rate."""
+    label, overrides = variant or ("", {})
     env = dict(os.environ)
     env.pop("RINGMATCH_PRODUCER_WAIT", None)
     if wait_name != "default":
         env["RINGMATCH_PRODUCER_WAIT"] = wait_name
     if args.replication == "none":
-        engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env).start()
+        engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env,
+                        overrides=overrides).start()
     else:
         # a standby on this host, as perf/replication_bench starts it (it inherits os.environ)
         from perf.replication_bench import _e2e_engine, _wait_connected
@@ -751,7 +817,10 @@ def run_config(args, workdir, wait_name, rates):
             engine.stop_standby()
             raise
     timer = None
-    out = {"producer_wait": wait_name, "replication": args.replication, "steps": []}
+    if label:
+        wait_name = "%s / %s" % (wait_name, label)
+    out = {"producer_wait": wait_name, "replication": args.replication, "steps": [],
+           "variant": overrides}
     try:
         _fund(engine)
         timer = OutcomeTimer(engine.shard)
@@ -832,6 +901,11 @@ def main(argv=None):
                         help="comma list of RINGMATCH_PRODUCER_WAIT settings to compare "
                              "(default = the ring's default; sleep-poll = the wait before "
                              "issue 13)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="LABEL:SECTION.KEY=VALUE,... engine settings to compare "
+                             "(repeatable; each runs the whole sweep on its own engine)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the list of variants this many times, alternating")
     parser.add_argument("--replication", default="none", choices=("none", "sync", "async"),
                         help="attach a standby on this host (the replicator's CPU is then "
                              "measured too); fsync is then per batch on both")
@@ -855,12 +929,15 @@ def main(argv=None):
         report["matcher_alone"] = m
         print("matcher alone (%s): median %s commands/s %s" % (
             m["interpreter"], _fmt_rate(m["median"]), [int(r) for r in m["rates"]]), flush=True)
-    for wait_name in args.producer_wait.split(","):
-        with tempfile.TemporaryDirectory(prefix="rm-e2e-") as workdir:
-            c = run_config(args, workdir, wait_name, rates)
-        c["saturation_ratio"] = c["saturation_rate"] / m["median"]
-        c["sustained_ratio"] = c["sustained_rate"] / m["median"]
-        report["configs"].append(c)
+    variants = [parse_variant(v) for v in args.variant] or [None]
+    for _round in range(args.rounds):
+        for wait_name in args.producer_wait.split(","):
+            for variant in variants:
+                with tempfile.TemporaryDirectory(prefix="rm-e2e-") as workdir:
+                    c = run_config(args, workdir, wait_name, rates, variant)
+                c["saturation_ratio"] = c["saturation_rate"] / m["median"]
+                c["sustained_ratio"] = c["sustained_rate"] / m["median"]
+                report["configs"].append(c)
     env = environment()
     report["environment"] = env
     report["settings"] = {

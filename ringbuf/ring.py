@@ -154,6 +154,10 @@ class Ring(object):
         base = self._base = address_of(mm)
         self._cursor = int64_at(base, H.CURSOR_OFFSET)
         self._futex = int32_at(base, H.FUTEX_OFFSET)
+        # words 4/5 of the futex line: the futex word + waiter count of consumers that wait
+        # on other consumers (a matcher on the journaler): only those consumers' commits wake
+        # them, never a producer's publish (they could not proceed on it anyway)
+        self._dep_futex = int32_at(base, H.FUTEX_OFFSET + 16)
         self._reaper_lock = int64_at(base, H.REAPER_OFFSET)
         self._consumer_seqs = [int64_at(base, H.cache_line(i, H.CONSUMER_SEQ_OFFSET))
                                for i in range(len(table))]
@@ -893,7 +897,8 @@ class Consumer(object):
         self._barrier = SequenceBarrier(
             ring._cursor, None if ring.header.single_producer else ring._avail,
             [ring._consumer_seqs[d] for d in deps], layout.mask, layout.shift, strategy,
-            ring._futex, ring._reaper, ring.header.claim_timeout_ns)
+            ring._dep_futex if deps else ring._futex, ring._reaper,
+            ring.header.claim_timeout_ns)
         self.wait_strategy = strategy
         self._records = ffi.cast(ffi.typeof((ring._ctype or "char") + " *"), ring._data)
         self._ro = ring._data_ro
@@ -902,6 +907,11 @@ class Consumer(object):
             index in d for _, d in ring._table)) else 0
         # a leaf consumer gates producers: it wakes producers blocked on a full ring
         self._signal_space = 1 if (ring._signals and index in ring._leaves) else 0
+        # a consumer is either depended on or a leaf: one rm_commit, on the futex pair it
+        # signals (dependents' pair = words 4/5; rm_commit's producer pair = words 2/3)
+        if self._signal_commit and self._signal_space:       # pragma: no cover (impossible)
+            raise RingError("consumer %r is both depended on and a leaf" % (name,))
+        self._commit_futex = ring._dep_futex if self._signal_commit else ring._futex
         self._polled = lib.rm_load_acquire(self._seq_ptr)
 
     def _detach(self):
@@ -975,7 +985,7 @@ class Consumer(object):
             raise RingError("consumer %r: commit(%d) past the last polled seq %d"
                             % (self.name, last_seq, self._polled))
         # rm_commit: release store, then (one fence) wakes only where waiters are registered
-        lib.rm_commit(self._seq_ptr, last_seq, self._ring._futex, self._signal_commit,
+        lib.rm_commit(self._seq_ptr, last_seq, self._commit_futex, self._signal_commit,
                       self._signal_space)
 
     def seek(self, seq):

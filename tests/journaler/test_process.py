@@ -207,3 +207,94 @@ def test_kill9_journaler_under_load(tmp_path, shard_ring, fsync):
 def test_kill9_journaler_under_load_long(tmp_path, shard_ring, seed):
     shard, ring = shard_ring
     kill_trials(tmp_path, shard, ring, trials=100, seed=seed, fsync="batch")
+
+
+class _CommitSpy(object):
+    """The ring as journaler_process.run sees it; its consumer notes each commit with the
+    number of fsyncs done until then."""
+
+    def __init__(self, ring, fsyncs):
+        self.ring, self.fsyncs, self.commits = ring, fsyncs, []
+
+    def __getattr__(self, name):
+        return getattr(self.ring, name)
+
+    def consumer(self, name):
+        real = self.ring.consumer(name)
+        spy = self
+
+        class Consumer(object):
+            def __getattr__(self, attr):
+                return getattr(real, attr)
+
+            def commit(self, seq):
+                spy.commits.append((seq, len(spy.fsyncs)))
+                real.commit(seq)
+        return Consumer()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("group_commit_us", [0, 20000])
+def test_group_commit_fewer_fsyncs_same_records_never_ahead_of_sync(
+        tmp_path, shard_ring, monkeypatch, group_commit_us):
+    """Records trickling in (one every 2 ms): with a 20 ms group commit the journal syncs
+    several records per fsync; every record is journaled once, in order, every commit
+    follows an fsync done after the previous commit, and no record waits much longer
+    than the group commit time for its commit (the acknowledgement)."""
+    import threading
+    from journaler import writer as writer_mod
+    shard, ring = shard_ring
+    d = str(tmp_path)
+    fsyncs = []
+    real_fsync = writer_mod._fsync
+
+    def counting_fsync(fd):
+        real_fsync(fd)
+        fsyncs.append(time.monotonic())
+    monkeypatch.setattr(writer_mod, "_fsync", counting_fsync)
+    spy = _CommitSpy(ring, fsyncs)
+    stop, codes = [], []
+    t = threading.Thread(target=lambda: codes.append(journaler_process.run(
+        spy, d, shard, log=Quiet(), stop=stop, group_commit_us=group_commit_us)), daemon=True)
+    t.start()
+    n = 100
+    delays = []
+    try:
+        time.sleep(0.2)
+        for seq in range(1, n + 1):
+            publish(ring, seq, 1)
+            t0 = time.monotonic()
+            if seq % 10 == 0:                   # how long until this record is acknowledged
+                while ring.consumer_sequence("journaler") < seq and time.monotonic() - t0 < 5:
+                    time.sleep(0.0005)
+                delays.append(time.monotonic() - t0)
+            time.sleep(0.002)
+        deadline = time.monotonic() + 5
+        while ring.consumer_sequence("journaler") < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.append(1)
+        t.join(10)
+    assert codes == [0]
+    assert ring.consumer_sequence("journaler") == n
+    seqs, arr = [], []
+    for first, count, view in JournalReader(d, shard).blocks():
+        seqs.extend(range(first, first + count))
+        arr.append(bytes(view))
+    assert seqs == list(range(1, n + 1))
+    check_content(seqs, np_records(b"".join(arr)))
+    last_fsyncs = 0
+    for seq, done in spy.commits:                # each commit after an fsync of its own
+        assert done > last_fsyncs
+        last_fsyncs = done
+    data_syncs = len(spy.commits)
+    if group_commit_us:
+        assert data_syncs <= n // 3              # ~10 ms of records (5) per fsync
+        assert max(delays) < 0.02 + 0.1          # the group commit time + scheduling slack
+    else:
+        assert data_syncs >= n // 2
+
+
+def np_records(raw):
+    import numpy as np
+    return np.frombuffer(raw, dtype=records.COMMAND_DTYPE)
