@@ -89,6 +89,7 @@ _C_NEW = int(CommandKind.NEW_ORDER)
 _LAST = int(EventFlags.LAST)
 _TAKER = int(EventFlags.TAKER)
 _BUY = int(Side.BUY)
+_SELL = int(Side.SELL)
 _HALTED = int(Reason.SYMBOL_HALTED)
 _STOP_TYPES = (int(OrderType.STOP_LOSS), int(OrderType.STOP_LIMIT), int(OrderType.TAKE_PROFIT),
                int(OrderType.TAKE_PROFIT_LIMIT))
@@ -102,6 +103,10 @@ _UPDATE_KIND = np.zeros(256, bool)
 _UPDATE_KIND[list(_UPDATE_KINDS)] = True
 _STOP_TYPE = np.zeros(256, bool)
 _STOP_TYPE[list(_STOP_TYPES)] = True
+_CX_KIND = np.zeros(256, bool)                # CANCELLED, EXPIRED
+_CX_KIND[[_K_CANCELLED, _K_EXPIRED]] = True
+_DONE_REASON = np.zeros(256, np.int8)          # done event kind -> done_reason code
+_DONE_REASON[[_K_FILL, _K_CANCELLED, _K_EXPIRED]] = (1, 2, 3)
 # kind groups of the vectorized path (rule 2): one stable sort by group per batch
 _G_OTHER, _G_ACCEPTED, _G_REJECTED, _G_UPDATE, _G_BALANCE, _G_BOOK, _G_TRADE, _G_STATUS = range(8)
 _N_GROUPS = 8
@@ -770,21 +775,17 @@ class BookSide(object):
             keep = sizes != 0
             self.prices, self.sizes = prices[keep], sizes[keep]
             return
-        pos = np.searchsorted(e, prices)
-        hit = pos < len(e)
-        hit[hit] = e[pos[hit]] == prices[hit]
-        q = q.copy()
-        q[pos[hit]] = sizes[hit]
-        new = ~hit & (sizes != 0)
-        if new.any():                        # merge (np.insert costs ~10x more per call)
-            e = np.concatenate((e, prices[new]))
-            q = np.concatenate((q, sizes[new]))
-            o = np.argsort(e, kind="stable")
-            e, q = e[o], q[o]
-        if (sizes[hit] == 0).any():
-            keep = q != 0
-            e, q = e[keep], q[keep]
-        self.prices, self.sizes = e, q
+        # both sorted: a stable sort of the two runs (a merge) keeps the new size last
+        allp = np.concatenate((e, prices))
+        alls = np.concatenate((q, sizes))
+        o = allp.argsort(kind="stable")
+        allp, alls = allp[o], alls[o]
+        k = len(allp)
+        keep = np.empty(k, bool)
+        keep[-1] = True
+        np.not_equal(allp[1:], allp[:-1], out=keep[:-1])   # the last of equal prices
+        keep &= alls != 0
+        self.prices, self.sizes = allp[keep], alls[keep]
 
     def _set_one(self, price, size):
         e, q = self.prices, self.sizes
@@ -1531,16 +1532,19 @@ class ColumnarReadModel(object):
     def _apply_order_updates(self, ev, rows, upos):
         """FILL, CANCELLED, EXPIRED, AMENDED, TRIGGERED of known orders at ``rows`` (rule 3);
         ``upos`` their positions in the batch.  Returns (FILL events, their positions)
-        for the totals.
+        for the totals, or (None, None).
 
         Last writer per field by plain fancy assignment (numpy assigns repeated indices in
         order, checked at import by ``_sequential_assign``; else the sorted variant).
+        Status: every FILL maps pending -> open, then the constant transitions (TRIGGERED
+        -> open, done events -> done) in event order, the last one winning: the object
+        model's fold, because no constant transition leads to pending.
         """
         if not _SEQUENTIAL_ASSIGN:
             return self._apply_order_updates_sorted(ev, rows, upos)
-        t = self._orders
-        c = t.cols
+        c = self._orders.cols
         k = ev["kind"]
+        rem = ev["remaining"]
         c["last_seq"][rows] = ev["seq"]
         is_fill = k == _K_FILL
         fi = is_fill.nonzero()[0]
@@ -1552,8 +1556,6 @@ class ColumnarReadModel(object):
             fe = ev.take(fi)
             fpos = upos[fi]
             c["filled"][fr] = fe["filled"]
-            frem = fe["remaining"]
-            c["remaining"][fr] = frem
             amount = fe["amount"]
             np.add.at(c["executed_value"], fr, amount)
             np.add.at(c["fees"], fr, fe["fee"])
@@ -1561,78 +1563,47 @@ class ColumnarReadModel(object):
             sid = fe["symbol_id"]
             rate = np.where(fe["flags"] & _TAKER, self._spec_taker[sid], self._spec_maker[sid])
             np.add.at(c["fee_num"], fr, amount * rate)      # 0 for a symbol without spec
-            pr = fr[frem != 0]                               # partial: pending -> open
-            status[pr[status[pr] == _PENDING]] = _OPEN
-        if nf == len(k):                                     # fills only (the usual batch)
-            done = (frem == 0).nonzero()[0]
-            if len(done):
-                dr = fr[done]
-                status[dr] = _DONE
-                c["done_reason"][dr] = 1
-                c["done_ns"][dr] = fe["timestamp_ns"][done]
-                self._first_done(dr)
-            return fe, fpos
-        oi = (~is_fill).nonzero()[0]                          # the other kinds, event order
-        orows = rows[oi]
-        oe = ev.take(oi)
-        ok = oe["kind"]
-        is_can = ok == _K_CANCELLED
-        is_exp = ok == _K_EXPIRED
-        is_cx = is_can | is_exp
-        is_am = ok == _K_AMENDED
-        is_tr = ok == _K_TRIGGERED
-        if is_am.any():
-            ai = is_am.nonzero()[0]
-            ra = orows[ai]
-            ea = oe.take(ai)
-            m = ea["reason"] == 0
-            c["hold"][ra[m]] = ea["aux"][m]
-            m = ea["price"] != 0
-            c["price"][ra[m]] = ea["price"][m]
-            c["qty"][ra] = ea["qty"]
-        if nf:
-            # remaining: the last write per row across fills and the other kinds
-            wi = (~is_tr).nonzero()[0]
-            if nf and len(wi):
-                allr = np.concatenate((fr, orows[wi]))
-                allp = np.concatenate((fpos, upos[oi[wi]]))
-                allv = np.concatenate((frem, np.where(is_cx[wi], 0, oe["remaining"][wi])))
-                o = allp.argsort(kind="stable")
-                c["remaining"][allr[o]] = allv[o]
-        else:
-            wi = (~is_tr).nonzero()[0]
-            c["remaining"][orows[wi]] = np.where(is_cx[wi], 0, oe["remaining"][wi])
+            status[fr] = np.maximum(status[fr], _OPEN)      # pending -> open
+            if nf == len(k):                                 # fills only (the usual batch)
+                frem = fe["remaining"]
+                c["remaining"][fr] = frem
+                done = (frem == 0).nonzero()[0]
+                if len(done):
+                    dr = fr[done]
+                    status[dr] = _DONE
+                    c["done_reason"][dr] = 1
+                    c["done_ns"][dr] = fe["timestamp_ns"][done]
+                    self._first_done(dr)
+                return fe, fpos
+        is_tr = k == _K_TRIGGERED
+        is_cx = _CX_KIND[k]
+        wi = (~is_tr).nonzero()[0]
+        c["remaining"][rows[wi]] = np.where(is_cx, 0, rem)[wi]
         xi = is_cx.nonzero()[0]
         if len(xi):
-            c["reason"][orows[xi]] = oe["reason"][xi]
-        if is_tr.any():
-            ti = (is_tr & (oe["aux"] != 0)).nonzero()[0]
-            c["stop_price"][orows[ti]] = oe["aux"][ti]
-        # status: a partial FILL maps pending -> open (done above); the constant
-        # transitions (TRIGGERED -> open, done events -> done) after it, the last one
-        # winning.  Equal to the object model's fold because no constant transition
-        # leads to pending.  Done events (full FILLs, CANCELLED, EXPIRED) in event order.
-        if nf:
-            fdone = (frem == 0).nonzero()[0]
-            cr = np.concatenate((fr[fdone], orows))
-            cp = np.concatenate((fpos[fdone], upos[oi]))
-            cdone = np.concatenate((np.ones(len(fdone), bool), is_cx))
-            cexp = np.concatenate((np.zeros(len(fdone), bool), is_exp))
-            ccan = np.concatenate((np.zeros(len(fdone), bool), is_can))
-            cts = np.concatenate((fe["timestamp_ns"][fdone], oe["timestamp_ns"]))
-            cm = cdone | np.concatenate((np.zeros(len(fdone), bool), is_tr))
-            sel = cm.nonzero()[0]
-            sel = sel[cp[sel].argsort(kind="stable")]
-        else:
-            cr, cdone, cexp, ccan, cts = orows, is_cx, is_exp, is_can, oe["timestamp_ns"]
-            sel = (is_cx | is_tr).nonzero()[0]
-        if len(sel):
-            status[cr[sel]] = np.where(cdone[sel], _DONE, _OPEN)
-            di = sel[cdone[sel]]
+            c["reason"][rows[xi]] = ev["reason"][xi]
+        if len(k) > nf + len(xi):                        # AMENDED or TRIGGERED events
+            ai = (k == _K_AMENDED).nonzero()[0]
+            if len(ai):
+                ra = rows[ai]
+                ea = ev.take(ai)
+                m = ea["reason"] == 0
+                c["hold"][ra[m]] = ea["aux"][m]
+                m = ea["price"] != 0
+                c["price"][ra[m]] = ea["price"][m]
+                c["qty"][ra] = ea["qty"]
+            ti = (is_tr & (ev["aux"] != 0)).nonzero()[0]
+            if len(ti):
+                c["stop_price"][rows[ti]] = ev["aux"][ti]
+        done_ev = is_cx | (is_fill & (rem == 0))
+        ci = (is_tr | done_ev).nonzero()[0]
+        if len(ci):
+            status[rows[ci]] = np.where(done_ev[ci], _DONE, _OPEN)
+            di = done_ev.nonzero()[0]
             if len(di):
-                dr = cr[di]
-                c["done_reason"][dr] = np.where(cexp[di], 3, np.where(ccan[di], 2, 1))
-                c["done_ns"][dr] = cts[di]
+                dr = rows[di]
+                c["done_reason"][dr] = _DONE_REASON[k[di]]
+                c["done_ns"][dr] = ev["timestamp_ns"][di]
                 self._first_done(dr)
         return fe, fpos
 
@@ -1870,10 +1841,16 @@ class ColumnarReadModel(object):
             after = (ap > last_set[ak]).nonzero()[0]
             np.add.at(tv, ak[after], av[after])
 
-    def _apply_books(self, bd, changes):
+    def _apply_books(self, bd, changes, general=False):
         """BOOK_DELTA: each level touched set once to its final size of the batch (rule 2);
         no Python per level (the books are BookSides, ``Changes.level2`` LazyLevels)."""
-        ok = self._sym_ok[bd["symbol_id"]]
+        symc = bd["symbol_id"]
+        s0 = int(symc[0])
+        price = bd["price"]
+        if not general and (symc == s0).all() and self._sym_ok[s0] and int(price.min()) >= 0 \
+                and int(price.max()) < (1 << 40):
+            return self._apply_books_one(bd, s0, price, changes)
+        ok = self._sym_ok[symc]
         if not ok.all():
             bd = _take(bd, ok)
         k = len(bd)
@@ -1922,6 +1899,34 @@ class ColumnarReadModel(object):
             changes.level2[s] = LazyLevels(u_side[sel], u_price[sel], u_qty[sel])
             view = symbols[s]
             view.book_seq = int(bseq[_nz(sym == s)[-1]])
+
+    def _apply_books_one(self, bd, sym, price, changes):
+        """``_apply_books`` for events of one symbol (the usual batch), prices in 0..2^40."""
+        key = (bd["side"] & np.int64(3)) << 40 | price
+        order = key.argsort(kind="stable")
+        ks = key[order]
+        k = len(ks)
+        brk = np.empty(k + 1, bool)                      # brk[i]: a level starts at i
+        brk[0] = brk[k] = True
+        np.not_equal(ks[1:], ks[:-1], out=brk[1:k])
+        starts = brk[:k].nonzero()[0]
+        last = order[brk[1:].nonzero()[0]]
+        first = order[starts]
+        u_key = ks[starts]
+        u_qty = bd["qty"][last]
+        u_price = u_key & ((1 << 40) - 1)
+        if int(u_key[0]) >> 40 != _BUY or int(u_key[-1]) >> 40 != _SELL:
+            if not (u_key[0] >> 40 in (_BUY, _SELL) and u_key[-1] >> 40 in (_BUY, _SELL)):
+                return self._apply_books(bd, changes, general=True)
+        view = self.symbols[sym]
+        split = int(u_key.searchsorted(np.int64(_SELL) << 40))       # bids | asks
+        if split:
+            view.bids.set_levels(u_price[:split], u_qty[:split])
+        if split < len(u_key):
+            view.asks.set_levels(u_price[split:], u_qty[split:])
+        o = first.argsort(kind="stable")                 # levels in first-event order
+        changes.level2[sym] = LazyLevels(u_key[o] >> 40, u_price[o], u_qty[o])
+        view.book_seq = int(bd["seq"][-1])
 
     def _apply_trades(self, tr, changes):
         ok = self._sym_ok[tr["symbol_id"]]
