@@ -13,9 +13,12 @@ Theory of operation (numbered rules; the code refers to them):
    then has sequence + 1.  A client that sees any other step has missed data
    and re-subscribes to get a new snapshot.  User reports carry a per-account
    ``sequence`` the same way.
-3. Each message is serialized once per batch and handed to every subscriber
-   as the same string: the publisher's cost grows with messages, not with
-   messages x clients.
+3. Each message is serialized once per fan-out and handed to every subscriber
+   as the same object (``Outgoing``): its JSON text, and its WebSocket frame
+   (RFC 6455 server frames are unmasked, so one frame's bytes serve every
+   connection) built at most once.  The publisher's encoding cost grows with
+   messages, not with messages x clients; per client there is one queue append
+   or one ``transport.write`` of shared bytes (rule 6).
 4. Each client has a bounded queue and its own writer task; the hub only
    appends (never awaits a client).  When the queue is full the client is
    "resyncing": its queue is emptied, nothing more is queued for it, and its
@@ -31,10 +34,29 @@ Theory of operation (numbered rules; the code refers to them):
    ends.  Idle feeds have no added latency; under load every product gets at
    most one l2update/trades/ticker message per interval, which is what keeps
    many subscribers cheap.  Level sizes are absolute, so a snapshot taken while
-   changes are pending stays consistent with the next l2update.
+   changes are pending stays consistent with the next l2update.  The interval
+   stretches with the fan-out's per-client cost (queue appends and writes, not
+   the encoding, which is paid once per message whatever the audience): it is
+   at least the last fan-out's delivery time / ``fanout_share`` (default 0.25),
+   so however many subscribers there are, delivering takes at most about that
+   share of the loop and the rest stays with ingestion (the ring feed's
+   batches): more subscribers make updates coarser, never ingestion slower.
+   ``conflate_ms`` 0 turns both off.
+6. Direct writes (the uvicorn ``websockets-sansio`` protocol, ``raw``): a
+   client whose queue is empty, whose writer is idle and whose transport is
+   not paused (asyncio's write buffer below its high-water mark) gets its
+   frames written to the transport at once, in the hub's loop step: no task
+   switch, no await, and one ``write`` per client per fan-out (the frames of
+   one fan-out are joined).  Otherwise frames go to the bounded queue of rule
+   4 and the writer task sends them when the transport resumes.  Frames are
+   uncompressed text frames (RSV1 clear), valid with or without
+   permessage-deflate (RFC 7692 section 6).  Other WebSocket implementations
+   (and the tests' fake sockets) use the writer task and ``send_text`` for
+   every message.
 """
 import asyncio
 import json
+import struct
 import time
 from collections import deque
 
@@ -42,7 +64,7 @@ from publisher import auth as auth_mod
 from publisher.auth import shorten
 from publisher.views import book_json, report_json, ticker_json, trade_json
 
-__all__ = ["Hub", "WsClient", "websocket_endpoint"]
+__all__ = ["Hub", "WsClient", "Outgoing", "text_frame", "websocket_endpoint"]
 
 CHANNELS = ("level2", "trades", "ticker", "user")
 _RESYNC = object()
@@ -54,21 +76,91 @@ def _dumps(obj):
     return json.dumps(obj, separators=(",", ":"))
 
 
-class WsClient(object):
-    """One connected WebSocket client: subscriptions, bounded queue, writer (rule 4)."""
+_HEAD16 = struct.Struct("!BBH").pack
+_HEAD64 = struct.Struct("!BBQ").pack
 
-    def __init__(self, hub, websocket, max_queue):
+
+def text_frame(payload):
+    """One unmasked, unfragmented RFC 6455 text frame (server to client) around ``payload``.
+
+    O(len(payload)) (one copy).
+
+    >>> text_frame(b"hi")
+    b'\\x81\\x02hi'
+    """
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return _HEAD16(0x81, 126, n) + payload
+    return _HEAD64(0x81, 127, n) + payload
+
+
+class Outgoing(object):
+    """A serialized message for many clients: its text and its frame, built once (rule 3)."""
+    __slots__ = ("text", "_frame")
+
+    def __init__(self, text):
+        self.text = text
+        self._frame = None
+
+    @property
+    def frame(self):
+        f = self._frame
+        if f is None:
+            f = self._frame = text_frame(self.text.encode())
+        return f
+
+
+def _frame_of(item):
+    if isinstance(item, Outgoing):
+        return item.frame
+    return text_frame(item.encode())
+
+
+def sansio_protocol():
+    """The uvicorn ``websockets-sansio`` protocol serving the current task, or None (rule 6).
+
+    uvicorn runs the ASGI app of a connection in a task whose coroutine is the
+    protocol's ``run_asgi``; its ``self`` is the protocol (transport, writable
+    event).  Anything else (another implementation, a test) gives None.
+    """
+    try:
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        task = asyncio.current_task()
+        frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
+        proto = frame.f_locals.get("self") if frame is not None else None
+    except Exception:
+        return None
+    if isinstance(proto, WebSocketsSansIOProtocol) and getattr(proto, "transport", None):
+        return proto
+    return None
+
+
+class WsClient(object):
+    """One connected WebSocket client: subscriptions, bounded queue, writer (rules 4, 6).
+
+    ``raw``: the uvicorn sansio protocol of the connection (``sansio_protocol()``)
+    for direct writes of shared frames (rule 6), or None (``send_text`` per message).
+    """
+
+    def __init__(self, hub, websocket, max_queue, raw=None):
         self.hub = hub
         self.websocket = websocket
         self.max_queue = max_queue
+        self.raw = raw
         self.queue = deque()
+        self.outbox = []               # frames of the fan-out in progress (rule 6)
+        self.writing = False           # the writer task holds the socket (rule 6)
         self.wakeup = asyncio.Event()
         self.subs = set()              # (channel, symbol_id)
         self.account_id = None
         self.resyncing = False
         self.dropped = 0
         self.resyncs = 0
-        self.sent = 0
+        self.sent = 0                  # messages handed to the socket
+        self.bytes_sent = 0            # frame bytes written (raw clients)
+        self.writes = 0                # transport writes (raw clients)
         self.user_seq = 0
         self.writer = None
         self.resync_started = 0.0
@@ -100,7 +192,7 @@ class WsClient(object):
             self.disconnect()
 
     def push(self, message):
-        """Queue a serialized message (hub side; never blocks)."""
+        """Queue or write a message (``Outgoing`` or text; hub side; never blocks).  O(1)."""
         if self.closing:
             return
         if self.resyncing:
@@ -109,22 +201,52 @@ class WsClient(object):
                     > self.hub.resync_timeout_s):
                 self.disconnect()
             return
-        if len(self.queue) >= self.max_queue:
-            self.dropped += len(self.queue) + 1
-            self.queue.clear()
+        queue = self.queue
+        raw = self.raw
+        if raw is not None and not queue and not self.writing and raw.writable.is_set():
+            data = message.frame if isinstance(message, Outgoing) else _frame_of(message)
+            touched = self.hub._touched                 # rule 6: one write per fan-out
+            if touched is not None:
+                if not self.outbox:
+                    touched.append(self)
+                self.outbox.append(data)
+            else:
+                self._write(data, 1)
+            return
+        if len(queue) >= self.max_queue:
+            self.dropped += len(queue) + 1
+            queue.clear()
             self.resyncing = True
             self.resync_started = self.hub.clock()
             self.resyncs += 1
             self.resync_token = self.resyncs
-            self.queue.append(_RESYNC)
+            queue.append(_RESYNC)
             try:
                 asyncio.get_running_loop().call_later(
                     self.hub.resync_timeout_s, self._check_stuck, self.resync_token)
             except RuntimeError:       # no loop (unit tests drive push by hand)
                 pass
+        elif raw is not None:
+            queue.append(message.frame if isinstance(message, Outgoing) else _frame_of(message))
         else:
-            self.queue.append(message)
+            queue.append(message.text if isinstance(message, Outgoing) else message)
         self.wakeup.set()
+
+    def flush_outbox(self):
+        """Write the frames this fan-out gave the client, joined (rule 6)."""
+        out = self.outbox
+        if out:
+            self.outbox = []
+            self._write(out[0] if len(out) == 1 else b"".join(out), len(out))
+
+    def _write(self, data, messages):
+        raw = self.raw
+        if raw.disconnected or raw.close_sent or raw.transport.is_closing():
+            return                     # gone: the endpoint's receive sees the disconnect
+        raw.transport.write(data)
+        self.sent += messages
+        self.bytes_sent += len(data)
+        self.writes += 1
 
     def close_soon(self):
         self.queue.clear()
@@ -132,6 +254,8 @@ class WsClient(object):
         self.wakeup.set()
 
     async def run_writer(self):
+        if self.raw is not None:
+            return await self._run_raw_writer()
         ws = self.websocket
         queue = self.queue
         while True:
@@ -148,6 +272,48 @@ class WsClient(object):
                 await ws.send_text(item)
                 self.sent += 1
 
+    async def _run_raw_writer(self):
+        """Rule 6's slow path: send queued frames once the transport takes them again."""
+        raw = self.raw
+        queue = self.queue
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while queue:
+                if not raw.writable.is_set():
+                    self.writing = True
+                    try:
+                        await raw.writable.wait()
+                    finally:
+                        self.writing = False
+                    if raw.disconnected:
+                        return
+                    continue               # the queue may have been replaced meanwhile
+                item = queue.popleft()
+                if item is _CLOSE:
+                    await self.websocket.close(code=1008)
+                    return
+                if item is _RESYNC:
+                    self.writing = True
+                    try:
+                        await self._send_resync()
+                    finally:
+                        self.writing = False
+                    continue
+                parts = [item if isinstance(item, bytes) else _frame_of(item)]
+                while queue and queue[0] is not _RESYNC and queue[0] is not _CLOSE:
+                    nxt = queue.popleft()
+                    parts.append(nxt if isinstance(nxt, bytes) else _frame_of(nxt))
+                self._write(parts[0] if len(parts) == 1 else b"".join(parts), len(parts))
+
+    async def _send_text(self, text):
+        raw = self.raw
+        if raw is None:
+            await self.websocket.send_text(text)
+            return
+        await raw.writable.wait()        # as uvicorn's own send: wait for the buffer to drain
+        self._write(text_frame(text.encode()), 1)
+
     async def _send_resync(self):
         hub = self.hub
         notice = {"type": "resync", "reason": "slow consumer: queue of %d messages overflowed"
@@ -159,18 +325,26 @@ class WsClient(object):
         self.resyncing = False
         self.dropped = 0
         token = self.resync_token
-        await self.websocket.send_text(_dumps(notice))
+        await self._send_text(_dumps(notice))
         for snap in snapshots:
-            await self.websocket.send_text(snap)
+            await self._send_text(snap)
+        if self.raw is not None:
+            await self.raw.writable.wait()   # taken by the client (below the high-water mark)
         if self.resync_token == token:
             self.resync_token = 0
 
 
 class Hub(object):
-    """Subscriptions and fan-out of read-model changes (rules 2-4)."""
+    """Subscriptions and fan-out of read-model changes (rules 2-6).
+
+    Counters (tests, benchmarks): ``published`` batches given to ``publish``,
+    ``fanouts`` (publications after conflation), ``encoded`` {(channel,
+    symbol_id): messages serialized}, ``messages`` (deliveries to clients),
+    ``fanout_s`` (duration of the last fan-out) and ``fanout_seconds`` (total).
+    """
 
     def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None,
-                 conflate_ms=0.0):
+                 conflate_ms=0.0, fanout_share=0.25):
         self.catalog = catalog
         self.model = model
         self.max_queue = max_queue
@@ -185,6 +359,14 @@ class Hub(object):
         self.pending = None             # conflated Changes waiting for flush (rule 5)
         self.abort_connection = None    # hook(scope): abort the TCP connection (rule 4)
         self.last_flush = 0.0
+        self.fanout_share = fanout_share    # rule 5: fan-out's share of the loop, at most
+        self.fanout_s = 0.0             # per-client part of the last fan-out (rule 5)
+        self.fanout_seconds = 0.0
+        self._delivery_s = 0.0
+        self.published = 0
+        self.fanouts = 0
+        self.encoded = {}
+        self._touched = None            # clients written to by the fan-out in progress (rule 6)
 
     # -------------------------------------------------------------- registry
     def add(self, client):
@@ -238,6 +420,7 @@ class Hub(object):
         """Take one batch of changes (rule 5: now, or conflated into the next flush)."""
         if changes is None:
             return
+        self.published += 1
         if self.pending is not None:
             self.pending.merge(changes)
             return
@@ -246,12 +429,15 @@ class Hub(object):
             loop = asyncio.get_running_loop()
         except RuntimeError:            # no loop yet (the rebuild at start): nothing to defer to
             loop = None
-        if loop is None or self.conflate_s <= 0 or now - self.last_flush >= self.conflate_s:
+        interval = self.conflate_s
+        if interval > 0 and self.fanout_share > 0:      # rule 5: fan-out's own cost
+            interval = max(interval, self.fanout_s / self.fanout_share)
+        if loop is None or self.conflate_s <= 0 or now - self.last_flush >= interval:
             self.last_flush = now
             self._publish_now(changes)
             return
         self.pending = changes
-        loop.call_later(self.conflate_s - (now - self.last_flush), self.flush)
+        loop.call_later(interval - (now - self.last_flush), self.flush)
 
     def flush(self):
         """Publish conflated changes now (also before answering a ping: ordering)."""
@@ -261,7 +447,22 @@ class Hub(object):
             self._publish_now(changes)
 
     def _publish_now(self, changes):
-        """Fan one set of changes out to subscribers (rules 2, 3).  O(messages + deliveries)."""
+        """Fan one set of changes out to subscribers (rules 2, 3, 6).  O(messages + deliveries)."""
+        perf_counter = time.perf_counter
+        self.fanouts += 1
+        self._delivery_s = 0.0
+        touched = self._touched = []
+        try:
+            self._fan_out(changes)
+        finally:
+            self._touched = None
+            t0 = perf_counter()
+            for client in touched:
+                client.flush_outbox()
+            self.fanout_s = self._delivery_s + perf_counter() - t0
+            self.fanout_seconds += self.fanout_s
+
+    def _fan_out(self, changes):
         catalog = self.catalog
         subs = self.subs
         model = self.model
@@ -279,7 +480,7 @@ class Hub(object):
                            "ts_ns": changes.ts_ns,
                            "changes": [[_SIDE.get(side), fp(p), fq(q)]
                                        for (side, p), q in levels.items()]})
-            self._deliver(clients, text)
+            self._deliver(clients, text, ("level2", sym))
         for sym in changes.ticker:
             model.symbol(sym).ticker_seq += 1
         for sym, trades in changes.trades.items():
@@ -294,11 +495,11 @@ class Hub(object):
                            "sequence": seq, "input_seq": applied,
                            "ts_ns": trades[-1].timestamp_ns,
                            "trades": [trade_json(t, product) for t in trades]})
-            self._deliver(clients, text)
+            self._deliver(clients, text, ("trades", sym))
         for sym in changes.ticker:
             clients = subs.get(("ticker", sym))
             if clients:
-                self._deliver(clients, self.ticker_message(sym))
+                self._deliver(clients, self.ticker_message(sym), ("ticker", sym))
         if changes.user and self.user_subs:
             for account, reports in changes.user.items():
                 clients = self.user_subs.get(account)
@@ -318,17 +519,23 @@ class Hub(object):
             product = catalog.by_id.get(event.symbol_id)
             if product is None:
                 continue
-            text = _dumps({"type": "status", "product_id": product.name,
-                           "halted": self.model.symbol(event.symbol_id).halted,
-                           "input_seq": event.seq})
+            text = Outgoing(_dumps({"type": "status", "product_id": product.name,
+                                    "halted": self.model.symbol(event.symbol_id).halted,
+                                    "input_seq": event.seq}))
             for ch in ("level2", "ticker", "trades"):
                 clients = subs.get((ch, event.symbol_id))
                 if clients:
-                    self._deliver(clients, text)
+                    self._deliver(clients, text, ("status", event.symbol_id))
 
-    def _deliver(self, clients, text):
+    def _deliver(self, clients, text, key):
+        """Hand one message to ``clients`` (rule 3: one ``Outgoing`` shared by all)."""
+        message = text if isinstance(text, Outgoing) else Outgoing(text)
+        encoded = self.encoded
+        encoded[key] = encoded.get(key, 0) + 1
+        t0 = time.perf_counter()
         for c in clients:
-            c.push(text)
+            c.push(message)
+        self._delivery_s += time.perf_counter() - t0
         self.messages += len(clients)
 
 
@@ -336,7 +543,7 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None):
     """Serve one WebSocket connection (rule 1)."""
     from starlette.websockets import WebSocketDisconnect
     await websocket.accept()
-    client = WsClient(hub, websocket, hub.max_queue)
+    client = WsClient(hub, websocket, hub.max_queue, raw=sansio_protocol())
     hub.add(client)
     client.writer = asyncio.ensure_future(client.run_writer())
     try:
