@@ -326,7 +326,8 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     if key_file is not None and getattr(keystore, "key_file", None) is None and \
             hasattr(keystore, "attach_key_file"):
         keystore.attach_key_file(key_file)                              # auth rule 10
-    client_oids = ClientOids()
+    client_oids = ClientOids(path=os.path.join(data_dir, "run", "%s.client_oids" % shard)
+                             if data_dir and shard else None)
     app.state.client_oids = client_oids
     service.client_oids = client_oids          # for other views of orders (the user channel)
     probe = EngineProbe(shard, health_path, data_dir)

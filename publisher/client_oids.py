@@ -12,14 +12,22 @@ Theory of operation (numbered rules; the code refers to them):
 3. The publisher remembers (account, integer) -> the UUID text as the client
    first sent it, for the newest ``capacity`` UUIDs, and answers with that
    text wherever the order shows its ``client_oid``.  UUIDs differing only in
-   letter case are one UUID.  After a publisher restart the text of orders
-   placed before is not known: they show the integer (rule 1 still finds
-   them by their UUID).
+   letter case are one UUID.
+4b. With a ``path`` (``<data>/run/<shard>.client_oids``, 0600) each new UUID
+   is appended as a line ``<account> <uuid>`` (flushed, not fsynced) and the
+   file is read back at start, so a restarted publisher still answers with
+   the UUIDs; a line that does not parse (a torn tail) is skipped, and the
+   integer is recomputed from the UUID, never read.  The file is rewritten
+   with the newest ``capacity`` entries when it holds twice as many lines.
+   A UUID whose line was lost (a crash before the flush reached the kernel,
+   or a file that cannot be written) shows its integer after a restart;
+   rule 1 still finds the order by its UUID.
 4. Two UUIDs of one account mapping to one integer (probability about
    n^2 / 2^64 for n UUIDs) are refused (``ClientOidCollision``): the second
    never passes as a retry of the first.
 """
 import hashlib
+import os
 import re
 import uuid
 from collections import OrderedDict
@@ -50,14 +58,76 @@ def uuid_to_int(text):
 
 
 class ClientOids(object):
-    """The publisher's side of rules 1-4.  ``parse`` O(1); memory O(capacity)."""
+    """The publisher's side of rules 1-4b.  ``parse`` O(1); memory O(capacity)."""
 
-    def __init__(self, capacity=262144):
+    def __init__(self, capacity=262144, path=None):
         self.capacity = int(capacity)
         self.texts = OrderedDict()        # (account_id, int) -> (normalized uuid, text as sent)
+        self.path = path
+        self.fd = None
+        self.lines = 0
+        if path is not None:
+            self._load()
+            self._open()
 
     def __len__(self):
         return len(self.texts)
+
+    # ------------------------------------------------------------ rule 4b
+    def _load(self):
+        try:
+            with open(self.path, "r", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) != 2 or not parts[0].isdigit() or not UUID_RE.match(parts[1]):
+                        continue                                  # a torn or foreign line
+                    self._remember((int(parts[0]), uuid_to_int(parts[1])), parts[1])
+                    self.lines += 1
+        except OSError:
+            pass
+
+    def _open(self):
+        try:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                              0o600)
+        except OSError:
+            self.fd = None                # no run dir (a bare publisher): memory only
+
+    def _append(self, account_id, text):
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, ("%d %s\n" % (account_id, text)).encode("ascii"))
+            self.lines += 1
+            if self.lines > 2 * self.capacity:
+                self._compact()
+        except OSError:
+            self.close()
+
+    def _compact(self):
+        tmp = "%s.%d.tmp" % (self.path, os.getpid())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            data = "".join("%d %s\n" % (key[0], entry[1]) for key, entry in self.texts.items())
+            os.write(fd, data.encode("ascii"))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        os.close(self.fd)
+        self.fd = None
+        self.lines = len(self.texts)
+        self._open()
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _remember(self, key, text):
+        self.texts[key] = (text.lower(), text)
+        self.texts.move_to_end(key)
+        if len(self.texts) > self.capacity:
+            self.texts.popitem(last=False)
 
     @staticmethod
     def parse(text):
@@ -90,9 +160,8 @@ class ClientOids(object):
                                          "UUID of this account; use another UUID" % text)
             self.texts.move_to_end(key)
             return value
-        self.texts[key] = (norm, text)
-        if len(self.texts) > self.capacity:
-            self.texts.popitem(last=False)
+        self._remember(key, text)
+        self._append(account_id, text)
         return value
 
     def text(self, account_id, value):

@@ -272,3 +272,32 @@ def test_the_access_log_has_a_line_per_request_and_no_credentials(engine, trader
                    "alice-secret"):
         assert secret not in log
     assert "CB-ACCESS-SIGN" not in log and "RM-ACCESS-SIGN" not in log
+
+
+def test_uuids_survive_a_publisher_restart(engine, trader):
+    """Last in this module: the publisher is killed (-9) and restarted by the supervisor."""
+    import signal
+    key, c = trader
+    oid = str(uuid.uuid4())
+    placed = c.post("/orders", json={"product_id": "BTC-USD", "side": "buy", "price": "700",
+                                     "size": "0.01", "client_oid": oid}).json()
+    old_pid = c.get("/time").json()["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = c.get("/time")
+            if r.status_code == 200 and r.json()["pid"] != old_pid:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, engine.log_text()
+        time.sleep(0.2)
+    with cb_client(engine, key) as fresh:          # the new publisher's key store
+        got = wait_accepted(fresh, "/orders/%s" % placed["id"])
+        assert got.status_code == 200, got.text
+        assert got.json()["client_oid"] == oid
+        assert fresh.get("/orders/client:%s" % oid).json()["id"] == placed["id"]
+        again = fresh.post("/orders", json={"product_id": "BTC-USD", "side": "buy",
+                                            "price": "700", "size": "0.01", "client_oid": oid})
+        assert again.json()["existing"] is True and again.json()["client_oid"] == oid
