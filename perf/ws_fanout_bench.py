@@ -1,0 +1,699 @@
+"""WebSocket fan-out benchmark: N subscribers to one product under R commands/s, real engine.
+
+Topology (one shard started as a user would: ``ringmatch run``, via perf.e2e_bench.Engine)::
+
+    e2e load generators (open loop, R cmds/s, BTC-USD, stamped with the scheduled time)
+        |
+        v
+    rm-S-in --> journaler --> matcher --> rm-S-out --+--> publisher --WS--> client processes
+                                                     |                      (K of them, N
+                                                     `--> "bench" consumer   connections in
+                                                          (OutcomeTimer:     all, asyncio,
+                                                          the matcher's       raw RFC 6455)
+                                                          received rate)
+
+Each step offers R commands/s for ``--seconds`` with N subscribers connected (all
+subscribed to BTC-USD level2 + trades and holding their snapshot before the load
+starts) or with none (N = 0, the baseline): the passes alternate the N values
+at each rate, so "with" and "without" subscribers are measured side by side in
+the same run.  Per step:
+
+* the matcher's received rate (outcome events per second at the bench consumer,
+  perf.e2e_bench.run_step), so a fan-out that slows the publisher and through
+  the output ring's gating the matcher shows up here, and the e2e outcome latency;
+* per update, delivery latency = client receipt time - the message's ``ts_ns``
+  (the engine timestamp of the newest event in it, which is the load
+  generator's scheduled send time of that command): p50/p99/max, for l2update
+  and trades; and for l2update a bound on the age of its *oldest* change:
+  receipt - the previous l2update's ``ts_ns`` (a conflated message holds the
+  changes of events after that one);
+* per client: messages, bytes, gaps, resyncs; whether every client's final
+  level2 book (snapshot + every l2update, gap rule) equals ``GET
+  /products/BTC-USD/book?level=2`` (price/size strings and ``sequence``), once
+  the publisher has caught up and every connection answered a ping;
+* CPU seconds of every engine process, of the generators and of the client
+  processes (/proc/<pid>/stat), per command and per second.
+
+The clients are cheap on purpose (asyncio Protocol, frame parsing by hand, one
+``json.loads`` per distinct payload: every subscriber gets the same bytes, so
+payloads are parsed once per process and each client checks its bytes against
+the first copy; books are rebuilt once per distinct (snapshot, last sequence)
+at the end).  They run on PyPy when ``.venv-pypy`` exists (``--client-python``).
+On a 2-core machine they compete for the same cores as the engine: the results
+say so and report the clients' own CPU.
+
+    python -m perf.ws_fanout_bench [--clients 1,100,1000] [--rates 10000,100000]
+        [--seconds 5] [--passes 2] [--client-procs 2] [--stem ws_fanout_<date>]
+"""
+import argparse
+import array
+import asyncio
+import base64
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "perf", "results")
+PRODUCT = "BTC-USD"
+
+
+# ---------------------------------------------------------------- the client process
+class _Conn(asyncio.Protocol):
+    """One subscriber connection: frames parsed by hand, payloads checked against the
+    process's first copy (``Shared``), sequences followed (gap rule)."""
+
+    def __init__(self, shared, port):
+        self.shared = shared
+        self.port = port
+        self.transport = None
+        self.buf = b""
+        self.handshaken = False
+        self.connected = asyncio.get_event_loop().create_future()
+        self.snapshot = None          # payload of the last snapshot
+        self.seq = None               # level2 sequence the book is at (None: no book)
+        self.chain_ok = True          # every l2update since the snapshot equal to the first copy
+        self.prev_l2_ts = 0
+        self.messages = 0
+        self.bytes = 0
+        self.l2 = 0
+        self.trades = 0
+        self.gaps = 0
+        self.resyncs = 0
+        self.mismatches = 0
+        self.closed = False
+        self.pong = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        key = base64.b64encode(os.urandom(16)).decode()
+        transport.write(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                         "Sec-WebSocket-Version: 13\r\n\r\n" % (self.port, key)).encode())
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if not self.connected.done():
+            self.connected.set_exception(ConnectionError("closed during handshake"))
+        if self.pong is not None and not self.pong.done():
+            self.pong.set_exception(ConnectionError("closed"))
+
+    def send(self, obj):
+        data = json.dumps(obj).encode()
+        mask = os.urandom(4)
+        n = len(data)
+        head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else \
+            struct.pack("!BBH", 0x81, 0x80 | 126, n)
+        self.transport.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def data_received(self, data):
+        now = time.time_ns()
+        buf = self.buf + data if self.buf else data
+        if not self.handshaken:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if b" 101 " not in buf[:end].split(b"\r\n", 1)[0]:
+                self.connected.set_exception(ConnectionError(buf[:200]))
+                return
+            self.handshaken = True
+            self.connected.set_result(True)
+            buf = buf[end + 4:]
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                head = 10
+            end = pos + head + length
+            if end > n:
+                break
+            opcode = buf[pos] & 0x0F
+            payload = buf[pos + head:end]
+            pos = end
+            if opcode == 0x1:
+                self.on_message(payload, now)
+            elif opcode == 0x9:                      # ping -> pong (masked)
+                mask = os.urandom(4)
+                self.transport.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + mask +
+                                     bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+            elif opcode == 0x8:
+                self.closed = True
+        self.buf = buf[pos:] if pos < n else b""
+
+    def on_message(self, payload, now):
+        shared = self.shared
+        info = shared.info(payload)
+        kind = info[0]
+        self.messages += 1
+        self.bytes += len(payload)
+        if kind == "l2update":
+            self.l2 += 1
+            seq = info[1]
+            first = shared.l2_payload.setdefault(seq, payload)
+            if first is not payload and first != payload:
+                self.mismatches += 1
+                self.chain_ok = False
+            if self.seq is not None:
+                if seq != self.seq + 1:
+                    self.gaps += 1
+                    self.seq = None
+                else:
+                    self.seq = seq
+            ts = info[2]
+            if shared.recording:
+                shared.l2_latency.append(now - ts)
+                if self.prev_l2_ts:
+                    shared.l2_oldest.append(now - self.prev_l2_ts)
+            self.prev_l2_ts = ts
+        elif kind == "trades":
+            self.trades += 1
+            if shared.recording:
+                shared.trades_latency.append(now - info[2])
+        elif kind == "snapshot":
+            self.snapshot = shared.snapshots.setdefault(payload, payload)   # one object each
+            self.seq = info[1]
+            self.chain_ok = True
+        elif kind == "resync":
+            self.resyncs += 1
+            self.seq = None
+        elif kind == "pong":
+            if self.pong is not None and not self.pong.done():
+                self.pong.set_result(True)
+
+    async def sync(self, timeout):
+        self.pong = asyncio.get_event_loop().create_future()
+        self.send({"type": "ping"})
+        await asyncio.wait_for(self.pong, timeout)
+
+
+class Shared(object):
+    """What a client process's connections share: parsed payloads, first copies, latencies."""
+
+    def __init__(self):
+        self.cache = {}               # payload -> (type, sequence, ts_ns)
+        self.l2_payload = {}          # sequence -> first l2update payload received
+        self.snapshots = {}           # payload -> the first equal payload (memo key)
+        self.l2_latency = array.array("q")
+        self.l2_oldest = array.array("q")
+        self.trades_latency = array.array("q")
+        self.recording = False
+
+    def info(self, payload):
+        got = self.cache.get(payload)
+        if got is None:
+            m = json.loads(payload)
+            got = (m.get("type"), m.get("sequence"), m.get("ts_ns") or 0)
+            if got[0] in ("l2update", "trades", "snapshot"):   # pongs etc. are not shared
+                self.cache[payload] = got
+        return got
+
+    def book(self, snapshot, last, memo):
+        """(bids, asks) of snapshot + l2updates up to ``last``; None if one is missing."""
+        key = (id(snapshot), last)
+        if key in memo:
+            return memo[key]
+        m = json.loads(snapshot)
+        bids, asks = dict(map(tuple, m["bids"])), dict(map(tuple, m["asks"]))
+        result = (bids, asks)
+        for seq in range(m["sequence"] + 1, last + 1):
+            payload = self.l2_payload.get(seq)
+            if payload is None:
+                result = None
+                break
+            for side, price, size in json.loads(payload)["changes"]:
+                book = bids if side == "buy" else asks
+                if float(size) == 0:
+                    book.pop(price, None)
+                else:
+                    book[price] = size
+        memo[key] = result
+        return result
+
+
+def client_main(argv):
+    """A client process: ``port connections latency_file``; commands on stdin (JSON lines):
+    ``go`` (record latencies), ``check`` {rest book} -> per-connection results, ``quit``."""
+    port, count, latency_file = int(argv[0]), int(argv[1]), argv[2]
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+    async def main():
+        loop = asyncio.get_event_loop()
+        shared = Shared()
+        conns = []
+        sub = {"type": "subscribe", "product_ids": [PRODUCT], "channels": ["level2", "trades"]}
+
+        async def open_one():
+            conn = _Conn(shared, port)
+            await loop.create_connection(lambda: conn, "127.0.0.1", port)
+            await asyncio.wait_for(conn.connected, 60)
+            conn.send(sub)
+            conns.append(conn)
+        t0 = time.monotonic()
+        for start in range(0, count, 50):
+            await asyncio.gather(*[open_one() for _ in range(min(50, count - start))])
+        for start in range(0, count, 100):
+            await asyncio.gather(*[c.sync(60) for c in conns[start:start + 100]])
+        assert all(c.seq is not None for c in conns), "a connection has no snapshot"
+        _say({"ready": len(conns), "connect_s": time.monotonic() - t0})
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            cmd = json.loads(line)
+            if cmd["cmd"] == "go":
+                shared.recording = True
+                _say({"going": True})
+            elif cmd["cmd"] == "check":
+                shared.recording = False
+                t1 = time.monotonic()
+                for start in range(0, len(conns), 100):
+                    await asyncio.gather(*[c.sync(120) for c in conns[start:start + 100]
+                                           if not c.closed], return_exceptions=True)
+                _say(_check(conns, shared, cmd["book"], latency_file,
+                            sync_s=time.monotonic() - t1))
+            elif cmd["cmd"] == "quit":
+                for c in conns:
+                    c.transport.close()
+                await asyncio.sleep(0.1)
+                return
+    asyncio.get_event_loop().run_until_complete(main())
+    return 0
+
+
+def _check(conns, shared, rest, latency_file, sync_s):
+    bids = {p: q for p, q in rest["bids"]}
+    asks = {p: q for p, q in rest["asks"]}
+    memo = {}
+    equal = seq_differs = differs = 0
+    for c in conns:
+        if c.seq != rest["sequence"]:
+            seq_differs += 1
+            continue
+        book = shared.book(c.snapshot, c.seq, memo) if c.chain_ok else None
+        if book == (bids, asks):
+            equal += 1
+        else:
+            differs += 1
+    with open(latency_file, "wb") as f:
+        for arr in (shared.l2_latency, shared.l2_oldest, shared.trades_latency):
+            f.write(struct.pack("<q", len(arr)))
+            arr.tofile(f)
+    return {"connections": len(conns), "closed": sum(c.closed for c in conns),
+            "book_equal": equal, "book_seq_differs": seq_differs, "book_differs": differs,
+            "final_seqs": sorted(set(c.seq for c in conns if c.seq is not None))[:5],
+            "messages": [c.messages for c in conns], "bytes": [c.bytes for c in conns],
+            "l2updates": [c.l2 for c in conns], "trades": [c.trades for c in conns],
+            "gaps": sum(c.gaps for c in conns), "resyncs": sum(c.resyncs for c in conns),
+            "mismatched_payloads": sum(c.mismatches for c in conns),
+            "distinct_books": len(memo), "sync_s": sync_s}
+
+
+def _say(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- the parent
+class ClientGroup(object):
+    """K client processes holding N connections in all."""
+
+    def __init__(self, python, port, total, procs, workdir):
+        self.procs = []
+        self.files = []
+        per = [total // procs + (1 if k < total % procs else 0) for k in range(procs)]
+        for k, count in enumerate(c for c in per if c):
+            path = os.path.join(workdir, "latency-%d.bin" % k)
+            self.files.append(path)
+            self.procs.append(subprocess.Popen(
+                [python, "-m", "perf.ws_fanout_bench", "--client", str(port), str(count), path],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+        self.ready = [self._read(p, 600) for p in self.procs]
+
+    @staticmethod
+    def _read(proc, timeout):
+        import select
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError("client process %d did not answer in %ds" % (proc.pid, timeout))
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError("client process %d exited (%s)" % (proc.pid, proc.poll()))
+        return json.loads(line)
+
+    def command(self, obj, timeout=600):
+        for p in self.procs:
+            p.stdin.write((json.dumps(obj) + "\n").encode())
+            p.stdin.flush()
+        return [self._read(p, timeout) for p in self.procs]
+
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def latencies(self):
+        import numpy as np
+        out = [[], [], []]
+        for path in self.files:
+            with open(path, "rb") as f:
+                for i in range(3):
+                    (n,) = struct.unpack("<q", f.read(8))
+                    out[i].append(np.frombuffer(f.read(8 * n), dtype=np.int64))
+        return [np.concatenate(x) if x else np.zeros(0, np.int64) for x in out]
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.stdin.write(b'{"cmd": "quit"}\n')
+                    p.stdin.flush()
+                except (BrokenPipeError, OSError):
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _http_json(port, path, timeout=30):
+    import urllib.request
+    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _ws_metrics(port):
+    """ringmatch_ws_* values of GET /metrics ({} when the endpoint is absent)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+            text = r.read().decode()
+    except Exception:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("ringmatch_ws_"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+def _publisher_caught_up(engine, timeout=120):
+    """The publisher consumed the output ring up to its cursor and applied it (GET /time)."""
+    from ringbuf import Ring
+    deadline = time.monotonic() + timeout
+    with Ring.attach("rm-%s-out" % engine.shard) as out_ring, \
+            Ring.attach("rm-%s-in" % engine.shard) as in_ring:
+        target_in = in_ring.cursor
+        while time.monotonic() < deadline:
+            if out_ring.consumer_sequence("publisher") >= out_ring.cursor:
+                try:
+                    if _http_json(engine.port, "/time")["input_seq"] >= target_in - 2:
+                        return True
+                except Exception:
+                    pass
+            time.sleep(0.05)
+    return False
+
+
+def _pct(values):
+    import numpy as np
+    if not len(values):
+        return None
+    v = np.sort(values)
+    return {"p50_ms": float(v[int(0.50 * (len(v) - 1))]) / 1e6,
+            "p99_ms": float(v[int(0.99 * (len(v) - 1))]) / 1e6,
+            "max_ms": float(v[-1]) / 1e6, "count": int(len(v))}
+
+
+def _spread(values):
+    if not values:
+        return None
+    values = sorted(values)
+    return {"min": values[0], "median": values[len(values) // 2], "max": values[-1]}
+
+
+def run_fanout_step(args, engine, timer, rate, clients, workdir):
+    """One step: ``clients`` subscribers (0 = none) while the generators offer ``rate``."""
+    from perf.e2e_bench import _cpu_seconds, run_step
+    group = None
+    out = {"clients": clients, "rate": rate}
+    try:
+        if clients:
+            group = ClientGroup(args.client_python, engine.port, clients,
+                                min(args.client_procs, clients), workdir)
+            out["connect_s"] = max(r["connect_s"] for r in group.ready)
+            group.command({"cmd": "go"})
+        metrics0 = _ws_metrics(engine.port)
+        client_cpu0 = [_cpu_seconds(pid) for pid in (group.pids() if group else [])]
+        t0 = time.monotonic()
+        step = run_step(engine, timer, rate, args.seconds, args.producers)
+        caught_up = _publisher_caught_up(engine)
+        wall = time.monotonic() - t0
+        client_cpu = sum(_cpu_seconds(pid) for pid in (group.pids() if group else [])) - \
+            sum(client_cpu0)
+        out.update({"received_rate": step["received_rate"], "outcomes": step["outcomes"],
+                    "unsent": step["unsent"], "drained": step["drained"],
+                    "publisher_caught_up": caught_up,
+                    "outcome_latency_ms": {k: step["latency_ns"][k] / 1e6
+                                           for k in ("p50", "p99", "max")},
+                    "cpu_seconds": dict(step["cpu_seconds"]),
+                    "cpu_us_per_command": dict(step["cpu_us_per_command"]),
+                    "loadavg": os.getloadavg()})
+        out["cpu_seconds"]["clients"] = round(client_cpu, 3)
+        out["client_cpu_share"] = client_cpu / wall if wall else None
+        metrics1 = _ws_metrics(engine.port)
+        out["ws_metrics_delta"] = {k: metrics1[k] - metrics0.get(k, 0.0) for k in metrics1}
+        if group:
+            results = None
+            for attempt in range(3):                 # a CLOCK tick may move the book meanwhile
+                rest = _http_json(engine.port, "/products/%s/book?level=2" % PRODUCT)
+                results = group.command({"cmd": "check", "book": rest})
+                if not sum(r["book_seq_differs"] for r in results):
+                    break
+                time.sleep(0.2)
+            lat = group.latencies()
+            flat = lambda key: [v for r in results for v in r[key]]   # noqa: E731
+            out.update({
+                "rest_sequence": rest["sequence"], "rest_levels": len(rest["bids"]) + len(rest["asks"]),
+                "connections": sum(r["connections"] for r in results),
+                "closed": sum(r["closed"] for r in results),
+                "book_equal": sum(r["book_equal"] for r in results),
+                "book_seq_differs": sum(r["book_seq_differs"] for r in results),
+                "book_differs": sum(r["book_differs"] for r in results),
+                "gaps": sum(r["gaps"] for r in results),
+                "resyncs": sum(r["resyncs"] for r in results),
+                "mismatched_payloads": sum(r["mismatched_payloads"] for r in results),
+                "messages_per_client": _spread(flat("messages")),
+                "bytes_per_client": _spread(flat("bytes")),
+                "l2updates_per_client": _spread(flat("l2updates")),
+                "trades_msgs_per_client": _spread(flat("trades")),
+                "l2_latency": _pct(lat[0]), "l2_oldest_change_latency": _pct(lat[1]),
+                "trades_latency": _pct(lat[2]),
+                "sync_s": max(r["sync_s"] for r in results)})
+    finally:
+        if group is not None:
+            group.close()
+    return out
+
+
+def _fmt(v, spec="%.1f"):
+    return "-" if v is None else spec % v
+
+
+def _markdown(report):
+    env = report["environment"]
+    lines = ["# WebSocket fan-out: N subscribers to %s level2 + trades under load" % PRODUCT, "",
+             "Command: `%s`" % report["command"], "",
+             "Git revision %s; %d CPUs; load average at start %s, at end %s; engine matcher on %s, "
+             "publisher on %s; client processes on %s (%d of them at most); fsync=%s; "
+             "%.0f s per step, %d passes, alternating N at each rate (N = 0: no subscriber, "
+             "the baseline of the same run)." % (
+                 report["git"], env["cpus"], " ".join("%.2f" % x for x in report["loadavg_start"]),
+                 " ".join("%.2f" % x for x in report["loadavg_end"]), report["matcher_interpreter"],
+                 env["interpreter"], report["client_interpreter"], report["client_procs"],
+                 report["fsync"], report["seconds"], report["passes"]), "",
+             "**The client processes run on the same %d cores as the engine** (and ~4 other "
+             "jobs on this shared box): their CPU (column `clients`) is taken from the engine. "
+             "Latency = client receipt - the message's `ts_ns` (the newest event's engine "
+             "timestamp = the load generator's scheduled send time of that command), so it "
+             "includes ring, journal, matcher, publisher batching, conflation and the network; "
+             "`oldest` bounds the age of the oldest change in a conflated l2update (receipt - "
+             "the previous l2update's `ts_ns`)." % env["cpus"], "",
+             "## Medians over the passes (min-max in brackets)", "",
+             "| rate | N | matcher received/s | vs N=0 | l2 p50 ms | l2 p99 ms | l2 max ms | "
+             "oldest p99 ms | trades p99 ms | l2 msgs/client | bytes/client | books equal REST "
+             "| gaps / resyncs | CPU s: publisher | clients | matcher |", "| " + " | ".join(
+                 ["---"] * 16) + " |"]
+    for row in report["summary"]:
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            "{:,.0f}".format(row["rate"]), row["clients"],
+            "{:,.0f} [{:,.0f}-{:,.0f}]".format(*row["received_rate"]),
+            _fmt(row["vs_baseline"], "%.3f"),
+            _fmt(row["l2_p50"], "%.1f"), "%s [%s-%s]" % tuple(_fmt(x) for x in row["l2_p99"])
+            if row["l2_p99"] else "-", _fmt(row["l2_max"]), _fmt(row["oldest_p99"]),
+            _fmt(row["trades_p99"]), _fmt(row["l2_msgs"], "%.0f"), _fmt(row["bytes"], "%.0f"),
+            row["books"], row["gaps_resyncs"], _fmt(row["cpu_publisher"], "%.2f"),
+            _fmt(row["cpu_clients"], "%.2f"), _fmt(row["cpu_matcher"], "%.2f")))
+    lines += ["", "## Every step", "", "```"]
+    for st in report["steps"]:
+        lines.append(json.dumps({k: v for k, v in st.items()
+                                 if k not in ("cpu_us_per_command",)}, sort_keys=True))
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def summarize(steps):
+    import statistics
+    rows = []
+    baseline = {}
+    keys = sorted(set((s["rate"], s["clients"]) for s in steps))
+    for rate, n in keys:
+        group = [s for s in steps if s["rate"] == rate and s["clients"] == n]
+
+        def med(f):
+            vals = [f(s) for s in group]
+            vals = [v for v in vals if v is not None]
+            return statistics.median(vals) if vals else None
+
+        def spread(f):
+            vals = [f(s) for s in group]
+            vals = [v for v in vals if v is not None]
+            return (statistics.median(vals), min(vals), max(vals)) if vals else None
+        rec = spread(lambda s: s["received_rate"])
+        if n == 0:
+            baseline[rate] = rec[0]
+        lat = lambda key, p: (lambda s: s[key][p] if s.get(key) else None)   # noqa: E731
+        rows.append({
+            "rate": rate, "clients": n, "received_rate": rec,
+            "vs_baseline": rec[0] / baseline[rate] if baseline.get(rate) else None,
+            "l2_p50": med(lat("l2_latency", "p50_ms")), "l2_p99": spread(lat("l2_latency", "p99_ms")),
+            "l2_max": med(lat("l2_latency", "max_ms")),
+            "oldest_p99": med(lat("l2_oldest_change_latency", "p99_ms")),
+            "trades_p99": med(lat("trades_latency", "p99_ms")),
+            "l2_msgs": med(lambda s: s["l2updates_per_client"]["median"] if n else None),
+            "bytes": med(lambda s: s["bytes_per_client"]["median"] if n else None),
+            "books": ("-" if not n else " ".join("%d/%d" % (s["book_equal"], s["connections"])
+                                                 for s in group)),
+            "gaps_resyncs": ("-" if not n else " ".join("%d/%d" % (s["gaps"], s["resyncs"])
+                                                        for s in group)),
+            "cpu_publisher": med(lambda s: s["cpu_seconds"].get("publisher")),
+            "cpu_clients": med(lambda s: s["cpu_seconds"].get("clients")),
+            "cpu_matcher": med(lambda s: s["cpu_seconds"].get("matcher"))})
+    return rows
+
+
+def _default_client_python():
+    pypy = os.path.join(ROOT, ".venv-pypy", "bin", "python")
+    return pypy if os.path.exists(pypy) else sys.executable
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--client":
+        return client_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m perf.ws_fanout_bench",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="1,100,1000")
+    parser.add_argument("--rates", default="10000,100000")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--client-python", default=_default_client_python())
+    parser.add_argument("--interpreter", default="auto", help="matcher interpreter")
+    parser.add_argument("--fsync", default="batch")
+    parser.add_argument("--port", type=int, default=18191)
+    parser.add_argument("--warmup", type=int, default=200000)
+    parser.add_argument("--stem", default="ws_fanout_" + time.strftime("%Y-%m-%d", time.gmtime()))
+    args = parser.parse_args(argv)
+    from perf.e2e_bench import Engine, OutcomeTimer, _fund, _git_revision, run_step
+    from perf.harness import environment
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)   # the publisher inherits it
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    rates = [float(r) for r in args.rates.split(",")]
+    counts = [int(n) for n in args.clients.split(",")]
+    report = {"command": "python -m perf.ws_fanout_bench " + " ".join(argv),
+              "loadavg_start": os.getloadavg(), "seconds": args.seconds, "passes": args.passes,
+              "fsync": args.fsync, "client_procs": args.client_procs, "steps": []}
+    out = subprocess.run([args.client_python, "-c", "import sys; print(sys.implementation.name,"
+                          " '.'.join(map(str, sys.version_info[:3])))"],
+                         stdout=subprocess.PIPE, check=True)
+    report["client_interpreter"] = out.stdout.decode().strip()
+    workdir = tempfile.mkdtemp(prefix="rm-wsfan-")
+    engine = Engine(workdir, args.interpreter, args.fsync, args.port)
+    engine.port = args.port
+    timer = None
+    try:
+        engine.start()
+        _fund(engine)
+        timer = OutcomeTimer(engine.shard)
+        timer.start()
+        if args.warmup:
+            warm = run_step(engine, timer, 100000.0, args.warmup / 100000.0, args.producers,
+                            mode="all")
+            print("warm-up: %d commands, received %.0f/s" % (warm["sent"], warm["received_rate"]),
+                  flush=True)
+        timer.take()
+        for p in range(args.passes):
+            for rate in rates:
+                order = [0] + counts
+                if p % 2:
+                    order.reverse()              # alternate: no drift favours one N
+                for n in order:
+                    st = run_fanout_step(args, engine, timer, rate, n, workdir)
+                    st["pass"] = p
+                    report["steps"].append(st)
+                    l2 = st.get("l2_latency") or {}
+                    print("pass %d rate %7.0f N %4d: matcher %8.0f/s  l2 p50 %s p99 %s max %s ms"
+                          "  books %s/%s  gaps %s resyncs %s  CPU publisher %.2f clients %.2f"
+                          % (p, rate, n, st["received_rate"], _fmt(l2.get("p50_ms")),
+                             _fmt(l2.get("p99_ms")), _fmt(l2.get("max_ms")),
+                             st.get("book_equal", "-"), st.get("connections", "-"),
+                             st.get("gaps", "-"), st.get("resyncs", "-"),
+                             st["cpu_seconds"].get("publisher", 0),
+                             st["cpu_seconds"].get("clients", 0)), flush=True)
+        report["matcher_interpreter"] = engine.matcher_interpreter()
+    finally:
+        if timer is not None:
+            timer.close()
+        engine.stop()
+    report["loadavg_end"] = os.getloadavg()
+    report["environment"] = environment()
+    report["git"] = _git_revision()
+    report["summary"] = summarize(report["steps"])
+    base = args.stem if os.path.isabs(args.stem) else os.path.join(RESULTS, args.stem)
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(base + ".md", "w") as f:
+        f.write(_markdown(report))
+    print("wrote %s.md" % base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
