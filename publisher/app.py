@@ -36,6 +36,17 @@ Theory of operation (numbered rules; the code refers to them):
    is not placed again: the answer is that order (200, ``"existing": true``).
    Requests with the same (account, client_oid) are serialized by a lock, so
    two concurrent retries place one order.  A rejected order binds nothing.
+9. Keys and scopes (auth rules 8-10): a private request is signed with the
+   Coinbase ``CB-ACCESS-*`` headers or the ``RM-ACCESS-*`` ones; reads need a
+   ``view`` or ``trade`` key, writes (place, amend, cancel, deposit,
+   withdraw) a ``trade`` key, else 403.  The key file
+   ``<data_dir>/api_keys.json`` is found beside the health file.  OpenAPI
+   declares both schemes; ``/docs`` signs the requests it sends.
+10. ``client_oid`` is a UUID or an integer (publisher/client_oids.py); answers
+   show it as the client sent it.
+11. Operations: ``/health`` (readiness, ``EngineProbe``), ``/health/live``,
+   ``/metrics`` (publisher/metrics.py) and one access-log line per request
+   (publisher/access_log.py), never with a credential.
 """
 import asyncio
 import contextlib

@@ -301,3 +301,41 @@ def test_uuids_survive_a_publisher_restart(engine, trader):
         again = fresh.post("/orders", json={"product_id": "BTC-USD", "side": "buy",
                                             "price": "700", "size": "0.01", "client_oid": oid})
         assert again.json()["existing"] is True and again.json()["client_oid"] == oid
+
+
+def test_a_damaged_key_file_disables_its_keys_not_the_configured_ones(tmp_path):
+    """Auth rule 10 without a server: fail closed on a key file that does not parse."""
+    from publisher import key_file
+    from publisher.auth import AuthError, KeyStore, coinbase_headers, signed_headers
+
+    class Clock(object):
+        t = 100.0
+
+        def __call__(self):
+            return self.t
+    mono = Clock()
+    rec, secret, passphrase = key_file.create(str(tmp_path), 11, "trade")
+    path = key_file.key_file_path(str(tmp_path))
+    store = KeyStore([{"key": "cfg", "secret": "cfg-secret", "account_id": 12}],
+                     key_file=path, monotonic=mono)
+
+    def cb():
+        h = coinbase_headers(rec["key"], secret, passphrase, "GET", "/accounts")
+        return store.verify(h["CB-ACCESS-KEY"], h["CB-ACCESS-TIMESTAMP"], h["CB-ACCESS-SIGN"],
+                            "GET", "/accounts", b"", passphrase=h["CB-ACCESS-PASSPHRASE"],
+                            scheme="coinbase")
+
+    def rm():
+        h = signed_headers("cfg", "cfg-secret", "GET", "/accounts")
+        return store.verify(h["RM-ACCESS-KEY"], h["RM-ACCESS-TIMESTAMP"], h["RM-ACCESS-SIGN"],
+                            "GET", "/accounts", b"")
+    assert cb().account_id == 11 and rm().account_id == 12
+    with open(path, "w") as f:
+        f.write('{"version": 1, "keys": [')                  # torn by hand
+    mono.t += 0.5
+    assert cb().account_id == 11                              # not looked at again yet
+    mono.t += 0.6
+    with pytest.raises(AuthError) as info:
+        cb()
+    assert info.value.status == 401 and store.file_error
+    assert rm().account_id == 12
