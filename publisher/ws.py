@@ -55,6 +55,7 @@ Theory of operation (numbered rules; the code refers to them):
    every message.
 """
 import asyncio
+import datetime
 import json
 import struct
 import time
@@ -62,7 +63,7 @@ from collections import deque
 
 from publisher import auth as auth_mod
 from publisher.auth import shorten
-from publisher.views import book_json, report_json, ticker_json, trade_json
+from publisher.views import SIDE_NAMES, book_json, report_json, ticker_json
 
 __all__ = ["Hub", "WsClient", "Outgoing", "text_frame", "websocket_endpoint"]
 
@@ -116,6 +117,58 @@ def _frame_of(item):
     if isinstance(item, Outgoing):
         return item.frame
     return text_frame(item.encode())
+
+
+class Formats(object):
+    """A product's price/size strings and trade times, memoized (rule 3's encoding cost).
+
+    The same strings as ``Product.fmt_price`` / ``fmt_qty`` and ``views.iso_time``
+    (~2 and ~10 us each through Decimal and datetime); prices and sizes repeat
+    from one fan-out to the next, and a second's prefix serves all its trades.
+    Each memo is dropped when it holds ``limit`` entries.  O(1) per value.
+    """
+    __slots__ = ("product", "prices", "sizes", "seconds", "limit")
+
+    def __init__(self, product, limit=1 << 16):
+        self.product = product
+        self.prices, self.sizes, self.seconds = {}, {}, {}
+        self.limit = limit
+
+    def price(self, ticks):
+        s = self.prices.get(ticks)
+        if s is None:
+            if len(self.prices) >= self.limit:
+                self.prices.clear()
+            s = self.prices[ticks] = self.product.fmt_price(ticks)
+        return s
+
+    def size(self, lots):
+        s = self.sizes.get(lots)
+        if s is None:
+            if len(self.sizes) >= self.limit:
+                self.sizes.clear()
+            s = self.sizes[lots] = self.product.fmt_qty(lots)
+        return s
+
+    def time(self, ns):
+        if not ns:
+            return None
+        sec, rem = divmod(int(ns), 10 ** 9)
+        prefix = self.seconds.get(sec)
+        if prefix is None:
+            if len(self.seconds) >= 4096:
+                self.seconds.clear()
+            prefix = self.seconds[sec] = datetime.datetime.fromtimestamp(
+                sec, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        return prefix + ".%06dZ" % (rem // 1000)
+
+    def trades(self, trades):
+        """``views.trade_json`` of each trade."""
+        price, size, when = self.price, self.size, self.time
+        sides = SIDE_NAMES
+        return [{"trade_id": t.trade_id, "price": price(t.price), "size": size(t.qty),
+                 "side": sides.get(t.taker_side), "time": when(t.timestamp_ns), "seq": t.seq}
+                for t in trades]
 
 
 def sansio_protocol():
@@ -367,6 +420,7 @@ class Hub(object):
         self.fanouts = 0
         self.encoded = {}
         self._touched = None            # clients written to by the fan-out in progress (rule 6)
+        self.formats = {}               # symbol_id -> Formats
 
     # -------------------------------------------------------------- registry
     def add(self, client):
@@ -474,7 +528,8 @@ class Hub(object):
             if not clients:
                 continue
             product = catalog.by_id[sym]
-            fp, fq = product.fmt_price, product.fmt_qty
+            fmt = self._formats(sym, product)
+            fp, fq = fmt.price, fmt.size
             text = _dumps({"type": "l2update", "channel": "level2", "product_id": product.name,
                            "sequence": view.level2_seq, "input_seq": applied,
                            "ts_ns": changes.ts_ns,
@@ -494,7 +549,7 @@ class Hub(object):
             text = _dumps({"type": "trades", "channel": "trades", "product_id": product.name,
                            "sequence": seq, "input_seq": applied,
                            "ts_ns": trades[-1].timestamp_ns,
-                           "trades": [trade_json(t, product) for t in trades]})
+                           "trades": self._formats(sym, product).trades(trades)})
             self._deliver(clients, text, ("trades", sym))
         for sym in changes.ticker:
             clients = subs.get(("ticker", sym))
@@ -526,6 +581,12 @@ class Hub(object):
                 clients = subs.get((ch, event.symbol_id))
                 if clients:
                     self._deliver(clients, text, ("status", event.symbol_id))
+
+    def _formats(self, sym, product):
+        fmt = self.formats.get(sym)
+        if fmt is None or fmt.product is not product:
+            fmt = self.formats[sym] = Formats(product)
+        return fmt
 
     def _deliver(self, clients, text, key):
         """Hand one message to ``clients`` (rule 3: one ``Outgoing`` shared by all)."""
