@@ -274,35 +274,6 @@ def test_the_access_log_has_a_line_per_request_and_no_credentials(engine, trader
     assert "CB-ACCESS-SIGN" not in log and "RM-ACCESS-SIGN" not in log
 
 
-def test_uuids_survive_a_publisher_restart(engine, trader):
-    """Last in this module: the publisher is killed (-9) and restarted by the supervisor."""
-    import signal
-    key, c = trader
-    oid = str(uuid.uuid4())
-    placed = c.post("/orders", json={"product_id": "BTC-USD", "side": "buy", "price": "700",
-                                     "size": "0.01", "client_oid": oid}).json()
-    old_pid = c.get("/time").json()["pid"]
-    os.kill(old_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            r = c.get("/time")
-            if r.status_code == 200 and r.json()["pid"] != old_pid:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, engine.log_text()
-        time.sleep(0.2)
-    with cb_client(engine, key) as fresh:          # the new publisher's key store
-        got = wait_accepted(fresh, "/orders/%s" % placed["id"])
-        assert got.status_code == 200, got.text
-        assert got.json()["client_oid"] == oid
-        assert fresh.get("/orders/client:%s" % oid).json()["id"] == placed["id"]
-        again = fresh.post("/orders", json={"product_id": "BTC-USD", "side": "buy",
-                                            "price": "700", "size": "0.01", "client_oid": oid})
-        assert again.json()["existing"] is True and again.json()["client_oid"] == oid
-
-
 def test_a_damaged_key_file_disables_its_keys_not_the_configured_ones(tmp_path):
     """Auth rule 10 without a server: fail closed on a key file that does not parse."""
     from publisher import key_file
@@ -339,3 +310,84 @@ def test_a_damaged_key_file_disables_its_keys_not_the_configured_ones(tmp_path):
         cb()
     assert info.value.status == 401 and store.file_error
     assert rm().account_id == 12
+
+
+def test_the_docs_page_signs_private_requests_in_the_browser(engine, trader):
+    """/docs's request interceptor (rmSign) signs with WebCrypto: CB-ACCESS-* with a
+    passphrase, RM-ACCESS-* without; the server accepts both, and refuses a view key's
+    order with 403 (so the body was signed right: the signature passed).  Swagger UI's
+    own assets come from a CDN this host may not reach; rmSign is the page's own code."""
+    import asyncio
+    from test_pub_page import CHROMIUM, Browser
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    key, _c = trader
+    view = create_key(engine, 301, "view")
+    with cb_client(engine, view) as c:
+        assert wait_accepted(c).status_code == 200
+    order = json.dumps({"product_id": "BTC-USD", "side": "buy", "price": "600", "size": "0.01"})
+    browser = Browser()
+    try:
+        async def signed(key_id, secret, passphrase, method, url, body=None):
+            js = """(async () => {
+                document.getElementById('rm-key').value = %s;
+                document.getElementById('rm-secret').value = %s;
+                document.getElementById('rm-passphrase').value = %s;
+                const req = await rmSign({url: %s, method: %s, body: %s,
+                                          headers: {"Content-Type": "application/json"}});
+                const r = await fetch(req.url, {method: req.method, headers: req.headers,
+                                                body: req.body || undefined});
+                return [r.status, await r.text(), Object.keys(req.headers).sort().join(",")];
+            })()""" % tuple(json.dumps(v) for v in (key_id, secret, passphrase, url, method, body))
+            return await browser.evaluate(js)
+
+        async def main():
+            await browser.connect()
+            await browser.call("Page.enable")
+            await browser.call("Page.navigate", url=engine.url + "/docs")
+            await browser.wait_for("typeof rmSign === 'function' && "
+                                   "!!document.getElementById('rm-key')", timeout=30)
+            cb = await signed(key["key"], key["secret"], key["passphrase"], "get",
+                              "/orders?status=all")
+            rm = await signed("k-alice", "alice-secret", "", "get", "/accounts")
+            placed = await signed(key["key"], key["secret"], key["passphrase"], "post",
+                                  "/orders", order)
+            refused = await signed(view["key"], view["secret"], view["passphrase"], "post",
+                                   "/orders", order)
+            return cb, rm, placed, refused
+        cb, rm, placed, refused = asyncio.run(main())
+    finally:
+        browser.close()
+    assert cb[0] == 200 and "CB-ACCESS-SIGN" in cb[2], cb
+    assert rm[0] == 200 and "RM-ACCESS-SIGN" in rm[2] and '"account_id":101' in rm[1], rm
+    assert placed[0] == 200 and json.loads(placed[1])["status"] == "open", placed
+    assert refused[0] == 403 and "view scope" in refused[1], refused
+
+
+def test_uuids_survive_a_publisher_restart(engine, trader):
+    """Last in this module: the publisher is killed (-9) and restarted by the supervisor."""
+    import signal
+    key, c = trader
+    oid = str(uuid.uuid4())
+    placed = c.post("/orders", json={"product_id": "BTC-USD", "side": "buy", "price": "700",
+                                     "size": "0.01", "client_oid": oid}).json()
+    old_pid = c.get("/time").json()["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = c.get("/time")
+            if r.status_code == 200 and r.json()["pid"] != old_pid:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, engine.log_text()
+        time.sleep(0.2)
+    with cb_client(engine, key) as fresh:          # the new publisher's key store
+        got = wait_accepted(fresh, "/orders/%s" % placed["id"])
+        assert got.status_code == 200, got.text
+        assert got.json()["client_oid"] == oid
+        assert fresh.get("/orders/client:%s" % oid).json()["id"] == placed["id"]
+        again = fresh.post("/orders", json={"product_id": "BTC-USD", "side": "buy",
+                                            "price": "700", "size": "0.01", "client_oid": oid})
+        assert again.json()["existing"] is True and again.json()["client_oid"] == oid
