@@ -836,7 +836,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
 
 
 # ---------------------------------------------------------------- OpenAPI security, /docs
-_PRIVATE_TAGS = frozenset({"orders", "accounts"})
+_PRIVATE_TAGS = frozenset({"orders", "accounts", "fills"})
 SECURITY_SCHEMES = {
     "CbAccessKey": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_KEY,
                     "description": "Coinbase Exchange scheme: the API key"},

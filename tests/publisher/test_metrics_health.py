@@ -120,3 +120,34 @@ def test_a_stopped_journaler_is_not_ready_and_shows_in_the_lag(engine, anon):
         assert time.monotonic() < deadline, anon.get("/health").text
         time.sleep(0.25)
     assert anon.get("/health").json()["checks"]["journal"]["progress"] in ("idle", "advancing")
+
+
+def test_health_reports_a_configured_standby(tmp_path):
+    """A shard with a standby has a ``replicator`` child: /health is ready only while it
+    is, and shows the standby's acknowledged sequence (run/<shard>.replication.json)."""
+    from types import SimpleNamespace
+    from publisher.app import EngineProbe, health_report
+    run = tmp_path / "run"
+    run.mkdir()
+    health = run / "sb0.health.json"
+    (run / "sb0.replication.json").write_text(json.dumps({"acked": 40, "sent": 41}))
+    service = SimpleNamespace(model=SimpleNamespace(applied_seq=41, events_applied=50),
+                              last_seq=41)
+    probe = EngineProbe("sb0-no-rings-%d" % os.getpid(), str(health), str(tmp_path))
+    probe.replication_path = str(run / "sb0.replication.json")
+
+    def report(replicator_state):
+        children = {name: {"pid": 1, "state": "ready", "restarts": 0}
+                    for name in ("journaler", "matcher", "publisher")}
+        children["replicator"] = {"pid": 2, "state": replicator_state, "restarts": 1}
+        health.write_text(json.dumps({"shard": "sb0", "state": "ready", "children": children,
+                                      "updated_ns": time.time_ns(),
+                                      "journal": {"durable_seq": 41}}))
+        return health_report(str(health), service, time.time_ns(), probe=probe)
+    status, body = report("ready")
+    assert status == 200, body
+    assert body["checks"]["standby"]["configured"] is True
+    assert body["checks"]["standby"]["acked_seq"] == 40
+    status, body = report("restarting")
+    assert status == 503 and "standby" in body["reason"] and "restarting" in body["reason"]
+    assert body["checks"]["standby"]["ok"] is False
