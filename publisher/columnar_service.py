@@ -3,12 +3,15 @@
 ``publisher.service.PublisherService`` rules 1-4 hold unchanged; ``on_events`` takes an
 ``EventBatch`` (or anything ``as_event_array`` takes) and does the per-event parts with
 numpy: the duplicate skip (rule 2) is one comparison over the batch, and only the
-events of commands someone waits for (REST writes, rule 3) become Python tuples.
+events of commands someone waits for (REST writes, rule 3) become Python tuples.  A
+batch of at most ``SMALL_BATCH`` events becomes tuples once (``tolist``), read here and
+by the model's per-event path.
 """
 
 import numpy as np
 
-from publisher.columnar import EventBatch, as_event_array, _events_of
+from publisher.columnar import (SMALL_BATCH, EventBatch, as_event_array, _events_of, _E_SEQ,
+                                _E_EVENT_INDEX, _records_of)
 from publisher.service import PublisherService
 
 __all__ = ["ColumnarService"]
@@ -35,18 +38,32 @@ class ColumnarService(PublisherService):
         if not n:
             return None
         last_seq, last_index = self.last_seq, self.last_index
-        s0 = int(arr["seq"][0])
-        if s0 < last_seq or (s0 == last_seq and int(arr["event_index"][0]) <= last_index):
+        recs = None
+        if n <= SMALL_BATCH:                  # the per-event path: Python tuples, no numpy
+            recs = _records_of(arr)
+            first, last = recs[0], recs[-1]
+            s0, i0 = first[_E_SEQ], first[_E_EVENT_INDEX]
+        else:
+            s0, i0 = int(arr["seq"][0]), int(arr["event_index"][0])
+        if s0 < last_seq or (s0 == last_seq and i0 <= last_index):
             seqs = arr["seq"]
             keep = (seqs > last_seq) | ((seqs == last_seq) & (arr["event_index"] > last_index))
             kept = int(keep.sum())
             self.skipped += n - kept                           # rule 2
             if not kept:
                 return None
-            arr = arr.take(np.flatnonzero(keep))
-        self.last_seq = int(arr["seq"][-1])
-        self.last_index = int(arr["event_index"][-1])
-        changes = self.model.apply(arr)
+            sel = np.flatnonzero(keep)
+            arr = arr.take(sel)
+            if recs is not None:
+                recs = [recs[i] for i in sel.tolist()]
+                last = recs[-1]
+        if recs is not None:
+            self.last_seq, self.last_index = last[_E_SEQ], last[_E_EVENT_INDEX]
+            changes = self.model.apply(arr, _records=recs)
+        else:
+            self.last_seq = int(arr["seq"][-1])
+            self.last_index = int(arr["event_index"][-1])
+            changes = self.model.apply(arr)
         self.batches += 1
         waiters = self.waiters
         if waiters:
@@ -57,7 +74,7 @@ class ColumnarService(PublisherService):
                     waiters[e.seq].events.append(e)
         self.hub.publish(changes)
         if waiters:
-            closed = changes.closed_seqs
+            closed = np.asarray(changes.closed_seqs, np.int64)
             hit = closed[np.isin(closed, np.fromiter(waiters, np.int64, len(waiters)))]
             self._resolve_waiters(hit.tolist())                   # rule 3
         self._wake_seq_waiters()
