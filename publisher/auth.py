@@ -72,8 +72,6 @@ CB_HEADER_KEY = "CB-ACCESS-KEY"
 CB_HEADER_SIGN = "CB-ACCESS-SIGN"
 CB_HEADER_TIMESTAMP = "CB-ACCESS-TIMESTAMP"
 CB_HEADER_PASSPHRASE = "CB-ACCESS-PASSPHRASE"
-#: every header that carries a credential (never logged: publisher/access_log.py)
-SECRET_HEADERS = frozenset(h.lower() for h in (HEADER_SIGN, CB_HEADER_SIGN, CB_HEADER_PASSPHRASE))
 SCHEME_RM = "rm"
 SCHEME_COINBASE = "coinbase"
 SCOPE_VIEW = "view"
