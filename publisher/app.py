@@ -904,7 +904,6 @@ page only): key <input id="rm-key" size="20"> secret <input id="rm-secret" type=
 passphrase <input id="rm-passphrase" type="password" size="14"> <span id="rm-scheme">(with a
 passphrase: CB-ACCESS-*, the secret base64; without: RM-ACCESS-*)</span></form>
 <div id="swagger-ui"></div>
-<script src="%(js)s"></script>
 <script>
 async function rmHmac(keyBytes, message) {
   const key = await crypto.subtle.importKey("raw", keyBytes, {name: "HMAC", hash: "SHA-256"},
@@ -934,6 +933,9 @@ async function rmSign(req) {
   }
   return req;
 }
+</script>
+<script src="%(js)s"></script>
+<script>
 window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
   layout: "BaseLayout", requestInterceptor: rmSign});

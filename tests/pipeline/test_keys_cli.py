@@ -3,7 +3,7 @@
 The store's file is checked as an operator would (mode 0600, the secret shown once and
 never by ``list``), and every refusal is a non-zero exit with one line on stderr.  That
 a running publisher honours a revoke within a bounded time is
-tests/publisher/test_coinbase_auth.py::test_a_revoked_key_stops_working_within_two_seconds.
+tests/publisher/test_coinbase_auth.py::test_a_revoked_key_stops_working_within_three_seconds.
 """
 import json
 import os

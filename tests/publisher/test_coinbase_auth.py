@@ -207,7 +207,7 @@ def test_the_rm_scheme_still_works_with_a_cli_key(engine):
     assert all(a["account_id"] == 302 for a in r.json())
 
 
-def test_a_revoked_key_stops_working_within_two_seconds(engine):
+def test_a_revoked_key_stops_working_within_three_seconds(engine):
     key = create_key(engine, 303, "trade")
     with cb_client(engine, key) as c:
         assert wait_accepted(c).status_code == 200
@@ -219,7 +219,8 @@ def test_a_revoked_key_stops_working_within_two_seconds(engine):
             if r.status_code == 401:
                 break
             assert r.status_code == 200
-            assert time.monotonic() - revoked_at < 2.0, "revoked key still accepted after 2 s"
+            # auth rule 10: re-read within ~1 s; 3 s leaves room for a loaded host
+            assert time.monotonic() - revoked_at < 3.0, "revoked key still accepted after 3 s"
             time.sleep(0.05)
     assert "revoked" in r.json()["message"]
 
