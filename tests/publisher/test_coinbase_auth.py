@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 
