@@ -594,7 +594,9 @@ class SoaMatcher(object):
         if refused:
             self._reject(cmd, R_NOT_PRIVILEGED, 0)
         elif kind == K_NEW:
-            self._new_order(seq, cmd)
+            t = self._new_order(seq, cmd)   # None/0, or handle + 1 of an order to take
+            if t:
+                self._take_new(t - 1)
         elif kind == K_CANCEL:
             self._cancel(cmd)
         elif kind == K_AMEND:
@@ -782,14 +784,31 @@ class SoaMatcher(object):
             self._new_stop(s, sym, a, cmd)
             if ob[s + O_STATE] == FREE:
                 self.o_free.append(s)
-        elif not self._new_taker(s, sym, a, cmd, seq, side, otype, tif, flags, price, qty,
-                                 funds):
-            self.o_free.append(s)        # rejected
+        else:
+            r = self._new_taker(s, sym, a, cmd, seq, side, otype, tif, flags, price, qty, funds)
+            if r is None:
+                self.o_free.append(s)        # rejected
+            elif r is not True:
+                return s + 1                 # accepted, to take: process calls _take_new
+        return 0
+
+    def _take_new(self, s):
+        """The taker phase of an accepted limit/market order (S7: called from
+        :meth:`process`, so the frames of _new_order and _new_taker, with their many int
+        locals, are gone when the maker loop is entered; docs/engine.md); frees the slot
+        before the triggers run, since a triggered order may take it."""
+        sym = self.symbols[self.ob[s + O_SYM]]
+        last = sym.last_price
+        self._take(s, sym)
+        if self.ob[s + O_STATE] == FREE:
+            self.o_free.append(s)
+        if sym.last_price != last and sym.stops:
+            self._run_triggers(sym)
 
     def _new_taker(self, s, sym, a, cmd, seq, side, otype, tif, flags, price, qty, funds):
         """Limit/market entry.  None when rejected (the caller frees the slot), True once
-        accepted: the slot is then handled here (resting, or freed before the triggers
-        run, since a triggered order may take the slot)."""
+        accepted and handled here (rested), else ``s``: accepted, the taker phase is
+        :meth:`_take_new`'s."""
         ob = self.ob
         bal = self.bal
         ab = a * self.W
@@ -861,14 +880,8 @@ class SoaMatcher(object):
                 return True
         if flags & F_POST:
             self._rest(s, sym)
-        else:
-            last = sym.last_price
-            self._take(s, sym)
-            if ob[s + O_STATE] == FREE:
-                self.o_free.append(s)
-            if sym.last_price != last and sym.stops:
-                self._run_triggers(sym)
-        return True
+            return True
+        return s
 
     def _new_stop(self, s, sym, a, cmd):
         ob = self.ob
