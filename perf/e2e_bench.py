@@ -115,7 +115,8 @@ def producer_main(argv):
     """
     import numpy as np
     from ringbuf import Ring
-    ring_name, rate, seconds, seed, producer_id, mode = argv
+    ring_name, rate, seconds, seed, producer_id, mode = argv[:6]
+    quantum_s = float(argv[6]) / 1e6 if len(argv) > 6 else 0.0
     rate, seconds, seed = float(rate), float(seconds), int(seed)
     n = int(rate * seconds)
     block = max(1, min(n, BLOCK))
@@ -144,7 +145,10 @@ def producer_main(argv):
             break
         due = min(n, int((now - t0) / period_ns) + 1)
         if due <= sent:
-            time.sleep(min(0.0005, max(0.0, (t0 + sent * period_ns - now) / 1e9)))
+            # nothing due: sleep until the next command is due, but at least the send
+            # quantum (a batch then holds what came due meanwhile; the delay counts in the
+            # latency, which is measured from the schedule), at most 0.5 ms
+            time.sleep(min(0.0005, max(quantum_s, (t0 + sent * period_ns - now) / 1e9)))
             continue
         row = sent % block
         m = min(due - sent, max_batch, block - row)   # a batch never crosses the block's end
@@ -177,12 +181,16 @@ def producer_main(argv):
     return 0
 
 
+SEND_QUANTUM_US = [0.0]     # --send-quantum-us
+
+
 def _start_producers(ring_name, rate, seconds, producers, mode, env=None, seed_base=0):
     procs = []
     for k in range(producers):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "perf.e2e_bench", "--producer", ring_name,
-             str(rate / producers), str(seconds), str(1 + k + seed_base), str(100 + k), mode],
+             str(rate / producers), str(seconds), str(1 + k + seed_base), str(100 + k), mode,
+             str(SEND_QUANTUM_US[0])],
             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env))
     for p in procs:
         line = p.stdout.readline().decode().strip()
@@ -901,6 +909,10 @@ def main(argv=None):
                         help="comma list of RINGMATCH_PRODUCER_WAIT settings to compare "
                              "(default = the ring's default; sleep-poll = the wait before "
                              "issue 13)")
+    parser.add_argument("--send-quantum-us", type=float, default=0.0,
+                        help="a load generator with nothing due sleeps at least this long "
+                             "(its batches hold what came due meanwhile: fewer, larger "
+                             "batches and less generator CPU; the wait counts in the latency)")
     parser.add_argument("--variant", action="append", default=[],
                         help="LABEL:SECTION.KEY=VALUE,... engine settings to compare "
                              "(repeatable; each runs the whole sweep on its own engine)")
@@ -910,6 +922,7 @@ def main(argv=None):
                         help="attach a standby on this host (the replicator's CPU is then "
                              "measured too); fsync is then per batch on both")
     args = parser.parse_args(argv)
+    SEND_QUANTUM_US[0] = args.send_quantum_us
     from perf.harness import environment
     from engine.supervisor import find_matcher_interpreter
     rates = [float(r) for r in args.rates.split(",")]
@@ -943,6 +956,7 @@ def main(argv=None):
     report["settings"] = {
         "command": "python -m perf.e2e_bench " + " ".join(argv),
         "fsync": args.fsync, "producers (load generators)": args.producers,
+        "generator send quantum (us)": args.send_quantum_us,
         "replication": args.replication,
         "code": _git_revision(),
         "seconds per step": args.seconds, "passes per rate": args.passes,

@@ -31,16 +31,21 @@ Theory of operation (numbered rules; the code refers to them):
    the newest scheduled batch grows), and so is the bound (each batch on the
    loop holds at most ``max_batch`` events).
    After a small batch (fewer than ``max_batch // 16`` events) the thread waits
-   ``linger_s`` (``publisher.feed_linger_ms``, default 4 ms) before it polls
+   ``linger_s`` (``publisher.feed_linger_ms``, default 10 ms) before it polls
    again: at moderate load the matcher publishes a few events at a time, and
    small batches cost the columnar model ~11 us per event (its per-event path)
    against ~1-3 us per event once a batch holds a few hundred; lingering makes
-   the next batch hold what arrived meanwhile (measured at 10k commands/s:
-   publisher CPU 42 -> 26 us per command; 2 ms: 32).  The batch just polled
+   the next batch hold what arrived meanwhile, and the thread wakes once per
+   linger instead of once per matcher batch (measured at 10k commands/s:
+   publisher CPU 42 -> 26 us per command with 4 ms, 2 ms: 32; 10 ms: ~30%
+   below 4 ms, perf/results/e2e_2026-12-04_waits.md).  The batch just polled
    is handed over at once (no delay for it); later events wait at most
-   ``linger_s`` more.  The publisher is not on the colocated clients' report
-   path (they read the output ring themselves), and its WebSocket fan-out is
-   throttled by ``ws_conflate_ms`` anyway.  0 disables it.
+   ``linger_s`` more.  It does not pause while a REST request waits for an
+   outcome or an applied sequence (``urgent``: the service's waiters), so
+   REST order latency does not pay for it (a request that arrives during a
+   pause waits for the rest of it).  The publisher is not on the colocated
+   clients' report path (they read the output ring themselves), and its
+   WebSocket fan-out is throttled by ``ws_conflate_ms`` anyway.  0 disables it.
 3. REST writes are commands written to the input ring by this process's
    producer (``publisher.producer_id``, default 1) from the loop thread.
 5. The listening socket has a bounded send buffer (``publisher.socket_sndbuf``,
@@ -62,12 +67,15 @@ import time
 
 __all__ = ["main", "RingFeed", "build_service"]
 
+FEED_LINGER_MS = 10      # rule 2
+
 
 class RingFeed(object):
     """The consumer thread of rule 2."""
 
     def __init__(self, consumer, loop, on_events, max_batch=4096, max_inflight=8,
-                 poll_timeout=0.5, log=None, skip_upto=0, decode=None, linger_s=0.0):
+                 poll_timeout=0.5, log=None, skip_upto=0, decode=None, linger_s=0.0,
+                 urgent=None):
         self.consumer = consumer
         self.decode = decode                  # Batch -> events; default: columnar copy-out
         self.loop = loop                      # None until go_live()
@@ -76,6 +84,7 @@ class RingFeed(object):
         self.inflight = threading.BoundedSemaphore(max_inflight)
         self.poll_timeout = poll_timeout
         self.linger_s = linger_s              # rule 2: pause after a small batch
+        self.urgent = urgent                  # rule 2: () -> True: someone waits, no pause
         self.log = log
         self.skip_upto = skip_upto
         self.stopping = threading.Event()
@@ -148,13 +157,15 @@ class RingFeed(object):
             from publisher.columnar import EventBatch
             decode = EventBatch.copy_of
         linger, small = self.linger_s, max(1, self.max_batch // 16)
+        urgent = self.urgent
         sleep = time.sleep
         pause = False
         try:
             while not self.stopping.is_set():
                 if pause:                              # rule 2: after a small batch
-                    sleep(linger)
                     pause = False
+                    if urgent is None or not urgent():
+                        sleep(linger)
                 if self.held and self.loop is not None and not self._hand_over():
                     return
                 batch = consumer.poll(max_batch=self.max_batch, timeout=self.poll_timeout)
@@ -295,7 +306,8 @@ def main(argv=None):
         from publisher.event_decoder import decode_batch as decode
     feed = RingFeed(consumer, None, service.on_events, max_batch=args.max_batch, log=log,
                     skip_upto=durable, decode=decode,
-                    linger_s=float(pub.get("feed_linger_ms", 4)) / 1000.0)
+                    linger_s=float(pub.get("feed_linger_ms", FEED_LINGER_MS)) / 1000.0,
+                    urgent=lambda: bool(service.waiters or service.seq_waiters))
     feed.start()                                                              # rule 2
     try:
         info = rebuild(service, runtime, shard, exchange, consumer.sequence, log,

@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-def _run(linger_s):
+def _run(linger_s, urgent=None):
     from engine.config import DEFAULT_CONFIG
     from engine.events import BytesSink
     from engine.matcher import Matcher
@@ -48,7 +48,7 @@ def _run(linger_s):
             if sum(len(b) for b in batches) >= total:
                 done.set()
         feed = RingFeed(ring.consumer("publisher"), loop, on_events, max_batch=4096,
-                        linger_s=linger_s)
+                        linger_s=linger_s, urgent=urgent)
         feed.start()
         for chunk in chunks[:100]:
             writer.flush(chunk)
@@ -72,3 +72,10 @@ def test_linger_gives_fewer_larger_batches_and_loses_nothing():
     lingered = _run(0.03)
     assert len(plain) >= 50, len(plain)           # ~one batch per write of the first 100
     assert len(lingered) * 3 <= len(plain), (len(lingered), len(plain))
+
+
+def test_no_linger_while_someone_waits():
+    """A REST request waiting for an outcome (the service's waiters) turns the pause off."""
+    plain = _run(0.0)
+    urgent = _run(0.03, urgent=lambda: True)
+    assert len(urgent) * 2 >= len(plain), (len(urgent), len(plain))
