@@ -18,10 +18,15 @@ no WebSocket subscribers.  Each pass starts from a fresh service; passes alterna
 between the models; the figures are events / CPU second (``time.process_time``) and
 events / wall second.
 
+``--batch`` takes a comma-separated list: every batch size is measured in the same
+run (one stream, cut per size), each with its own alternating passes, one table row
+per size and model.
+
 Usage::
 
-    python -m perf.publisher_ingest_bench [--commands 100000] [--passes 5] [--batch 4096]
-        [--models object,columnar] [--cprofile MODEL] [--out perf/results/publisher_ingest_columnar.md]
+    python -m perf.publisher_ingest_bench [--commands 100000] [--passes 5]
+        [--batch 4,64,1024,4096,16384] [--models object,columnar] [--cprofile MODEL]
+        [--out perf/results/publisher_ingest_columnar.md] [--json FILE]
 """
 import argparse
 import os
@@ -119,20 +124,34 @@ def _same_views(a, b):
         assert [o.order_id for o in ma.open_orders(acct)] == [o.order_id for o in mb.open_orders(acct)]
 
 
+def _measure(chunks, n_events, models, passes):
+    """{model: (cpu stats, wall stats)} of ``passes`` alternating passes (after a warm-up)."""
+    services = {m: one_pass(chunks, m)[2] for m in models}           # warm-up
+    if len(services) == 2:
+        _same_views(services["object"], services["columnar"])
+    runs = {m: [] for m in models}
+    for _ in range(passes):
+        for m in models:
+            runs[m].append(one_pass(chunks, m)[:2])
+    return {m: (_stats([n_events / c for _, c in runs[m]]),
+                _stats([n_events / w for w, _ in runs[m]])) for m in models}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--commands", type=int, default=100000)
     p.add_argument("--passes", type=int, default=5)
-    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--batch", default="4096", help="batch size(s), comma-separated")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--models", default="object,columnar")
     p.add_argument("--cprofile", default=None, metavar="MODEL")
-    p.add_argument("--out", default=None, help="also write the results (markdown) to this file")
+    p.add_argument("--out", default=None, help="also append the results (markdown) to this file")
     p.add_argument("--json", default=None, help="also write the results (JSON) to this file")
     args = p.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
+    sizes = [int(b) for b in args.batch.split(",") if b]
     load0 = os.getloadavg()
-    chunks, n_events, n_cmds = build_stream(args.commands, args.seed, args.batch)
+    chunks, n_events, n_cmds = build_stream(args.commands, args.seed, sizes[0])
     if args.cprofile:
         import cProfile
         import pstats
@@ -142,44 +161,44 @@ def main(argv=None):
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return 0
-    services = {m: one_pass(chunks, m)[2] for m in models}           # warm-up
-    if len(services) == 2:
-        _same_views(services["object"], services["columnar"])
-    runs = {m: [] for m in models}
-    for _ in range(args.passes):
-        for m in models:
-            runs[m].append(one_pass(chunks, m)[:2])
-    load1 = os.getloadavg()
+    from ringbuf.records import EVENT_SIZE
+    data = b"".join(chunks)
     result = {"interpreter": "%s %s" % (sys.implementation.name, platform.python_version()),
               "machine": "%s, %d cpus" % (platform.machine(), os.cpu_count() or 0),
-              "commands": n_cmds, "events": n_events, "batch": args.batch,
-              "passes": args.passes, "loadavg_before": load0, "loadavg_after": load1,
+              "commands": n_cmds, "events": n_events, "passes": args.passes,
               "command": "python -m perf.publisher_ingest_bench " + " ".join(
                   argv if argv is not None else sys.argv[1:]),
-              "models": {}}
+              "batches": {}}
     lines = []
-    for m in models:
-        wall = _stats([n_events / w for w, _ in runs[m]])
-        cpu = _stats([n_events / c for _, c in runs[m]])
-        result["models"][m] = {"cpu_events_per_s": {"median": cpu[0], "min": cpu[1], "max": cpu[2]},
-                               "wall_events_per_s": {"median": wall[0], "min": wall[1], "max": wall[2]},
-                               "us_per_event_cpu_median": 1e6 / cpu[0]}
-        lines.append("| %s | %.2fM | %.2fM | %.2fM | %.2fM | %.3f |" % (
-            m, cpu[0] / 1e6, cpu[1] / 1e6, cpu[2] / 1e6, wall[0] / 1e6, 1e6 / cpu[0]))
-    if len(models) == 2:
-        ratio = (result["models"]["columnar"]["cpu_events_per_s"]["median"]
-                 / result["models"]["object"]["cpu_events_per_s"]["median"])
-        result["speedup_cpu_median"] = ratio
-    head = ("%s, %s; %d commands -> %d events (%.2f/command), batches of %d, %d passes per "
-            "model (alternating); loadavg %.2f/%.2f/%.2f before, %.2f/%.2f/%.2f after" % (
+    for size in sizes:
+        step = size * EVENT_SIZE
+        chunks = [data[i:i + step] for i in range(0, len(data), step)]
+        l0 = os.getloadavg()
+        stats = _measure(chunks, n_events, models, args.passes)
+        l1 = os.getloadavg()
+        row = {"loadavg_before": l0, "loadavg_after": l1, "models": {}}
+        for m in models:
+            cpu, wall = stats[m]
+            row["models"][m] = {"cpu_events_per_s": {"median": cpu[0], "min": cpu[1], "max": cpu[2]},
+                                "wall_events_per_s": {"median": wall[0], "min": wall[1], "max": wall[2]},
+                                "us_per_event_cpu_median": 1e6 / cpu[0]}
+            lines.append("| %d | %s | %.2fM | %.2fM | %.2fM | %.2fM | %.3f | %s | %.1f-%.1f |" % (
+                size, m, cpu[0] / 1e6, cpu[1] / 1e6, cpu[2] / 1e6, wall[0] / 1e6, 1e6 / cpu[0],
+                "%.1fx" % (cpu[0] / stats["object"][0][0]) if m == "columnar" and "object" in stats
+                else "", min(l0[0], l1[0]), max(l0[0], l1[0])))
+        result["batches"][str(size)] = row
+        print(lines[-1] if len(models) == 1 else "\n".join(lines[-len(models):]), flush=True)
+    load1 = os.getloadavg()
+    result["loadavg_before"], result["loadavg_after"] = load0, load1
+    head = ("%s, %s; %d commands -> %d events (%.2f/command), %d passes per model and "
+            "batch size (alternating); loadavg %.2f/%.2f/%.2f before, %.2f/%.2f/%.2f after" % (
                 result["interpreter"], result["machine"], n_cmds, n_events,
-                n_events / float(n_cmds), args.batch, args.passes, load0[0], load0[1], load0[2],
+                n_events / float(n_cmds), args.passes, load0[0], load0[1], load0[2],
                 load1[0], load1[1], load1[2]))
-    table = ["| model | CPU events/s median | min | max | wall median | us/event (CPU) |",
-             "| --- | --- | --- | --- | --- | --- |"] + lines
+    table = ["| batch | model | CPU events/s median | min | max | wall median | us/event (CPU) "
+             "| columnar / object | loadavg (1 min) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + lines
     text = head + "\n\n" + "\n".join(table) + "\n"
-    if "speedup_cpu_median" in result:
-        text += "\ncolumnar / object (CPU medians): %.1fx\n" % result["speedup_cpu_median"]
     print(text)
     if args.out:
         with open(args.out, "a") as f:

@@ -20,8 +20,14 @@ rules 1-8 hold unchanged, these say how):
    Python objects only when the hub sends them to a subscriber (conflation merges
    them lazily too); execution reports are built only for the accounts someone
    listens to (``report_accounts``, the hub's user subscriptions).  Everything else
-   is a fixed number of numpy operations per batch; sections whose event kinds are
-   absent from the batch are skipped.
+   is a fixed number of numpy operations per batch (~150 at the ring feed's 4096):
+   one stable sort of the batch by kind group and one copy of the records put each
+   section's events (order creations, rejections, order updates, balances, book
+   deltas, trades) in one contiguous slice, in event order, with their batch
+   positions; sections whose event kinds are absent are skipped.  Costs to avoid,
+   measured: ``searchsorted`` with many unsorted keys (~80 ns a key in branch
+   misses), casts in mixed-dtype arithmetic on strided fields, per-batch
+   ``np.unique``/``lexsort``.
 3. Orders are rows of column arrays (``_Orders``) in increasing order id (= the
    input sequence of the NEW_ORDER, so ACCEPTED events append), grown by doubling;
    an event finds its row through a dense map ``row_of[id - dbase]`` (binary search
@@ -30,7 +36,9 @@ rules 1-8 hold unchanged, these say how):
    write: plain fancy assignment, numpy assigning repeated indices in order
    (checked at import, ``_sequential_assign``; else events are sorted by row,
    ``_apply_order_updates_sorted``); sums (executed value, fees, fills, fee_num)
-   use ``np.add.at``; the status is the fold of its transitions.  Done orders enter
+   use ``np.add.at``; the status is the fold of its transitions (every FILL maps
+   pending -> open, then the constant transitions in event order).  The table is
+   preallocated for 2^17 rows (untouched pages cost nothing).  Done orders enter
    the done log in the order they first became done; beyond ``done_orders_keep``
    the oldest are forgotten at the end of the batch (the object model: at once;
    this differs only for events about an order forgotten earlier in the same
@@ -38,9 +46,11 @@ rules 1-8 hold unchanged, these say how):
    dropped by a compaction when they outnumber the rest (the dense map is rebuilt
    to span ~4 rows' worth of ids), so memory is bounded by open orders plus about
    twice the done window.
-4. Balances: totals per (account, asset) in a sorted key array (key =
-   account * 65536 + asset).  Per key, a batch's final total is the last BALANCE
-   set (or the previous total) plus the FILL moves after it.  Held amounts are
+4. Balances: totals per (account, asset) key (key = account * 65536 + asset) in a
+   dense array by slot (``_Totals``: slots in order of first sight, found through
+   an open-addressing hash table, vectorized, or a dict in the per-event path).
+   Per key, a batch's final total is the last BALANCE set (or the previous total)
+   plus the FILL moves after it.  Held amounts are
    derived on request from the account's open orders by ``_order_hold``, the one
    place where the matcher's hold rule M4 is re-derived (the events do not carry an
    order's hold after a fill or after it rests: see ``_order_hold``).
@@ -56,8 +66,14 @@ rules 1-8 hold unchanged, these say how):
    appended to arrays and folded into the dict on the first lookup.
 7. A batch of at most ``SMALL_BATCH`` events is applied one event at a time on the
    same columns (``_apply_small``, the object model's loop): the vectorized path's
-   fixed ~100-300 numpy calls per batch would cost ~100 us per event at low load,
-   where batches hold a few events.
+   fixed ~150 numpy calls per batch would cost ~100 us per event at low load,
+   where batches hold a few events.  That path makes no numpy call per event: the
+   records are tuples (``struct.iter_unpack``, shared with the service), columns,
+   totals, the done log, the trade ring and the 24h window are read and written as
+   Python ints through memoryviews (refreshed when an array is replaced), book
+   levels are set in place from the batch's L2 changes (numpy copies only for an
+   inserted or removed level).  It costs about what the object model costs per
+   event, plus a few microseconds per batch.
 """
 from bisect import bisect_left as _bisect_left
 from collections.abc import Mapping
@@ -1092,12 +1108,36 @@ class ColumnarSymbolView(SymbolView):
         self.window.add(arr["timestamp_ns"], arr["price"], arr["qty"])
 
     def _add_trade_rows(self, rows):
-        """``_add_trades`` for a few trade tuples (TRADE_DTYPE order; rule 7)."""
-        self.trades.append_rows(rows)
+        """``_add_trades`` for a few trade tuples (TRADE_DTYPE order; rule 7): the trade
+        ring's and the 24h window's arrays written through memoryviews."""
         last = rows[-1]
         self.last_price = last[1]
         self.last_qty = last[2]
         self.last_trade_id = last[0]
+        ring = self.trades
+        m = ring.maxlen
+        k = len(rows)
+        if k >= m:
+            ring.append_rows(rows)
+        else:
+            flat = ring._flat
+            if flat is None:
+                flat = ring._flat = memoryview(ring.buf.view(np.int64))
+            end = ring.start + ring.count
+            if end >= m:
+                end -= m
+            for r in rows:
+                b = end * 8
+                flat[b], flat[b + 1], flat[b + 2], flat[b + 3], flat[b + 4], flat[b + 5], \
+                    flat[b + 6], flat[b + 7] = r
+                end += 1
+                if end == m:
+                    end = 0
+            total = ring.count + k
+            if total > m:
+                ring.start = (ring.start + total - m) % m
+                total = m
+            ring.count = total
         self.window.add_rows(rows)
 
     def stats(self):
@@ -1276,6 +1316,15 @@ class _Totals(object):
             rest = np.ones(len(keys), bool)
             rest[win] = False
             keys, slots, h = keys[rest], slots[rest], h[rest]
+
+    def _check(self):
+        """Assert the invariants: every key is in the table once, at its slot."""
+        n = self.n
+        keys = self.keys[:n]
+        assert len(self.slot_of) == n
+        assert int((self.hkeys != -1).sum()) == n
+        assert self.slots(keys.copy()).tolist() == list(range(n))
+        assert all(self.slot_of[k] == i for i, k in enumerate(keys.tolist()))
 
     def account_items(self, account_id):
         """[(asset, total)] of an account, by asset."""
@@ -1468,13 +1517,11 @@ class ColumnarReadModel(object):
         open_seq, applied = self._open_seq, self.applied_seq
         ts_max = self.last_timestamp_ns
         report = self.report_accounts
-        want_reports = report is None or bool(report)
+        want_reports = report is None or report
         user_rows = []
-        rejected = None
-        status_events = []
+        rejected = status_events = cols = None
         if recs is None:
             recs = _records_of(arr)
-        cols = None
         for pos, e in enumerate(recs):
             kind = e[0]
             seq = e[10]
@@ -1506,6 +1553,8 @@ class ColumnarReadModel(object):
                 view = symbols.get(e[6])
                 if view is not None:
                     view.halted = e[7] == _HALTED
+                    if status_events is None:
+                        status_events = []
                     status_events.append(_new_event(e))
             elif _USER_KIND_T[kind]:
                 if want_reports:
@@ -1595,26 +1644,29 @@ class ColumnarReadModel(object):
         self._open_seq, self.applied_seq, self.last_timestamp_ns = open_seq, applied, ts_max
         if rejected:
             self._add_rejections(arr.take(rejected))
-        for sym, d in l2.items():                       # final sizes of the touched levels
-            view = symbols[sym]
-            view.bids.set_few(d, _BUY, view.asks)
+        if l2:
+            for sym, d in l2.items():                   # final sizes of the touched levels
+                view = symbols[sym]
+                view.bids.set_few(d, _BUY, view.asks)
+            changes.ticker.update(l2)
         if trades:
+            ct = changes.trades
             for sym, rows in trades.items():
                 symbols[sym]._add_trade_rows(rows)
-                changes.trades[sym] = TradeList(rows)
-        changes.status = status_events
+                ct[sym] = TradeList(rows)
+            changes.ticker.update(trades)
+        if status_events is not None:
+            changes.status = status_events
         changes.closed_seqs = closed
-        self._forget_done()
+        if self._done_tail - self._done_head > self.done_orders_keep:
+            self._forget_done()
         if user_rows:
             if report is not None:
                 user_rows = [i for i in user_rows if recs[i][9] in report]
             if user_rows:
                 self._reports(arr.take(user_rows), changes.user)
         self.events_applied += len(recs)
-        changes.ts_ns = self.last_timestamp_ns
-        changes.ticker.update(l2)
-        if trades:
-            changes.ticker.update(trades)
+        changes.ts_ns = ts_max
         return changes
 
     def _create_one(self, e, arr, pos):
@@ -2357,3 +2409,4 @@ class ColumnarReadModel(object):
         assert not (c["forgotten"][:t.n] & ~c["ever_done"][:t.n]).any(), "open order forgotten"
         st = c["status"][:t.n]
         assert ((st != _DONE) | c["ever_done"][:t.n]).all()
+        self._totals._check()

@@ -11,7 +11,7 @@ by the model's per-event path.
 import numpy as np
 
 from publisher.columnar import (SMALL_BATCH, EventBatch, as_event_array, _events_of, _E_SEQ,
-                                _E_EVENT_INDEX, _records_of)
+                                _E_EVENT_INDEX, _iter_unpack, ColumnarChanges)
 from publisher.service import PublisherService
 
 __all__ = ["ColumnarService"]
@@ -40,7 +40,7 @@ class ColumnarService(PublisherService):
         last_seq, last_index = self.last_seq, self.last_index
         recs = None
         if n <= SMALL_BATCH:                  # the per-event path: Python tuples, no numpy
-            recs = _records_of(arr)
+            recs = list(_iter_unpack(arr)) if arr.flags.c_contiguous else arr.tolist()
             first, last = recs[0], recs[-1]
             s0, i0 = first[_E_SEQ], first[_E_EVENT_INDEX]
         else:
@@ -59,7 +59,7 @@ class ColumnarService(PublisherService):
                 last = recs[-1]
         if recs is not None:
             self.last_seq, self.last_index = last[_E_SEQ], last[_E_EVENT_INDEX]
-            changes = self.model.apply(arr, _records=recs)
+            changes = self.model._apply_small(arr, ColumnarChanges(), recs)
         else:
             self.last_seq = int(arr["seq"][-1])
             self.last_index = int(arr["event_index"][-1])

@@ -261,3 +261,28 @@ def test_sorted_last_writer_fallback_equal(monkeypatch):
     import publisher.columnar as columnar
     monkeypatch.setattr(columnar, "_SEQUENTIAL_ASSIGN", False)
     _run(8000, seed=24, checkpoints=2, keeps={"done_orders_keep": 1000})
+
+
+@pytest.mark.timeout(120)
+def test_totals_hash_table_matches_a_dict():
+    """The balances' key -> slot table (vectorized lookups, one-key inserts from the
+    per-event path, batches of new keys, growth of the table) finds what a dict does."""
+    import numpy as np
+    from publisher.columnar import _Totals
+    rng = random.Random(41)
+    tot = _Totals()
+    ref = {}
+    pool = [rng.randrange(1, 1 << 32) * 65536 + rng.randrange(0, 8) for _ in range(30000)]
+    for step in range(300):
+        if rng.random() < 0.5:
+            for _ in range(rng.randrange(1, 20)):
+                key = rng.choice(pool)
+                slot = tot.slot(key)
+                assert ref.setdefault(key, slot) == slot
+        else:
+            keys = [rng.choice(pool) for _ in range(rng.randrange(1, 3000))]
+            slots = tot.slots(np.array(keys, np.int64)).tolist()
+            for key, slot in zip(keys, slots):
+                assert ref.setdefault(key, slot) == slot
+    assert sorted(ref.values()) == list(range(len(ref))) and tot.n == len(ref) > 10000
+    tot._check()
