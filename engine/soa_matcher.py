@@ -111,12 +111,43 @@ _ORDER = struct.Struct("<qIHBBBBBBqqqqQHqqqq16sq")
 _SYM_HDR = struct.Struct("<HBqqII")
 
 
+_HEAP_SLACK = 64        # S2: a price heap is rebuilt beyond 2 x its live levels + this
+_SCAN_TICKS = 256       # S2: _prices_to steps tick by tick over at most this many ticks
+
+
+def _push_price(heap, key, levels, sign):
+    """S2: add a new level's price key (``sign * price``) to a side's heap; rebuild the
+    heap from the live levels once the prices of dropped levels make it too long (the
+    heap then holds each live price once).  Amortised O(log L)."""
+    if len(heap) > 2 * len(levels) + _HEAP_SLACK:
+        heap[:] = [sign * p for p in levels]
+        heapq.heapify(heap)
+    else:
+        heapq.heappush(heap, key)
+
+
+def _prices_to(levels, best, limit, sign):
+    """S2: the level prices of one side from ``best`` to ``limit`` (inclusive) in
+    priority order (asks ascending: ``sign`` 1; bids descending: -1).  Steps tick by
+    tick over a span of at most _SCAN_TICKS ticks (a FOK limit near the touch), else
+    sorts the side's prices (O(L log L)).  ``best`` is NO_ASK/NO_BID for an empty side."""
+    if not levels:
+        return ()
+    if sign == 1:
+        if limit - best <= _SCAN_TICKS:
+            return [p for p in range(best, limit + 1) if p in levels]
+        return sorted(p for p in levels if p <= limit)
+    if best - limit <= _SCAN_TICKS:
+        return [p for p in range(best, limit - 1, -1) if p in levels]
+    return sorted((p for p in levels if p >= limit), reverse=True)
+
+
 class _Sym(object):
     """One symbol: the spec's numbers flattened, its book (S2) and its stops."""
 
     __slots__ = ("symbol_id", "spec", "base_i", "quote_i", "bpl", "u", "maker", "taker",
                  "band", "min_qty", "max_qty", "halted", "last_price", "trade_id",
-                 "bid_levels", "ask_levels", "bid_prices", "ask_prices", "best_bid",
+                 "bid_levels", "ask_levels", "bid_heap", "ask_heap", "best_bid",
                  "best_ask", "rising", "falling", "stops")
 
     def __init__(self, spec, index):
@@ -136,8 +167,8 @@ class _Sym(object):
         self.trade_id = 0
         self.bid_levels = {}        # price -> level slot
         self.ask_levels = {}
-        self.bid_prices = SortedList()   # negated
-        self.ask_prices = SortedList()
+        self.bid_heap = []          # S2: level prices, negated; lazily deleted
+        self.ask_heap = []
         self.best_bid = NO_BID
         self.best_ask = NO_ASK
         self.rising = SortedList()  # (stop_price, order_id)
@@ -375,7 +406,7 @@ class SoaMatcher(object):
             if lv < 0:
                 lv = self._new_level(price)
                 sym.bid_levels[price] = lv
-                sym.bid_prices.add(-price)
+                _push_price(sym.bid_heap, -price, sym.bid_levels, -1)
                 if price > sym.best_bid:
                     sym.best_bid = price
         else:
@@ -383,7 +414,7 @@ class SoaMatcher(object):
             if lv < 0:
                 lv = self._new_level(price)
                 sym.ask_levels[price] = lv
-                sym.ask_prices.add(price)
+                _push_price(sym.ask_heap, price, sym.ask_levels, 1)
                 if price < sym.best_ask:
                     sym.best_ask = price
         tail = self.lv_tail[lv]
@@ -442,17 +473,22 @@ class SoaMatcher(object):
 
     def _drop_level(self, sym, side, price):
         if side == BUY:
-            lv = sym.bid_levels.pop(price)
-            prices = sym.bid_prices
-            prices.remove(-price)
+            levels = sym.bid_levels
+            lv = levels.pop(price)
             if price == sym.best_bid:
-                sym.best_bid = -prices[0] if prices else NO_BID
+                # S2: the heap's top, once the prices of dropped levels are popped
+                heap = sym.bid_heap
+                while heap and -heap[0] not in levels:
+                    heapq.heappop(heap)
+                sym.best_bid = -heap[0] if heap else NO_BID
         else:
-            lv = sym.ask_levels.pop(price)
-            prices = sym.ask_prices
-            prices.remove(price)
+            levels = sym.ask_levels
+            lv = levels.pop(price)
             if price == sym.best_ask:
-                sym.best_ask = prices[0] if prices else NO_ASK
+                heap = sym.ask_heap
+                while heap and heap[0] not in levels:
+                    heapq.heappop(heap)
+                sym.best_ask = heap[0] if heap else NO_ASK
         self.lv_free.append(lv)
 
     # -- stops ---------------------------------------------------------------
@@ -921,18 +957,13 @@ class SoaMatcher(object):
         lv_head = self.lv_head
         if side == BUY:
             limit = oprice or NO_ASK - 1
-            prices = sym.ask_prices
             levels = sym.ask_levels
-            sign = 1
+            prices = _prices_to(levels, sym.best_ask, limit, 1)
         else:
             limit = oprice or 1
-            prices = sym.bid_prices
             levels = sym.bid_levels
-            sign = -1
-        for key in prices:
-            price = key * sign
-            if (sign == 1 and price > limit) or (sign == -1 and price < limit):
-                return False
+            prices = _prices_to(levels, sym.best_bid, limit, -1)
+        for price in prices:
             m = lv_head[levels[price]]
             while m >= 0:
                 if ob[m + O_ACCT] == account_id:
@@ -994,11 +1025,11 @@ class SoaMatcher(object):
             lv = self._new_level(price)
             levels[price] = lv
             if side == BUY:
-                sym.bid_prices.add(-price)
+                _push_price(sym.bid_heap, -price, levels, -1)
                 if price > sym.best_bid:
                     sym.best_bid = price
             else:
-                sym.ask_prices.add(price)
+                _push_price(sym.ask_heap, price, levels, 1)
                 if price < sym.best_ask:
                     sym.best_ask = price
         lv_tail = self.lv_tail
@@ -1765,11 +1796,11 @@ class SoaMatcher(object):
         """Best-first ``[(price, total)]`` of one side.  O(n)."""
         sym = self.symbols[symbol_id]
         if side == BUY:
-            prices = [-p for p in sym.bid_prices]
             levels = sym.bid_levels
+            prices = sorted(levels, reverse=True)
         else:
-            prices = list(sym.ask_prices)
             levels = sym.ask_levels
+            prices = sorted(levels)
         if n is not None:
             prices = prices[:n]
         return [(p, self.lv_total[levels[p]]) for p in prices]
@@ -1923,9 +1954,12 @@ class SoaMatcher(object):
         live = 0
         seen = set()
         for sid, sym in self.symbols.items():
-            for side, levels, prices, sign in ((BUY, sym.bid_levels, sym.bid_prices, -1),
-                                               (SELL, sym.ask_levels, sym.ask_prices, 1)):
-                assert sorted(levels) == sorted(sign * p for p in prices), "price index"
+            for side, levels, heap, sign in ((BUY, sym.bid_levels, sym.bid_heap, -1),
+                                             (SELL, sym.ask_levels, sym.ask_heap, 1)):
+                assert set(levels) <= set(sign * p for p in heap), "level price not in heap"
+                assert len(heap) <= 2 * len(levels) + _HEAP_SLACK, "heap not compacted"
+                assert all(heap[(i - 1) >> 1] <= heap[i] for i in range(1, len(heap))), \
+                    "heap order"
                 for price, lv in levels.items():
                     assert self.lv_price[lv] == price
                     assert self.lv_count[lv] > 0, "empty level kept"
