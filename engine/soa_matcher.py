@@ -127,18 +127,19 @@ def _push_price(heap, key, levels, sign):
 
 
 def _prices_to(levels, best, limit, sign):
-    """S2: the level prices of one side from ``best`` to ``limit`` (inclusive) in
-    priority order (asks ascending: ``sign`` 1; bids descending: -1).  Steps tick by
-    tick over a span of at most _SCAN_TICKS ticks (a FOK limit near the touch), else
-    sorts the side's prices (O(L log L)).  ``best`` is NO_ASK/NO_BID for an empty side."""
+    """S2: the prices from ``best`` to ``limit`` (inclusive) of one side in priority
+    order (asks ascending: ``sign`` 1; bids descending: -1): every tick (a ``range``:
+    the caller skips ticks without a level) over a span of at most _SCAN_TICKS ticks
+    (a FOK limit near the touch), else the side's level prices sorted (O(L log L)).
+    ``best`` is NO_ASK/NO_BID for an empty side."""
     if not levels:
         return ()
     if sign == 1:
         if limit - best <= _SCAN_TICKS:
-            return [p for p in range(best, limit + 1) if p in levels]
+            return range(best, limit + 1)
         return sorted(p for p in levels if p <= limit)
     if best - limit <= _SCAN_TICKS:
-        return [p for p in range(best, limit - 1, -1) if p in levels]
+        return range(best, limit - 1, -1)
     return sorted((p for p in levels if p >= limit), reverse=True)
 
 
@@ -964,7 +965,10 @@ class SoaMatcher(object):
             levels = sym.bid_levels
             prices = _prices_to(levels, sym.best_bid, limit, -1)
         for price in prices:
-            m = lv_head[levels[price]]
+            lv = levels.get(price, -1)
+            if lv < 0:
+                continue        # a tick without a level
+            m = lv_head[lv]
             while m >= 0:
                 if ob[m + O_ACCT] == account_id:
                     if not skip_own:
