@@ -20,7 +20,8 @@ Theory of operation (numbered rules; the code refers to them):
    messages, not with messages x clients; per client there is one queue append
    or one ``transport.write`` of shared bytes (rule 6).
 4. Each client has a bounded queue and its own writer task; the hub only
-   appends (never awaits a client).  When the queue is full the client is
+   appends (never awaits a client).  When the queue is full (``max_queue``
+   messages, or for raw clients of rule 6 ``max_queue_bytes`` of frames) the client is
    "resyncing": its queue is emptied, nothing more is queued for it, and its
    writer sends a ``resync`` notice and then fresh level2 snapshots built at
    that moment (so the client never gets stale deltas).  A client whose writer
@@ -41,14 +42,18 @@ Theory of operation (numbered rules; the code refers to them):
    so however many subscribers there are, delivering takes at most about that
    share of the loop and the rest stays with ingestion (the ring feed's
    batches): more subscribers make updates coarser, never ingestion slower.
-   ``conflate_ms`` 0 turns both off.
+   Writer tasks' sends (rule 6's backlog) count in the next interval too; the
+   stretch is bounded by ``max_interval_s`` (1 s).  ``conflate_ms`` 0 turns both off.
 6. Direct writes (the uvicorn ``websockets-sansio`` protocol, ``raw``): a
    client whose queue is empty, whose writer is idle and whose transport is
-   not paused (asyncio's write buffer below its high-water mark) gets its
+   not paused (its write-buffer limits are set to 0: nothing left unsent) gets its
    frames written to the transport at once, in the hub's loop step: no task
    switch, no await, and one ``write`` per client per fan-out (the frames of
    one fan-out are joined).  Otherwise frames go to the bounded queue of rule
-   4 and the writer task sends them when the transport resumes.  Frames are
+   4 as references to the shared bytes (a slow client costs pointers, not
+   copies; the transport copies at most one fan-out's unsent part per client)
+   and the writer task sends them, at most ``WRITE_CHUNK`` bytes a write, when
+   the transport has drained.  Frames are
    uncompressed text frames (RSV1 clear), valid with or without
    permessage-deflate (RFC 7692 section 6).  Other WebSocket implementations
    (and the tests' fake sockets) use the writer task and ``send_text`` for
@@ -69,6 +74,7 @@ __all__ = ["Hub", "WsClient", "Outgoing", "text_frame", "websocket_endpoint"]
 
 CHANNELS = ("level2", "trades", "ticker", "user")
 _RESYNC = object()
+WRITE_CHUNK = 64 * 1024        # rule 6: bytes a writer task joins into one write, at most
 _CLOSE = object()
 _SIDE = {1: "buy", 2: "sell"}
 
@@ -203,6 +209,7 @@ class WsClient(object):
         self.max_queue = max_queue
         self.raw = raw
         self.queue = deque()
+        self.queued_bytes = 0          # frame bytes in the queue (raw clients, rule 4)
         self.outbox = []               # frames of the fan-out in progress (rule 6)
         self.writing = False           # the writer task holds the socket (rule 6)
         self.wakeup = asyncio.Event()
@@ -266,9 +273,15 @@ class WsClient(object):
             else:
                 self._write(data, 1)
             return
-        if len(queue) >= self.max_queue:
+        frame = None
+        if raw is not None:
+            frame = message.frame if isinstance(message, Outgoing) else _frame_of(message)
+        if len(queue) >= self.max_queue or (
+                frame is not None and self.queued_bytes + len(frame) > self.hub.max_queue_bytes
+                and queue):
             self.dropped += len(queue) + 1
             queue.clear()
+            self.queued_bytes = 0
             self.resyncing = True
             self.resync_started = self.hub.clock()
             self.resyncs += 1
@@ -279,8 +292,9 @@ class WsClient(object):
                     self.hub.resync_timeout_s, self._check_stuck, self.resync_token)
             except RuntimeError:       # no loop (unit tests drive push by hand)
                 pass
-        elif raw is not None:
-            queue.append(message.frame if isinstance(message, Outgoing) else _frame_of(message))
+        elif frame is not None:
+            queue.append(frame)                 # shared: the queue holds references
+            self.queued_bytes += len(frame)
         else:
             queue.append(message.text if isinstance(message, Outgoing) else message)
         self.wakeup.set()
@@ -290,7 +304,13 @@ class WsClient(object):
         out = self.outbox
         if out:
             self.outbox = []
-            self._write(out[0] if len(out) == 1 else b"".join(out), len(out))
+            if len(out) == 1:
+                self._write(out[0], 1)
+            elif sum(map(len, out)) <= WRITE_CHUNK:
+                self._write(b"".join(out), len(out))
+            else:                      # large: no joined copy per client
+                for data in out:
+                    self._write(data, 1)
 
     def _write(self, data, messages):
         raw = self.raw
@@ -303,6 +323,7 @@ class WsClient(object):
 
     def close_soon(self):
         self.queue.clear()
+        self.queued_bytes = 0
         self.queue.append(_CLOSE)
         self.wakeup.set()
 
@@ -353,11 +374,20 @@ class WsClient(object):
                     finally:
                         self.writing = False
                     continue
+                # shared frames, joined up to WRITE_CHUNK bytes: the transport copies what it
+                # cannot send at once, so a backlog is never copied whole per client
+                t0 = time.perf_counter()
                 parts = [item if isinstance(item, bytes) else _frame_of(item)]
-                while queue and queue[0] is not _RESYNC and queue[0] is not _CLOSE:
+                size = len(parts[0])
+                while queue and size < WRITE_CHUNK and queue[0] is not _RESYNC \
+                        and queue[0] is not _CLOSE:
                     nxt = queue.popleft()
-                    parts.append(nxt if isinstance(nxt, bytes) else _frame_of(nxt))
+                    nxt = nxt if isinstance(nxt, bytes) else _frame_of(nxt)
+                    parts.append(nxt)
+                    size += len(nxt)
+                self.queued_bytes = max(0, self.queued_bytes - size)
                 self._write(parts[0] if len(parts) == 1 else b"".join(parts), len(parts))
+                self.hub.writer_s += time.perf_counter() - t0
 
     async def _send_text(self, text):
         raw = self.raw
@@ -397,7 +427,8 @@ class Hub(object):
     """
 
     def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None,
-                 conflate_ms=0.0, fanout_share=0.25):
+                 conflate_ms=0.0, fanout_share=0.25, max_queue_bytes=4 << 20,
+                 max_interval_s=1.0):
         self.catalog = catalog
         self.model = model
         self.max_queue = max_queue
@@ -413,9 +444,13 @@ class Hub(object):
         self.abort_connection = None    # hook(scope): abort the TCP connection (rule 4)
         self.last_flush = 0.0
         self.fanout_share = fanout_share    # rule 5: fan-out's share of the loop, at most
+        self.max_interval_s = max_interval_s    # rule 5: the stretched interval's bound
+        self.max_queue_bytes = max_queue_bytes  # rule 4: a raw client's queue, in bytes
         self.fanout_s = 0.0             # per-client part of the last fan-out (rule 5)
         self.fanout_seconds = 0.0
         self._delivery_s = 0.0
+        self.writer_s = 0.0             # writer tasks' write time since the last fan-out
+        self._snapshot = (None, None)   # ((symbol, level2_seq, applied_seq), text)
         self.published = 0
         self.fanouts = 0
         self.encoded = {}
@@ -454,12 +489,22 @@ class Hub(object):
 
     # -------------------------------------------------------------- messages
     def snapshot_message(self, symbol_id):
+        """The level2 snapshot of ``symbol_id`` now (text); one build serves every client
+        that asks before the book or the applied sequence moves (many subscribing or
+        resyncing at once).  O(levels), O(1) when cached."""
         product = self.catalog.by_id[symbol_id]
         view = self.model.symbol(symbol_id)
-        msg = book_json(view, product, 2, self.model.applied_seq)
+        applied = self.model.applied_seq
+        key = (symbol_id, view.level2_seq, applied)
+        cached_key, text = self._snapshot
+        if cached_key == key:
+            return text
+        msg = book_json(view, product, 2, applied)
         msg["type"] = "snapshot"
         msg["channel"] = "level2"
-        return _dumps(msg)
+        text = _dumps(msg)
+        self._snapshot = (key, text)
+        return text
 
     def ticker_message(self, symbol_id):
         product = self.catalog.by_id[symbol_id]
@@ -485,7 +530,8 @@ class Hub(object):
             loop = None
         interval = self.conflate_s
         if interval > 0 and self.fanout_share > 0:      # rule 5: fan-out's own cost
-            interval = max(interval, self.fanout_s / self.fanout_share)
+            interval = max(interval, min(self.max_interval_s,
+                                         self.fanout_s / self.fanout_share))
         if loop is None or self.conflate_s <= 0 or now - self.last_flush >= interval:
             self.last_flush = now
             self._publish_now(changes)
@@ -504,7 +550,7 @@ class Hub(object):
         """Fan one set of changes out to subscribers (rules 2, 3, 6).  O(messages + deliveries)."""
         perf_counter = time.perf_counter
         self.fanouts += 1
-        self._delivery_s = 0.0
+        self._delivery_s, self.writer_s = self.writer_s, 0.0   # writer tasks' sends count too
         touched = self._touched = []
         try:
             self._fan_out(changes)
@@ -604,7 +650,13 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None):
     """Serve one WebSocket connection (rule 1)."""
     from starlette.websockets import WebSocketDisconnect
     await websocket.accept()
-    client = WsClient(hub, websocket, hub.max_queue, raw=sansio_protocol())
+    raw = sansio_protocol()
+    if raw is not None:
+        # rule 6: "writable" = nothing left in the transport's buffer, so a direct write
+        # copies at most one fan-out's unsent bytes per client; the rest wait as shared
+        # frames in the queue
+        raw.transport.set_write_buffer_limits(high=0, low=0)
+    client = WsClient(hub, websocket, hub.max_queue, raw=raw)
     hub.add(client)
     client.writer = asyncio.ensure_future(client.run_writer())
     try:
