@@ -1961,7 +1961,6 @@ class SoaMatcher(object):
             for side, levels, heap, sign in ((BUY, sym.bid_levels, sym.bid_heap, -1),
                                              (SELL, sym.ask_levels, sym.ask_heap, 1)):
                 assert set(levels) <= set(sign * p for p in heap), "level price not in heap"
-                assert len(heap) <= 2 * len(levels) + _HEAP_SLACK, "heap not compacted"
                 assert all(heap[(i - 1) >> 1] <= heap[i] for i in range(1, len(heap))), \
                     "heap order"
                 for price, lv in levels.items():

@@ -205,3 +205,64 @@ def test_million_commands_same_events_hash():
     soa._check()
     assert soa.state_hash() == ref.state_hash()
     assert soa.snapshot() == ref.snapshot()
+
+
+def benchmark_commands(n, per_order=False, seed=3):
+    """The benchmark's workload (perf/workload.py: limit, cancel, IOC, FOK, market around
+    a drifting mid), funded as perf/matcher_bench does it: 1000 accounts round-robin, or
+    one account per order (self-trade prevention cannot fire)."""
+    from perf.matcher_bench import build
+    from perf.workload import generate
+    deps, cmds = build(generate(n, seed=seed), DEFAULT_CONFIG, per_order)
+    return [c for _, c in deps] + [c for _, c in cmds]
+
+
+def assert_same_batched(commands, batch=4096, check_every=0):
+    """Both implementations over ``commands``; event bytes compared every ``batch``
+    commands (as the benchmark and the matcher process take them), then hash and
+    snapshot."""
+    sink_a, sink_b = BytesSink(), BytesSink()
+    ref = Matcher(DEFAULT_CONFIG, sink_a)
+    soa = SoaMatcher(DEFAULT_CONFIG, sink_b)
+    for seq, cmd in enumerate(commands, 1):
+        ref.process(seq, cmd)
+        soa.process(seq, cmd)
+        if seq % batch == 0:
+            a, b = sink_a.take(), sink_b.take()
+            if a != b:
+                assert Event.unpack_all(b) == Event.unpack_all(a), "batch ending at %d" % seq
+        if check_every and seq % check_every == 0:
+            soa._check()
+    assert sink_b.take() == sink_a.take()
+    soa._check()
+    assert soa.state_hash() == ref.state_hash()
+    assert soa.snapshot() == ref.snapshot()
+    return ref, soa
+
+
+@pytest.mark.parametrize("per_order", [False, True])
+def test_benchmark_workload_same_events(per_order):
+    # the benchmark's command mix (fast paths: resting limit, user cancel, fills), 6k
+    # commands; with one account per order as well
+    ref, soa = assert_same_batched(benchmark_commands(6000, per_order), batch=512,
+                                   check_every=1000)
+    assert soa.symbols[1].trade_id == ref.symbols[1].trade_id > 100
+
+
+def test_price_heap_rebuild_and_sorted_fok_walk(monkeypatch):
+    # S2 with no slack: the level-price heap is rebuilt on almost every new level, and
+    # every FOK takes the sorted walk instead of the tick walk
+    monkeypatch.setattr(soa_module, "_HEAP_SLACK", 0)
+    monkeypatch.setattr(soa_module, "_SCAN_TICKS", 0)
+    assert_same_run(streams.random_stream(21, 3000), check_every=25)
+    assert_same_batched(benchmark_commands(3000, seed=4), batch=64, check_every=250)
+
+
+@pytest.mark.slow
+def test_200k_fuzz_same_events_hash():
+    # 200k commands: supervised random streams (every command kind, rule M9) followed by
+    # the benchmark mix, both implementations, bytes per 4096-command batch
+    cmds = supervised_stream(2027, 100000, n_accounts=9)
+    cmds += [c for c in benchmark_commands(100000, seed=5)]
+    ref, soa = assert_same_batched(cmds, check_every=20000)
+    assert soa.n_live == len(ref.orders)
