@@ -1216,7 +1216,8 @@ class _Totals(object):
         self._sslots = _EMPTY_I
 
     def _hash(self, keys):
-        return (keys.view(np.uint64) * _HASH_MULT >> np.uint64(64 - self._bits)).astype(np.intp)
+        k = np.ascontiguousarray(keys, np.int64).view(np.uint64)
+        return (k * _HASH_MULT >> np.uint64(64 - self._bits)).astype(np.intp)
 
     def slots(self, keys):
         """Slots of int64 ``keys`` (new keys get new slots with total 0)."""
