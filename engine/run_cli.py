@@ -37,10 +37,34 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", help="override data_dir")
     parser.add_argument("--port", type=int, help="override publisher.port (the first shard's)")
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="log lines of every process: text (key=value, the default) or "
+                             "json (one object per line); overrides log.format")
+
+
+def _log_format(args, runtime=None):
+    """``--log-format``, else the configuration's ``log.format``, else the environment's."""
+    from engine.log import current_format
+    if getattr(args, "log_format", None):
+        return args.log_format
+    conf = ((runtime.raw.get("log") or {}) if runtime is not None else {}).get("format")
+    return conf or current_format()
+
+
+def _say(message, code=None):
+    """One refusal line on stderr: ``ringmatch run: ...`` (a JSON object in json mode)."""
+    from engine.log import Logger, current_format
+    if current_format() == "json":
+        fields = {"message": "ringmatch run: %s" % message}
+        if code is not None:
+            fields["exit_code"] = code
+        Logger("ringmatch", "-").event("refused" if code else "info", **fields)
+    else:
+        print("ringmatch run: %s" % message, file=sys.stderr)
 
 
 def _refuse(message, code, started):
-    print("ringmatch run: %s" % message, file=sys.stderr)
+    _say(message, code)
     return _stop_all(started, code)
 
 
@@ -52,8 +76,13 @@ def _stop_all(started, code):
 
 
 def _print_running(sup):
+    from engine.log import current_format
     pub = sup.runtime.publisher
     url = "http://%s:%s" % (pub["host"], pub["port"])
+    if current_format() == "json":
+        sup.log.event("running", symbols=",".join(sup.shard.symbols), api=url,
+                      docs=url + "/docs", data_dir=sup.runtime.data_dir)
+        return
     print("ringmatch: shard %s (%s) running; API %s (docs %s/docs); "
           "status: ringmatch status --data-dir %s --shard %s; Ctrl-C to stop"
           % (sup.shard.name, ", ".join(sup.shard.symbols), url, url,
@@ -70,25 +99,25 @@ def run(args):
 
 
 def _run(args, signals):
-    from engine.runtime import RuntimeConfig, ConfigError
+    from engine import log as engine_log
+    from engine.config_schema import load
+    from engine.runtime import ConfigError
     from engine.supervisor import (Supervisor, AlreadyRunningError, DataDirError, PortInUseError,
                                    StopRequested, run_supervisors)
     from replicator.epoch import FencedError
     from journaler.errors import JournalError
+    if getattr(args, "log_format", None):
+        engine_log.set_format(args.log_format)   # also for a refusal of the configuration
     try:
-        runtime = RuntimeConfig.load(args.config)
-        raw = dict(runtime.raw)
-        if args.data_dir:
-            raw["data_dir"] = args.data_dir
-        if args.port is not None:
-            raw["publisher"] = dict(raw["publisher"], port=args.port)
-        if args.matcher_interpreter:
-            raw["matcher"] = dict(raw["matcher"], interpreter=args.matcher_interpreter)
-        runtime = RuntimeConfig(raw)
+        runtime = load(args.config, {"data_dir": args.data_dir, "publisher.port": args.port,
+                                     "matcher.interpreter": args.matcher_interpreter,
+                                     "log.format": getattr(args, "log_format", None)})
+        # every process of the engine logs in this format: children inherit the environment
+        engine_log.set_format(_log_format(args, runtime))
         names = args.shard or [s.name for s in runtime.shards]
         supervisors = [Supervisor(runtime, name) for name in names]
     except ConfigError as exc:
-        print("ringmatch run: bad configuration: %s" % exc, file=sys.stderr)
+        _say("config error: %s" % exc, EXIT_CONFIG)
         return EXIT_CONFIG
     if signals:
         return EXIT_STOPPED

@@ -335,8 +335,9 @@ def _write_stderr(data):
 class Child(object):
     """One supervised process; ``ready`` once its own pid logged its ready event (rule 9)."""
 
-    def __init__(self, name, argv, env=None, ready_event=None):
+    def __init__(self, name, argv, env=None, ready_event=None, shard="-"):
         self.name = name
+        self.shard = shard
         self.argv = argv
         self.env = env
         self.ready_event = ready_event or READY_EVENTS.get(name, "ready")
@@ -361,16 +362,25 @@ class Child(object):
 
     def _forward(self, proc):
         """Rule 9: read the child's stderr, pass it on, note its ready line."""
+        from engine.log import current_format, parse_json_line, wrap_line
         own = b" pid=%d " % proc.pid
         marker = b" event=" + self.ready_event.encode()
         stream = proc.stderr
+        as_json = current_format() == "json"      # every line passed on is JSON (engine/log.py)
         try:
             for line in iter(stream.readline, b""):
-                if not self.ready and own in line and proc is self.proc:
-                    at = line.find(marker)
-                    end = at + len(marker)
-                    if at >= 0 and line[end:end + 1] in (b" ", b"\n", b""):
-                        self.ready = True
+                if not self.ready and proc is self.proc:
+                    obj = parse_json_line(line) if as_json else None
+                    if obj is not None:
+                        if obj.get("pid") == proc.pid and obj.get("event") == self.ready_event:
+                            self.ready = True
+                    elif own in line:
+                        at = line.find(marker)
+                        end = at + len(marker)
+                        if at >= 0 and line[end:end + 1] in (b" ", b"\n", b""):
+                            self.ready = True
+                if as_json:
+                    line = wrap_line(line, self.name, self.shard, proc.pid)
                 _write_stderr(line)
         except (OSError, ValueError):
             pass
@@ -646,7 +656,7 @@ class Supervisor(object):
             plan.append(("publisher", sys.executable, "publisher.process"))
             for name, python, module in plan:
                 self._checkpoint()
-                child = Child(name, self._argv(python, module))
+                child = Child(name, self._argv(python, module), shard=self.shard.name)
                 self.children[name] = child
                 pid = child.start()
                 self.log.event("child_started", child=name, child_pid=pid)
