@@ -11,15 +11,24 @@ S1. Orders are *records* in one flat int list ``ob``: the order in slot ``k`` ha
     columns of their own indexed by ``h >> SHIFT``.  Handles come from a free list; no
     Python object per order.  A record is live while ``ob[h + O_STATE]`` is RESTING (on
     a level) or WAITING (a stop); a finished order's handle goes back to the free list
-    at the end of the step that finished it (after its last event was written).
+    at the end of the step that finished it (after its last event was written).  A
+    free record is FREE and unlinked (``O_PREV``/``O_NEXT``/``O_LVL`` = -1), so reuse
+    writes only the order's own fields (``_check`` asserts it).
     (Parallel per-field lists were the first layout: every field access then costs its
     own list load and bounds check, the command's trace outgrew PyPy's 16000-op limit
     and was segmented; one list for all fields and locals bound per method brought the
     traces back to the reference's length -- docs/engine.md, Speed.)
 S2. A price-time FIFO is an intrusive doubly linked list through ``O_NEXT``/``O_PREV``
     (-1 = none); a level is a slot of the level columns (``lv_head``, ``lv_tail``,
-    ``lv_total``, ``lv_count``), found by price through a per-side dict; the prices of a
-    side are kept in a ``SortedList`` (bids negated) as in :class:`OrderBook`.
+    ``lv_total``, ``lv_count``), found by price through a per-side dict.  The best
+    price is kept in ``best_bid``/``best_ask``; the level prices of a side are in a
+    binary heap (bids negated) with lazy deletion: a price is pushed when its level is
+    created, nothing happens when a level that is not the best empties, and when the
+    best empties stale tops are popped until the top is a live level.  The heap is
+    rebuilt from the live levels at a push once it holds more than 2 x live levels +
+    _HEAP_SLACK entries (amortised O(log L) per level created).  Ordered walks (FOK,
+    ``depth``, snapshots) step tick by tick near the touch (at most _SCAN_TICKS ticks)
+    or sort the side's prices.
 S3. Live orders by id: ``win[order_id - win_base]`` = handle + 1 (0 = not live), a list
     that grows with the seq (in chunks of 4096); when it is long, its older half is folded into the
     ``old`` dict (only still-live orders) and dropped, so memory follows the live
@@ -27,16 +36,24 @@ S3. Live orders by id: ``win[order_id - win_base]`` = handle + 1 (0 = not live),
 S4. Accounts are slots: ``acct_slot`` maps account id -> slot; balances are one
     flat list ``bal`` with account slot ``a`` at ``bal[a * W + i]`` (``W = 2 *
     n_assets``, ``i`` as ``Accounts.index``: even = available, odd = held).  Each
-    account links its live orders through ``O_ANEXT``/``O_APREV`` (mass cancel is
-    O(the account's orders)); client order ids per account in a dict created on first
-    use.
+    account keeps a count of its live orders (as the reference: mass cancel scans the
+    records, O(slots), and stops at the count); client order ids per account in a dict
+    created on first use.  The fee account is slot 0 (balance base 0).
 S5. Events go straight into a :class:`BytesSink`'s buffer with one ``pack_into`` per
     record (the sink's buffer is reused across takes); any other sink gets
     ``emit_event``/``mark_last`` calls.
+S6. Fast paths with a BytesSink, events packed from locals: a limit order that does not
+    cross rests in one step (:meth:`SoaMatcher._rest_new`), a user cancel of a resting
+    order by id in one step (``_cancel_resting``), a fill writes its three records in
+    ``_settle``.  Everything else takes the general path; both give the same bytes.
+S7. PyPy: when a trace enters the separately compiled maker loop of ``_match``, every
+    frame on the stack is materialised and each int local boxed.  So the loop has few
+    locals (the per-fill work is in ``_settle``) and the taker phase of a new order
+    runs from ``process`` (``_take_new``), not from inside ``_new_order``'s frame.
 
 Attributes are ``__slots__`` (fixed offsets; hot methods bind them to locals).
-Hot path per order: list stores, no allocation except the level dict/SortedList upkeep
-when a price level is created or emptied, GTT heap entries and stop-book keys.
+Hot path per order: list stores, no allocation except the level dict and price-heap
+upkeep when a price level is created or emptied, GTT heap entries and stop-book keys.
 Py3.9-compatible (PyPy).
 """
 import hashlib
