@@ -8,9 +8,9 @@ Topology (one shard started as a user would: ``ringmatch run``, via perf.e2e_ben
     rm-S-in --> journaler --> matcher --> rm-S-out --+--> publisher --WS--> client processes
                                                      |                      (K of them, N
                                                      `--> "bench" consumer   connections in
-                                                          (OutcomeTimer:     all, asyncio,
-                                                          the matcher's       raw RFC 6455)
-                                                          received rate)
+                                                          (OutcomeTimer:     all, one
+                                                          the matcher's       selectors loop
+                                                          received rate)      each, RFC 6455)
 
 Each step offers R commands/s for ``--seconds`` with N subscribers connected (all
 subscribed to BTC-USD level2 + trades and holding their snapshot before the load
@@ -34,7 +34,7 @@ the same run.  Per step:
 * CPU seconds of every engine process, of the generators and of the client
   processes (/proc/<pid>/stat), per command and per second.
 
-The clients are cheap on purpose (asyncio Protocol, frame parsing by hand, one
+The clients are cheap on purpose (a selectors loop, frame parsing by hand, one
 ``json.loads`` per distinct payload: every subscriber gets the same bytes, so
 payloads are parsed once per process and each client checks its bytes against
 the first copy; books are rebuilt once per distinct (snapshot, last sequence)
@@ -47,10 +47,10 @@ say so and report the clients' own CPU.
 """
 import argparse
 import array
-import asyncio
 import base64
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -60,20 +60,27 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "perf", "results")
 PRODUCT = "BTC-USD"
+HEADER = 256                  # bytes of a message a client reads when it does not verify it
+VERIFY_EVERY = 10             # every 10th connection compares whole payloads
+_TYPE_RE = re.compile(rb'"type":"([a-z0-9_]+)"')
+_SEQ_RE = re.compile(rb'"sequence":(\d+)')
+_TS_RE = re.compile(rb'"ts_ns":(\d+)')
 
 
 # ---------------------------------------------------------------- the client process
-class _Conn(asyncio.Protocol):
-    """One subscriber connection: frames parsed by hand, payloads checked against the
-    process's first copy (``Shared``), sequences followed (gap rule)."""
+class _Conn(object):
+    """One subscriber connection (a non-blocking socket): frames parsed by hand, payloads
+    checked against the process's first copy (``Shared``), sequences followed (gap rule)."""
 
-    def __init__(self, shared, port):
+    def __init__(self, shared, port, sock, verify):
         self.shared = shared
         self.port = port
-        self.transport = None
-        self.buf = b""
+        self.sock = sock
+        self.buf = bytearray(1 << 18)
+        self.end = 0
+        self.verify = verify          # compare every payload byte for byte with the first copy
         self.handshaken = False
-        self.connected = asyncio.get_event_loop().create_future()
+        self.failed = None
         self.snapshot = None          # payload of the last snapshot
         self.seq = None               # level2 sequence the book is at (None: no book)
         self.chain_ok = True          # every l2update since the snapshot equal to the first copy
@@ -86,21 +93,22 @@ class _Conn(asyncio.Protocol):
         self.resyncs = 0
         self.mismatches = 0
         self.closed = False
-        self.pong = None
+        self.pong = True              # no ping outstanding
 
-    def connection_made(self, transport):
-        self.transport = transport
+    def handshake(self):
         key = base64.b64encode(os.urandom(16)).decode()
-        transport.write(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n" % (self.port, key)).encode())
+        self.write(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n" % (self.port, key)).encode())
 
-    def connection_lost(self, exc):
-        self.closed = True
-        if not self.connected.done():
-            self.connected.set_exception(ConnectionError("closed during handshake"))
-        if self.pong is not None and not self.pong.done():
-            self.pong.set_exception(ConnectionError("closed"))
+    def write(self, data):
+        """Small writes only (handshake, subscribe, ping, pong): retried until sent."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except BlockingIOError:
+                time.sleep(0.001)
 
     def send(self, obj):
         data = json.dumps(obj).encode()
@@ -108,23 +116,33 @@ class _Conn(asyncio.Protocol):
         n = len(data)
         head = struct.pack("!BB", 0x81, 0x80 | n) if n < 126 else \
             struct.pack("!BBH", 0x81, 0x80 | 126, n)
-        self.transport.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+        self.write(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
 
-    def data_received(self, data):
-        now = time.time_ns()
-        buf = self.buf + data if self.buf else data
+    def receive(self):
+        """recv_into the connection's buffer, then handle every complete frame."""
+        buf = self.buf
+        if self.end == len(buf):
+            buf.extend(bytes(len(buf)))             # a frame larger than the buffer
+        n = self.sock.recv_into(memoryview(buf)[self.end:])
+        if not n:
+            return False
+        self.end += n
+        self.frames(time.time_ns())
+        return True
+
+    def frames(self, now):
+        buf, n = self.buf, self.end
+        pos = 0
         if not self.handshaken:
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", 0, n)
             if end < 0:
-                self.buf = buf
                 return
-            if b" 101 " not in buf[:end].split(b"\r\n", 1)[0]:
-                self.connected.set_exception(ConnectionError(buf[:200]))
+            if b" 101 " not in bytes(buf[:end]).split(b"\r\n", 1)[0]:
+                self.failed = bytes(buf[:200])
+                self.closed = True
                 return
             self.handshaken = True
-            self.connected.set_result(True)
-            buf = buf[end + 4:]
-        pos, n = 0, len(buf)
+            pos = end + 4
         while n - pos >= 2:
             length = buf[pos + 1] & 0x7F
             head = 2
@@ -138,33 +156,54 @@ class _Conn(asyncio.Protocol):
                     break
                 length = int.from_bytes(buf[pos + 2:pos + 10], "big")
                 head = 10
-            end = pos + head + length
-            if end > n:
+            start, stop = pos + head, pos + head + length
+            if stop > n:
                 break
             opcode = buf[pos] & 0x0F
-            payload = buf[pos + head:end]
-            pos = end
+            pos = stop
             if opcode == 0x1:
-                self.on_message(payload, now)
+                self.on_message(buf, start, stop, now)
             elif opcode == 0x9:                      # ping -> pong (masked)
+                payload = bytes(buf[start:stop])
                 mask = os.urandom(4)
-                self.transport.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + mask +
-                                     bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+                self.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + mask +
+                           bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
             elif opcode == 0x8:
                 self.closed = True
-        self.buf = buf[pos:] if pos < n else b""
+        if pos:
+            rest = n - pos
+            if rest:
+                buf[:rest] = buf[pos:n]
+            self.end = rest
 
-    def on_message(self, payload, now):
+    def on_message(self, buf, start, stop, now):
+        """One text message at ``buf[start:stop]``.  Only its first HEADER bytes are read
+        (type, sequence, ts_ns come first) unless the connection verifies payloads."""
         shared = self.shared
-        info = shared.info(payload)
+        length = stop - start
+        if length <= HEADER or self.verify:
+            payload = bytes(buf[start:stop])
+            info = shared.info(payload)
+        else:
+            payload = None
+            info = shared.info_header(bytes(buf[start:start + HEADER]), length)
+            if info[0] is None:                    # a snapshot: its type comes last
+                payload = bytes(buf[start:stop])
+                info = shared.info(payload)
         kind = info[0]
         self.messages += 1
-        self.bytes += len(payload)
+        self.bytes += length
         if kind == "l2update":
             self.l2 += 1
             seq = info[1]
-            first = shared.l2_payload.setdefault(seq, payload)
-            if first is not payload and first != payload:
+            first = shared.l2_payload.get(seq)
+            if first is None:                        # the first copy in this process
+                shared.l2_payload[seq] = payload if payload is not None \
+                    else bytes(buf[start:stop])
+            elif payload is not None and first is not payload and first != payload:
+                self.mismatches += 1
+                self.chain_ok = False
+            elif len(first) != length:
                 self.mismatches += 1
                 self.chain_ok = False
             if self.seq is not None:
@@ -184,20 +223,20 @@ class _Conn(asyncio.Protocol):
             if shared.recording:
                 shared.trades_latency.append(now - info[2])
         elif kind == "snapshot":
+            if payload is None:
+                payload = bytes(buf[start:stop])
             self.snapshot = shared.snapshots.setdefault(payload, payload)   # one object each
-            self.seq = info[1]
+            self.seq = shared.info(payload)[1]
             self.chain_ok = True
         elif kind == "resync":
             self.resyncs += 1
             self.seq = None
         elif kind == "pong":
-            if self.pong is not None and not self.pong.done():
-                self.pong.set_result(True)
+            self.pong = True
 
-    async def sync(self, timeout):
-        self.pong = asyncio.get_event_loop().create_future()
+    def ping(self):
+        self.pong = False
         self.send({"type": "ping"})
-        await asyncio.wait_for(self.pong, timeout)
 
 
 class Shared(object):
@@ -211,6 +250,21 @@ class Shared(object):
         self.l2_oldest = array.array("q")
         self.trades_latency = array.array("q")
         self.recording = False
+
+    def info_header(self, head, length):
+        """(type, sequence, ts_ns) from a message's first bytes (ws.py writes type,
+        channel, product_id, sequence, input_seq, ts_ns of l2update and trades before
+        their lists); type None when it is not there (a snapshot)."""
+        key = (head, length)
+        got = self.cache.get(key)
+        if got is None:
+            kind = _TYPE_RE.match(head, 1)
+            seq = _SEQ_RE.search(head)
+            ts = _TS_RE.search(head)
+            got = (kind.group(1).decode() if kind else None, int(seq.group(1)) if seq else None,
+                   int(ts.group(1)) if ts else 0)
+            self.cache[key] = got
+        return got
 
     def info(self, payload):
         got = self.cache.get(payload)
@@ -246,7 +300,13 @@ class Shared(object):
 
 def client_main(argv):
     """A client process: ``port connections latency_file``; commands on stdin (JSON lines):
-    ``go`` (record latencies), ``check`` {rest book} -> per-connection results, ``quit``."""
+    ``go`` (record latencies), ``check`` {rest book} -> per-connection results, ``quit``.
+
+    One thread, one ``selectors`` loop over every socket (no asyncio: its per-read
+    callbacks cost more than the parsing), ``recv`` of up to 256 KiB at a time.
+    """
+    import selectors
+    import socket
     port, count, latency_file = int(argv[0]), int(argv[1]), argv[2]
     try:
         import resource
@@ -254,51 +314,80 @@ def client_main(argv):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, count + 256)), hard))
     except (ImportError, ValueError, OSError):
         pass
+    shared = Shared()
+    sel = selectors.DefaultSelector()
+    stdin_fd = sys.stdin.fileno()
+    os.set_blocking(stdin_fd, False)
+    sel.register(stdin_fd, selectors.EVENT_READ, None)
+    pending = [b""]                   # stdin bytes not yet a line
+    commands = []
 
-    async def main():
-        loop = asyncio.get_event_loop()
-        shared = Shared()
-        conns = []
-        sub = {"type": "subscribe", "product_ids": [PRODUCT], "channels": ["level2", "trades"]}
+    def pump(until, timeout):
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                raise RuntimeError("client: timed out")
+            for key, _ in sel.select(0.2):
+                conn = key.data
+                if conn is None:
+                    chunk = os.read(stdin_fd, 65536)
+                    if not chunk:
+                        commands.append({"cmd": "quit"})
+                        sel.unregister(stdin_fd)
+                        continue
+                    lines = (pending[0] + chunk).split(b"\n")
+                    pending[0] = lines.pop()
+                    commands.extend(json.loads(line) for line in lines if line.strip())
+                    continue
+                try:
+                    alive = conn.receive()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    alive = False
+                if not alive:
+                    conn.closed = True
+                    sel.unregister(conn.sock)
 
-        async def open_one():
-            conn = _Conn(shared, port)
-            await loop.create_connection(lambda: conn, "127.0.0.1", port)
-            await asyncio.wait_for(conn.connected, 60)
-            conn.send(sub)
-            conns.append(conn)
-        t0 = time.monotonic()
-        for start in range(0, count, 50):
-            await asyncio.gather(*[open_one() for _ in range(min(50, count - start))])
-        for start in range(0, count, 100):
-            await asyncio.gather(*[c.sync(60) for c in conns[start:start + 100]])
-        assert all(c.seq is not None for c in conns), "a connection has no snapshot"
-        _say({"ready": len(conns), "connect_s": time.monotonic() - t0})
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            cmd = json.loads(line)
-            if cmd["cmd"] == "go":
-                shared.recording = True
-                _say({"going": True})
-            elif cmd["cmd"] == "check":
-                shared.recording = False
-                t1 = time.monotonic()
-                for start in range(0, len(conns), 100):
-                    await asyncio.gather(*[c.sync(120) for c in conns[start:start + 100]
-                                           if not c.closed], return_exceptions=True)
-                _say(_check(conns, shared, cmd["book"], latency_file,
-                            sync_s=time.monotonic() - t1))
-            elif cmd["cmd"] == "quit":
-                for c in conns:
-                    c.transport.close()
-                await asyncio.sleep(0.1)
-                return
-    asyncio.get_event_loop().run_until_complete(main())
-    return 0
+    def sync(timeout):
+        live = [c for c in conns if not c.closed]
+        for c in live:
+            c.ping()
+        pump(lambda: all(c.pong or c.closed for c in live), timeout)
+
+    conns = []
+    sub = {"type": "subscribe", "product_ids": [PRODUCT], "channels": ["level2", "trades"]}
+    t0 = time.monotonic()
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.setblocking(False)
+        conn = _Conn(shared, port, sock, verify=len(conns) % VERIFY_EVERY == 0)
+        conn.handshake()
+        sel.register(sock, selectors.EVENT_READ, conn)
+        conns.append(conn)
+    pump(lambda: all(c.handshaken or c.closed for c in conns), 120)
+    failed = [c.failed for c in conns if not c.handshaken]
+    assert not failed, "handshakes refused: %r" % failed[:3]
+    for c in conns:
+        c.send(sub)
+    sync(120)
+    assert all(c.seq is not None for c in conns), "a connection has no snapshot"
+    _say({"ready": len(conns), "connect_s": time.monotonic() - t0})
+    while True:
+        pump(lambda: commands, 1e9)
+        cmd = commands.pop(0)
+        if cmd["cmd"] == "go":
+            shared.recording = True
+            _say({"going": True})
+        elif cmd["cmd"] == "check":
+            shared.recording = False
+            t1 = time.monotonic()
+            sync(120)
+            _say(_check(conns, shared, cmd["book"], latency_file, sync_s=time.monotonic() - t1))
+        elif cmd["cmd"] == "quit":
+            for c in conns:
+                c.sock.close()
+            return 0
 
 
 def _check(conns, shared, rest, latency_file, sync_s):
@@ -396,10 +485,21 @@ class ClientGroup(object):
                 p.wait()
 
 
-def _http_json(port, path, timeout=30):
+def _http_json(port, path, timeout=30, retry_s=60.0):
+    """GET a JSON answer; connection errors are retried for ``retry_s`` (a restarting
+    publisher), then raised."""
+    import urllib.error
     import urllib.request
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=timeout) as r:
-        return json.loads(r.read())
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path),
+                                        timeout=timeout) as r:
+                return json.loads(r.read())
+        except (urllib.error.URLError, ConnectionError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _ws_metrics(port):
@@ -437,6 +537,19 @@ def _publisher_caught_up(engine, timeout=120):
                     pass
             time.sleep(0.05)
     return False
+
+
+def _rss_mb(pid):
+    """(current, peak) resident set of ``pid`` in MiB from /proc/<pid>/status."""
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return out.get("VmRSS"), out.get("VmHWM")
 
 
 def _pct(values):
@@ -485,6 +598,11 @@ def run_fanout_step(args, engine, timer, rate, clients, workdir):
                     "loadavg": os.getloadavg()})
         out["cpu_seconds"]["clients"] = round(client_cpu, 3)
         out["client_cpu_share"] = client_cpu / wall if wall else None
+        from perf.e2e_bench import engine_pids
+        pub_pid = engine_pids(engine).get("publisher")
+        out["publisher_rss_mb"], out["publisher_peak_rss_mb"] = _rss_mb(pub_pid) if pub_pid \
+            else (None, None)
+        out["restarts_so_far"] = sum(1 for line in engine.lines if "child_restarted" in line)
         metrics1 = _ws_metrics(engine.port)
         out["ws_metrics_delta"] = {k: metrics1[k] - metrics0.get(k, 0.0) for k in metrics1}
         if group:
@@ -541,23 +659,27 @@ def _markdown(report):
              "Latency = client receipt - the message's `ts_ns` (the newest event's engine "
              "timestamp = the load generator's scheduled send time of that command), so it "
              "includes ring, journal, matcher, publisher batching, conflation and the network; "
+             "`outcome p99` is the same step's latency of the matcher's outcome events at the "
+             "bench's ring consumer (no publisher, no WebSocket): what the pipeline before the "
+             "fan-out already costs; "
              "`oldest` bounds the age of the oldest change in a conflated l2update (receipt - "
              "the previous l2update's `ts_ns`)." % env["cpus"], "",
              "## Medians over the passes (min-max in brackets)", "",
-             "| rate | N | matcher received/s | vs N=0 | l2 p50 ms | l2 p99 ms | l2 max ms | "
-             "oldest p99 ms | trades p99 ms | l2 msgs/client | bytes/client | books equal REST "
-             "| gaps / resyncs | CPU s: publisher | clients | matcher |", "| " + " | ".join(
-                 ["---"] * 16) + " |"]
+             "| rate | N | matcher received/s | vs N=0 | outcome p99 ms | l2 p50 ms | l2 p99 ms | "
+             "l2 max ms | oldest p99 ms | trades p99 ms | l2 msgs/client | bytes/client | "
+             "books equal REST | gaps / resyncs | CPU s: publisher | clients | matcher | "
+             "publisher peak RSS MiB |", "| " + " | ".join(["---"] * 18) + " |"]
     for row in report["summary"]:
-        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+        lines.append("| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
             "{:,.0f}".format(row["rate"]), row["clients"],
             "{:,.0f} [{:,.0f}-{:,.0f}]".format(*row["received_rate"]),
-            _fmt(row["vs_baseline"], "%.3f"),
+            _fmt(row["vs_baseline"], "%.3f"), _fmt(row["outcome_p99"]),
             _fmt(row["l2_p50"], "%.1f"), "%s [%s-%s]" % tuple(_fmt(x) for x in row["l2_p99"])
             if row["l2_p99"] else "-", _fmt(row["l2_max"]), _fmt(row["oldest_p99"]),
             _fmt(row["trades_p99"]), _fmt(row["l2_msgs"], "%.0f"), _fmt(row["bytes"], "%.0f"),
             row["books"], row["gaps_resyncs"], _fmt(row["cpu_publisher"], "%.2f"),
-            _fmt(row["cpu_clients"], "%.2f"), _fmt(row["cpu_matcher"], "%.2f")))
+            _fmt(row["cpu_clients"], "%.2f"), _fmt(row["cpu_matcher"], "%.2f"),
+            _fmt(row["peak_rss"], "%.0f")))
     lines += ["", "## Every step", "", "```"]
     for st in report["steps"]:
         lines.append(json.dumps({k: v for k, v in st.items()
@@ -602,7 +724,9 @@ def summarize(steps):
                                                         for s in group)),
             "cpu_publisher": med(lambda s: s["cpu_seconds"].get("publisher")),
             "cpu_clients": med(lambda s: s["cpu_seconds"].get("clients")),
-            "cpu_matcher": med(lambda s: s["cpu_seconds"].get("matcher"))})
+            "cpu_matcher": med(lambda s: s["cpu_seconds"].get("matcher")),
+            "outcome_p99": med(lambda s: s["outcome_latency_ms"]["p99"]),
+            "peak_rss": max([s.get("publisher_peak_rss_mb") or 0 for s in group]) or None})
     return rows
 
 
@@ -645,6 +769,7 @@ def main(argv=None):
                          stdout=subprocess.PIPE, check=True)
     report["client_interpreter"] = out.stdout.decode().strip()
     workdir = tempfile.mkdtemp(prefix="rm-wsfan-")
+    base = args.stem if os.path.isabs(args.stem) else os.path.join(RESULTS, args.stem)
     engine = Engine(workdir, args.interpreter, args.fsync, args.port)
     engine.port = args.port
     timer = None
@@ -668,31 +793,46 @@ def main(argv=None):
                     st = run_fanout_step(args, engine, timer, rate, n, workdir)
                     st["pass"] = p
                     report["steps"].append(st)
+                    _write(report, base + ".partial")        # what is done survives a crash
                     l2 = st.get("l2_latency") or {}
                     print("pass %d rate %7.0f N %4d: matcher %8.0f/s  l2 p50 %s p99 %s max %s ms"
                           "  books %s/%s  gaps %s resyncs %s  CPU publisher %.2f clients %.2f"
+                          "  publisher peak RSS %s MiB  restarts %d"
                           % (p, rate, n, st["received_rate"], _fmt(l2.get("p50_ms")),
                              _fmt(l2.get("p99_ms")), _fmt(l2.get("max_ms")),
                              st.get("book_equal", "-"), st.get("connections", "-"),
                              st.get("gaps", "-"), st.get("resyncs", "-"),
                              st["cpu_seconds"].get("publisher", 0),
-                             st["cpu_seconds"].get("clients", 0)), flush=True)
+                             st["cpu_seconds"].get("clients", 0),
+                             _fmt(st["publisher_peak_rss_mb"], "%.0f"), st["restarts_so_far"]),
+                          flush=True)
         report["matcher_interpreter"] = engine.matcher_interpreter()
     finally:
         if timer is not None:
             timer.close()
         engine.stop()
+        with open(os.path.join(workdir, "engine.log"), "w") as f:
+            f.write("\n".join(engine.lines) + "\n")
+        print("engine log: %s; restarts: %s" % (os.path.join(workdir, "engine.log"), [
+            line for line in engine.lines if "child_restarted" in line or "exited" in line][:5]))
+    report["restarts"] = [line for line in engine.lines if "child_restarted" in line]
     report["loadavg_end"] = os.getloadavg()
     report["environment"] = environment()
     report["git"] = _git_revision()
     report["summary"] = summarize(report["steps"])
-    base = args.stem if os.path.isabs(args.stem) else os.path.join(RESULTS, args.stem)
-    with open(base + ".json", "w") as f:
-        json.dump(report, f, indent=1, default=str)
-    with open(base + ".md", "w") as f:
-        f.write(_markdown(report))
+    _write(report, base)
+    if os.path.exists(base + ".partial.json"):
+        os.unlink(base + ".partial.json")
     print("wrote %s.md" % base)
     return 0
+
+
+def _write(report, base):
+    with open(base + ".json", "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    if "summary" in report:
+        with open(base + ".md", "w") as f:
+            f.write(_markdown(report))
 
 
 if __name__ == "__main__":
