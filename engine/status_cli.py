@@ -11,7 +11,16 @@ and last price.
 ``state`` (and the exit code of ``--json``): ``ready`` 0, ``starting`` 3,
 ``degraded`` 4 (a child stalled, restarting or dead), ``stopping`` 5,
 ``not_running`` 6 (no health file, or its supervisor is gone), ``stale`` 7
-(the supervisor is alive but has not updated the file for 5 s).
+(the supervisor is alive but has not updated the file for 5 s).  A data dir
+that has no engine at all (it does not exist, or holds neither ``run/`` nor
+``journal/``), or a configuration that is not valid, is one line on stderr and
+exit 2, in both modes.
+
+The journal section (from the files, read only, and the rings): the durable
+sequence (the journaler's gating sequence, else the health file's), the lag
+of the input cursor behind it, the segments (count, bytes, first sequence of
+the newest), the fsync policy, the newest snapshot (sequence and age) and the
+files in the quarantine.
 """
 import json
 import os
@@ -22,6 +31,8 @@ import urllib.request
 #: ``state`` -> exit code of ``ringmatch status --json`` (0 only when ready)
 EXIT_CODES = {"ready": 0, "starting": 3, "degraded": 4, "stopping": 5, "not_running": 6,
               "stale": 7}
+#: no engine in the data dir, or a configuration that is not valid (one line on stderr)
+EXIT_NO_ENGINE = 2
 HEALTH_FRESH_S = 5.0
 
 
@@ -34,16 +45,74 @@ def add_arguments(parser):
     parser.add_argument("--count", type=int, default=0, help="refreshes before exiting (0: forever)")
 
 
+class NoEngine(Exception):
+    """The data dir has no engine, or the configuration is not valid (exit 2, one line)."""
+
+
 def _load_runtime(args):
-    from engine.runtime import RuntimeConfig
+    from engine.config_schema import load
+    from engine.runtime import ConfigError, RuntimeConfig
     config = args.config
+    resolved = None
     if config is None and args.data_dir:
         shard = args.shard or "shard0"
         candidate = os.path.join(os.path.abspath(args.data_dir), "run", "%s.json" % shard)
         if os.path.exists(candidate):
-            config = candidate
-    runtime = RuntimeConfig.load(config)
-    return runtime, runtime.shard(args.shard) if args.shard else runtime.shards[0]
+            resolved = candidate
+    try:
+        if resolved is not None:
+            runtime = RuntimeConfig.load(resolved)     # what the engine runs with
+        else:
+            runtime = load(config, {"data_dir": args.data_dir})
+        shard = runtime.shard(args.shard) if args.shard else runtime.shards[0]
+    except ConfigError as exc:
+        raise NoEngine("config error: %s" % exc)
+    data_dir = runtime.data_dir
+    if not os.path.isdir(data_dir):
+        raise NoEngine("no engine in %s: the directory does not exist" % data_dir)
+    if not any(os.path.isdir(os.path.join(data_dir, d)) for d in ("run", "journal")):
+        raise NoEngine("no engine in %s: it holds neither run/ nor journal/ (is it the "
+                       "engine's data_dir?)" % data_dir)
+    return runtime, shard
+
+
+def journal_view(runtime, shard, health_report=None, ring_in=None):
+    """The journal section: durable seq, lag, segments, fsync, newest snapshot, quarantine."""
+    from journaler.segment import list_segments
+    from journaler.snapshot import list_snapshots
+    data_dir = runtime.data_dir
+    segments = list_segments(data_dir, shard.name)
+    total = 0
+    for _, path in segments:
+        try:
+            total += os.path.getsize(path)
+        except OSError:
+            pass
+    durable = None
+    if ring_in and "consumers" in ring_in and "journaler" in ring_in["consumers"]:
+        durable = ring_in["consumers"]["journaler"]["sequence"]
+    elif isinstance(health_report, dict):
+        durable = (health_report.get("journal") or {}).get("durable_seq")
+    out = {"dir": os.path.join(data_dir, "journal"), "durable_seq": durable,
+           "lag": (ring_in["cursor"] - durable) if durable is not None and ring_in
+           and "cursor" in ring_in else None,
+           "segments": len(segments), "bytes": total,
+           "newest_segment_first_seq": segments[-1][0] if segments else None,
+           "fsync": (runtime.journal or {}).get("fsync"), "snapshot": None, "quarantined": 0}
+    snaps = list_snapshots(data_dir, shard.name)
+    if snaps:
+        seq, path = snaps[-1]
+        try:
+            age = max(0.0, time.time() - os.path.getmtime(path))
+        except OSError:
+            age = None
+        out["snapshot"] = {"seq": seq, "age_s": round(age, 1) if age is not None else None,
+                           "count": len(snaps)}
+    try:
+        out["quarantined"] = len(os.listdir(os.path.join(data_dir, "journal", "quarantine")))
+    except OSError:
+        pass
+    return out
 
 
 def _ring_view(name):
@@ -129,13 +198,15 @@ def health(runtime, shard, now_ns=None):
 def snapshot(runtime, shard):
     """One status snapshot as a dict (what ``--json`` prints)."""
     state, report = health(runtime, shard)
+    rings = {"input": _ring_view(shard.input_ring), "output": _ring_view(shard.output_ring)}
     return {
         "time": time.time(),
         "shard": shard.name,
         "data_dir": runtime.data_dir,
         "state": state,
         "health": report,
-        "rings": {"input": _ring_view(shard.input_ring), "output": _ring_view(shard.output_ring)},
+        "rings": rings,
+        "journal": journal_view(runtime, shard, report, rings["input"]),
         "processes": _proc_status(runtime, shard),
         "symbols": _tickers(runtime, shard),
     }
@@ -176,6 +247,22 @@ def render(snap, rates):
         for cname, c in sorted(ring["consumers"].items()):
             lines.append("%-10s %-22s %14d %10d %12.0f" % (
                 "", cname, c["sequence"], c["lag"], rates.get("%s.%s" % (key, cname), 0.0)))
+    journal = snap.get("journal")
+    if journal:
+        lines.append("")
+        durable = journal["durable_seq"]
+        lag = journal["lag"]
+        snap_info = journal["snapshot"]
+        lines.append("journal    durable_seq=%s%s  segments=%d  bytes=%s  newest_segment_from=%s  "
+                     "fsync=%s" % ("-" if durable is None else durable,
+                                   "" if lag is None else " (lag %d)" % lag,
+                                   journal["segments"], _size(journal["bytes"]),
+                                   "-" if journal["newest_segment_first_seq"] is None
+                                   else journal["newest_segment_first_seq"], journal["fsync"]))
+        lines.append("           snapshot=%s  quarantined=%d" % (
+            "-" if not snap_info else "seq %d (%s s ago, %d kept)" % (
+                snap_info["seq"], snap_info["age_s"], snap_info["count"]),
+            journal["quarantined"]))
     procs = snap["processes"]
     if procs:
         lines.append("")
@@ -192,8 +279,19 @@ def render(snap, rates):
     return "\n".join(lines)
 
 
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "B" else ("%.1f %s" % (n, unit))
+        n /= 1024.0
+
+
 def run(args):
-    runtime, shard = _load_runtime(args)
+    try:
+        runtime, shard = _load_runtime(args)
+    except NoEngine as exc:
+        print("ringmatch status: %s" % exc, file=sys.stderr)
+        return EXIT_NO_ENGINE
     if args.json:
         snap = snapshot(runtime, shard)
         print(json.dumps(snap, indent=2, sort_keys=True))

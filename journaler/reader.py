@@ -262,12 +262,14 @@ def scan_segment(path, record_size, schema_hash, expected_first=None, check_crc=
         _close(buf)
 
 
-def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep_going=False):
+def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep_going=False,
+                 on_segment=None):
     """Walk every segment of ``shard`` in order (rules 1-4).  O(journal size).
 
     Returns (scans, tail_index): ``tail_index`` is the index of the first scan
     with a problem (or None); continuity across segments is checked.  With
     ``keep_going`` every segment is scanned in full, for verify.
+    ``on_segment(path)`` is called after each segment is scanned (progress).
     """
     scans = []
     expected = None
@@ -277,6 +279,8 @@ def scan_journal(data_dir, shard, record_size, schema_hash, check_crc=True, keep
                             expected_first=expected if tail_index is None or keep_going else None,
                             check_crc=check_crc, keep_going=keep_going, name_seq=name_seq)
         scans.append(scan)
+        if on_segment is not None:
+            on_segment(path)
         if scan.problems and tail_index is None:
             tail_index = len(scans) - 1
             if not keep_going:
@@ -641,11 +645,14 @@ class VerifyReport(object):
         return "cut_torn_tail" if a.cuttable else "stop"
 
 
-def verify_journal(data_dir, shard, record_size, schema_hash):
-    """Check CRCs, continuity and schema of every segment, changing nothing (rule 6).  O(journal)."""
+def verify_journal(data_dir, shard, record_size, schema_hash, on_segment=None):
+    """Check CRCs, continuity and schema of every segment, changing nothing (rule 6).  O(journal).
+
+    ``on_segment(path)``: called after each segment (progress).
+    """
     try:
         scans, tail_index = scan_journal(data_dir, shard, record_size, schema_hash,
-                                         keep_going=True)
+                                         keep_going=True, on_segment=on_segment)
     except JournalSchemaError as exc:
         return VerifyReport([], [], error=str(exc))
     problems = [p for s in scans for p in s.problems]

@@ -4,14 +4,24 @@ Every module ``perf/<topic>_bench.py`` that exposes ``SUITES = {name: callable(a
 is a suite provider; ``ringmatch bench list`` shows them, ``ringmatch bench run NAME
 [-- ARGS]`` runs one (ARGS go to the suite), ``ringmatch bench all`` runs every suite
 with its defaults.
+
+Results go to ``perf/results`` only with ``--save`` (``--results-dir DIR``: to
+DIR); otherwise to a new temporary directory, named at the end, so a trial run
+never changes the committed figures.  The redirection replaces, for the run,
+every module-level name of the suite modules and ``perf.harness`` that holds
+the ``perf/results`` path (``RESULTS``, ``RESULTS_DIR``); a suite that writes
+there anyway is named in a warning.
 """
 import argparse
 import importlib
 import os
 import pkgutil
 import sys
+import tempfile
 
-__all__ = ["add_arguments", "run", "discover"]
+__all__ = ["add_arguments", "run", "discover", "RESULTS_DIR"]
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def discover():
@@ -37,8 +47,57 @@ def add_arguments(parser):
     sub.add_parser("list", help="list the suites")
     p = sub.add_parser("run", help="run suites by name; options (--passes 3, --quick...) "
                                    "go to the suites")
+    _save_options(p)
     p.add_argument("names", nargs=argparse.REMAINDER)
-    sub.add_parser("all", help="run every suite with its defaults")
+    _save_options(sub.add_parser("all", help="run every suite with its defaults"))
+
+
+def _save_options(parser):
+    parser.add_argument("--save", action="store_true",
+                        help="write the results to perf/results (default: a temporary directory)")
+    parser.add_argument("--results-dir", default=None, metavar="DIR",
+                        help="write the results to DIR (implies --save)")
+
+
+def _listing(directory):
+    """{name: (size, mtime_ns)} of the files in ``directory``."""
+    out = {}
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            st = os.stat(os.path.join(directory, name))
+        except OSError:
+            continue
+        out[name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+class _Redirect(object):
+    """For the run: every module global equal to perf/results points to ``target``."""
+
+    def __init__(self, target, module_names):
+        self.target = target
+        self.module_names = sorted(set(module_names) | {"perf.harness"})
+        self.saved = []
+
+    def __enter__(self):
+        real = os.path.realpath(RESULTS_DIR)
+        for name in self.module_names:
+            module = sys.modules.get(name) or importlib.import_module(name)
+            for attr, value in list(vars(module).items()):
+                if isinstance(value, str) and value and os.path.isabs(value) and \
+                        os.path.realpath(value) == real:
+                    self.saved.append((module, attr, value))
+                    setattr(module, attr, self.target)
+        return self
+
+    def __exit__(self, *exc):
+        for module, attr, value in reversed(self.saved):
+            setattr(module, attr, value)
+        self.saved = []
 
 
 def _doc(fn):
@@ -57,6 +116,21 @@ def run(args):
         names, extra = sorted(suites), []
     else:
         words = [w for w in args.names if w != "--"]
+        # --save / --results-dir DIR after the names (REMAINDER keeps them): ours
+        cleaned = []
+        i = 0
+        while i < len(words):
+            if words[i] == "--save":
+                args.save = True
+            elif words[i] == "--results-dir" and i + 1 < len(words):
+                args.results_dir = words[i + 1]
+                i += 1
+            elif words[i].startswith("--results-dir="):
+                args.results_dir = words[i].split("=", 1)[1]
+            else:
+                cleaned.append(words[i])
+            i += 1
+        words = cleaned
         split = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
         names, extra = words[:split], words[split:]
         if not names:
@@ -66,10 +140,28 @@ def run(args):
     if unknown:
         print("unknown suite(s): %s (see `ringmatch bench list`)" % ", ".join(unknown))
         return 2
+    if getattr(args, "results_dir", None):
+        target = os.path.abspath(args.results_dir)
+        os.makedirs(target, exist_ok=True)
+    elif getattr(args, "save", False):
+        target = RESULTS_DIR
+    else:
+        target = tempfile.mkdtemp(prefix="ringmatch-bench-")
+    before = _listing(RESULTS_DIR)
     status = 0
-    for name in names:
-        print("== %s" % name)
-        rc = suites[name][1](extra)
-        if isinstance(rc, int) and rc:
-            status = rc
+    with _Redirect(target, [suites[n][0] for n in names]):
+        for name in names:
+            print("== %s" % name, flush=True)
+            rc = suites[name][1](extra)
+            if isinstance(rc, int) and rc:
+                status = rc
+    if target == RESULTS_DIR:
+        print("results saved in %s" % target)
+        return status
+    print("results in %s (not saved: --save writes them to perf/results)" % target)
+    after = _listing(RESULTS_DIR)
+    changed = sorted(n for n, v in after.items() if before.get(n) != v)
+    if changed:
+        print("warning: perf/results changed during the run (another process, or a suite "
+              "that ignores the redirection): %s" % ", ".join(changed[:10]), file=sys.stderr)
     return status

@@ -27,6 +27,8 @@ def add_arguments(parser):
     parser.add_argument("--primary", help="HOST:PORT of the primary (logged only)")
     parser.add_argument("--primary-shard", help="the primary's shard name (default: ours)")
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
+    parser.add_argument("--log-format", choices=("text", "json"),
+                        help="log lines of every process: text (default) or json")
 
 
 def run(args):
@@ -39,23 +41,27 @@ def run(args):
 
 
 def _run(args, signals):
-    from engine.runtime import ConfigError, RuntimeConfig
+    from engine import log as engine_log
+    from engine.config_schema import load
+    from engine.runtime import ConfigError
     from engine.supervisor import AlreadyRunningError, StopRequested
     from replicator.standby import StandbySupervisor
+    if getattr(args, "log_format", None):
+        engine_log.set_format(args.log_format)
     try:
-        runtime = RuntimeConfig.load(args.config)
-        raw = dict(runtime.raw)
-        if args.data_dir:
-            raw["data_dir"] = args.data_dir
-        if args.matcher_interpreter:
-            raw["matcher"] = dict(raw["matcher"], interpreter=args.matcher_interpreter)
-        if args.primary_shard:
-            raw["replication"] = dict(raw.get("replication") or {},
-                                      primary_shard=args.primary_shard)
-        runtime = RuntimeConfig(raw)
+        runtime = load(args.config, {"data_dir": args.data_dir,
+                                     "matcher.interpreter": args.matcher_interpreter,
+                                     "replication.primary_shard": args.primary_shard,
+                                     "log.format": getattr(args, "log_format", None)})
+        fmt = getattr(args, "log_format", None) or (runtime.raw.get("log") or {}).get("format")
+        if fmt:
+            engine_log.set_format(fmt)              # every child inherits it
         listen = parse_address(args.listen)
         supervisor = StandbySupervisor(runtime, args.shard, listen=listen)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
+        print("ringmatch standby: config error: %s" % exc, file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print("ringmatch standby: bad configuration: %s" % exc, file=sys.stderr)
         return 2
     if signals:

@@ -18,7 +18,8 @@ __all__ = ["add_arguments", "run", "promote"]
 
 
 def add_arguments(parser):
-    parser.add_argument("--data-dir", default="./var", help="the standby's data dir")
+    parser.add_argument("--data-dir", default=None,
+                        help="the standby's data dir (default: the configuration's, ./var)")
     parser.add_argument("--config", help="runtime configuration (for data_dir and shard)")
     parser.add_argument("--shard", help="shard (default: the first in the config)")
     parser.add_argument("--timeout", type=float, default=30.0)
@@ -53,8 +54,13 @@ def promote(data_dir, shard, timeout=30.0):
 
 
 def run(args):
-    from engine.runtime import RuntimeConfig
-    runtime = RuntimeConfig.load(args.config)
+    from engine.config_schema import load
+    from engine.runtime import ConfigError
+    try:
+        runtime = load(args.config)
+    except ConfigError as exc:
+        print("ringmatch promote: config error: %s" % exc, file=sys.stderr)
+        return 2
     data_dir = args.data_dir if args.data_dir else runtime.data_dir
     shard = args.shard or runtime.shards[0].name
     try:
