@@ -36,7 +36,8 @@ Throughput passes go through ``perf.harness.measure``; latencies are written raw
 interpreter and put into ``perf.harness.Histogram`` (HdrHistogram) by the parent.
 
 * Implementations (``--impls``, default both): ``reference`` = ``engine.matcher.Matcher``,
-  ``soa`` = ``engine.soa_matcher.SoaMatcher`` (struct-of-arrays state).  On each
+  ``soa`` = ``engine.soa_matcher.SoaMatcher`` (struct-of-arrays state), ``file:PATH``
+  = the ``SoaMatcher`` of a module file (an older version: before/after in one run).  On each
   interpreter every implementation gets its warm-up/fingerprint pass, then the timed
   passes are interleaved (reference, soa, reference, soa, ...) so both see the same
   noise from other work on the host; every run (interpreter x implementation) must give
@@ -116,8 +117,27 @@ def build(rows, config, per_order=False):
 IMPLS = ("reference", "soa")
 
 
+_FILE_CLASSES = {}
+
+
 def matcher_class(impl):
-    """The matcher class of an implementation name (see ``--impls``)."""
+    """The matcher class of an implementation name (see ``--impls``).
+
+    ``file:PATH``: the ``SoaMatcher`` class of the module file PATH (e.g. an older
+    version, ``git show REV:engine/soa_matcher.py > /tmp/soa_REV.py``), for before/after
+    figures in one run.
+    """
+    if impl.startswith("file:"):
+        cls = _FILE_CLASSES.get(impl)
+        if cls is None:
+            import importlib.util
+            path = impl[len("file:"):]
+            name = "_bench_" + os.path.splitext(os.path.basename(path))[0]
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            cls = _FILE_CLASSES[impl] = module.SoaMatcher
+        return cls
     if impl == "soa":
         from engine.soa_matcher import SoaMatcher
         return SoaMatcher
@@ -437,7 +457,8 @@ def suite(argv=None):
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help="comma-separated implementations to run side by side "
                              "(reference = engine.matcher.Matcher, soa = "
-                             "engine.soa_matcher.SoaMatcher)")
+                             "engine.soa_matcher.SoaMatcher, file:PATH = the SoaMatcher of "
+                             "that module file)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json-out", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--latency-out", default=None, help=argparse.SUPPRESS)
