@@ -37,6 +37,9 @@ def add_arguments(parser):
     parser.add_argument("--data-dir", help="override data_dir")
     parser.add_argument("--port", type=int, help="override publisher.port (the first shard's)")
     parser.add_argument("--matcher-interpreter", help="auto | pypy | cpython | PATH")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration (schema, exchange, shards), print "
+                             "one line and exit: 0 valid, 2 not")
     parser.add_argument("--log-format", choices=("text", "json"),
                         help="log lines of every process: text (key=value, the default) or "
                              "json (one object per line); overrides log.format")
@@ -115,6 +118,13 @@ def _run(args, signals):
         # every process of the engine logs in this format: children inherit the environment
         engine_log.set_format(_log_format(args, runtime))
         names = args.shard or [s.name for s in runtime.shards]
+        for name in names:
+            runtime.shard(name)
+        if getattr(args, "check_config", False):
+            print("ringmatch run: configuration OK: data_dir %s, shards %s" % (
+                runtime.data_dir, ", ".join("%s (%s)" % (s.name, ", ".join(s.symbols) or "-")
+                                           for s in runtime.shards if s.name in names)))
+            return EXIT_STOPPED
         supervisors = [Supervisor(runtime, name) for name in names]
     except ConfigError as exc:
         _say("config error: %s" % exc, EXIT_CONFIG)
