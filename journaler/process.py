@@ -21,18 +21,21 @@ Theory of operation (numbered; the code refers to them):
    to ``durable_sequence`` only -- never past what the fsync policy made
    durable, so the matcher (gated on the journaler) never acts on a record
    that could be lost.  An idle ``interval`` policy syncs when due.
-   Group commit (``fsync="batch"``, ``journal.group_commit_us`` = ``G``):
-   after a batch that was not large (fewer than ``max_batch // 4`` records)
-   the journaler sleeps until ``G`` after that batch's fsync ended, *then*
-   polls: what arrived meanwhile is one batch, one append, one fsync.  So at
-   moderate load there is one wake-up (the sleep's) and one fsync per ``G``
-   plus the fsync's own time, each covering ``rate * (G + fsync)`` records,
-   instead of a futex wake-up and an fsync per one or two records (on this
-   VM each wake-up costs ~30 us of CPU and each fdatasync ~45-75 us).  A
-   record after an idle gap (the sleep is over) is synced at once; large
-   batches never wait.  Lingering delays the commit (the acknowledgement) by
-   at most ``G``; it never reorders, skips or commits a record before its
-   fsync.  0 turns it off.
+   Group commit (``fsync="batch"``; ``journal.group_commit_us`` = ``G``,
+   ``journal.group_commit_records`` = ``K``): after a batch that was not
+   large (fewer than ``max_batch // 4`` records) the journaler sleeps, *then*
+   polls: what arrived meanwhile is one batch, one append, one fsync.  The
+   next poll is due when ``K`` more records are expected at the rate the
+   last batch came in (its count over the time since the poll before), at
+   most ``G`` after this poll: at 10k records/s that is ``G``, at 100k/s
+   ``K / rate`` = 0.3 ms.  So at moderate load there is one wake-up (the
+   sleep's) and one fsync per ~``K`` records instead of a futex wake-up and
+   an fsync per one or two (on this VM each wake-up costs ~30 us of CPU, each
+   fdatasync ~45-75 us, and the matcher, woken by each commit, pays its own
+   wake-up per batch too).  A record after an idle gap (the sleep is over)
+   is synced at once; large batches never wait.  Lingering delays the commit
+   (the acknowledgement) by at most ``G``; it never reorders, skips or
+   commits a record before its fsync.  ``G = 0`` turns it off.
 4. A batch that does not continue the journal exactly (gap or overlap) is
    fatal (exit 3).
 5. ``JournalIOError`` (disk full, EIO): nothing is committed; the error is
@@ -92,11 +95,13 @@ def _catch_up(consumer, writer, ring, log):
     log.event("caught_up", from_seq=gating, to_seq=durable, records=durable - gating)
 
 
-GROUP_COMMIT_US = 0
+GROUP_COMMIT_US = 2000      # rule 3: the longest group-commit pause
+GROUP_COMMIT_RECORDS = 32   # rule 3: records a pause aims to gather
 
 
 def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes=64 << 20,
-        max_batch=4096, log=None, stop=None, idle_timeout=1.0, group_commit_us=GROUP_COMMIT_US):
+        max_batch=4096, log=None, stop=None, idle_timeout=1.0, group_commit_us=GROUP_COMMIT_US,
+        group_commit_records=GROUP_COMMIT_RECORDS):
     """Journal ``ring`` (consumer ``journaler``) into ``data_dir`` until ``stop`` is non-empty.
 
     Returns an exit code (EXIT_OK, EXIT_FATAL).  ``stop`` is a list that a
@@ -143,7 +148,7 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
         writer.close()
         return EXIT_FATAL
     log.event("ready", fsync=fsync, seq=writer.durable_sequence, ring=ring.name,
-              group_commit_us=group_commit_us)
+              group_commit_us=group_commit_us, group_commit_records=group_commit_records)
 
     poll = consumer.poll
     commit = consumer.commit
@@ -154,12 +159,14 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
     first_failure = None
     records = 0
     code = EXIT_OK
-    # rule 3, group commit: the next fsync no earlier than ``group`` s after the last one ended
+    # rule 3, group commit: after a small batch, poll again when ~aim records are expected
     group = group_commit_us / 1e6 if fsync == "batch" else 0.0
+    aim = float(max(1, group_commit_records))
     small = max(1, max_batch // 4)
     clock = time.monotonic
     sleep = time.sleep
     next_sync = 0.0
+    last_poll = clock()
     lingers = 0
     linger = False
     try:
@@ -180,11 +187,14 @@ def run(ring, data_dir, shard, fsync="batch", fsync_interval_ms=5, segment_bytes
                 if batch is None:
                     writer.sync_if_due()
                 else:
+                    if group:
+                        polled_at, last_poll = last_poll, clock()
                     chunks = [view for _seq, view in batch.chunks]
                     append(batch.first_seq, chunks)          # rules 3, 4
                     records += batch.count
-                    if group and batch.count < small:
-                        next_sync = clock() + group
+                    if group and batch.count < small:   # due when ~aim more records came in
+                        pause = aim * (last_poll - polled_at) / batch.count
+                        next_sync = last_poll + (pause if pause < group else group)
                         linger = True
             except JournalIOError as exc:                     # rule 5
                 failures += 1
@@ -240,7 +250,9 @@ def main(argv=None):
                    fsync_interval_ms=conf.get("fsync_interval_ms", 5),
                    segment_bytes=conf.get("segment_bytes", 64 << 20),
                    max_batch=args.max_batch, log=log, stop=stop,
-                   group_commit_us=float(conf.get("group_commit_us", GROUP_COMMIT_US)))
+                   group_commit_us=float(conf.get("group_commit_us", GROUP_COMMIT_US)),
+                   group_commit_records=int(conf.get("group_commit_records",
+                                                     GROUP_COMMIT_RECORDS)))
     finally:
         ring.close()
 

@@ -771,7 +771,8 @@ def _plot(report, path):
 
 def parse_variant(spec):
     """``LABEL:SECTION.KEY=VALUE,...`` -> (label, {section: {key: value}}); values are JSON
-    when they parse as JSON (numbers), else strings.
+    when they parse as JSON (numbers), else strings.  Section ``env`` sets environment
+    variables of the engine and the generators (``env.RINGMATCH_CONSUMER_WAIT=backoff:2000:10000``).
 
     >>> parse_variant("gc300:journal.group_commit_us=300,publisher.feed_linger_ms=8")
     ('gc300', {'journal': {'group_commit_us': 300}, 'publisher': {'feed_linger_ms': 8}})
@@ -795,10 +796,13 @@ def run_config(args, workdir, wait_name, rates, variant=None):
     """Start an engine with one producer-wait setting (and ``variant`` = (label, engine
     config overrides)), measure idle CPU and every rate."""
     label, overrides = variant or ("", {})
+    overrides = dict(overrides)
+    shown = dict(overrides)
     env = dict(os.environ)
     env.pop("RINGMATCH_PRODUCER_WAIT", None)
     if wait_name != "default":
         env["RINGMATCH_PRODUCER_WAIT"] = wait_name
+    env.update({k: str(v) for k, v in overrides.pop("env", {}).items()})   # env.NAME=VALUE
     if args.replication == "none":
         engine = Engine(workdir, args.interpreter, args.fsync, args.port, env=env,
                         overrides=overrides).start()
@@ -828,7 +832,7 @@ def run_config(args, workdir, wait_name, rates, variant=None):
     if label:
         wait_name = "%s / %s" % (wait_name, label)
     out = {"producer_wait": wait_name, "replication": args.replication, "steps": [],
-           "variant": overrides}
+           "variant": shown}
     try:
         _fund(engine)
         timer = OutcomeTimer(engine.shard)

@@ -41,7 +41,11 @@ class SequenceBarrier(object):
         # only a barrier that reads the producers' slots directly can see a dead claim
         self._reaper = reaper if not dep_ptrs else None
         self._claim_timeout_ns = claim_timeout_ns
-        self._check_ns = max(1000000, min(claim_timeout_ns // 4, 100000000))
+        # a barrier with a reaper re-checks for a dead claim every claim_timeout / 4 (at
+        # most 100 ms); one without never needs to: its waits end on a wake-up, the
+        # deadline or the strategy's own slice (250 ms), not on a 100 ms idle wake-up
+        self._check_ns = (max(1000000, min(claim_timeout_ns // 4, 100000000))
+                          if self._reaper is not None else 1 << 62)
 
     @property
     def c_barrier(self):

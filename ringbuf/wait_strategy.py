@@ -14,7 +14,8 @@ BlockingWaitStrategy      futex in the segment; producers wake only       yes
                           when a waiter is registered
 TimeoutBlockingWait...    blocking, but gives up after ``timeout`` s      yes
 BackoffWaitStrategy       spin -> yield -> futex (the default: this       yes
-                          machine has 2 cores, spinning steals one)
+                          machine has 2 cores, spinning steals one;
+                          ``default_backoff``)
 ========================  ==============================================  =======
 
 "signals": producers of a ring whose strategy signals pay one seq_cst fence
@@ -55,8 +56,8 @@ from .errors import RingConfigError
 
 __all__ = ["WaitStrategy", "BusySpinWaitStrategy", "YieldingWaitStrategy",
            "BlockingWaitStrategy", "TimeoutBlockingWaitStrategy", "BackoffWaitStrategy",
-           "make_wait_strategy", "SpaceWaitStrategy", "BackoffSpaceWait", "YieldingSpaceWait",
-           "SleepPollSpaceWait", "make_space_wait", "default_space_wait"]
+           "default_backoff", "make_wait_strategy", "SpaceWaitStrategy", "BackoffSpaceWait",
+           "YieldingSpaceWait", "SleepPollSpaceWait", "make_space_wait", "default_space_wait"]
 
 _SPIN_CHUNK = 2000          # pause rounds between deadline checks
 _FUTEX_SLICE_NS = 250000000  # a futex sleep never exceeds 250 ms (re-check, deadlines; idle cost)
@@ -149,49 +150,80 @@ class TimeoutBlockingWaitStrategy(BlockingWaitStrategy):
         return BlockingWaitStrategy.wait_for(self, barrier, seq, futex, deadline_ns)
 
 
+def default_backoff(cpus=None):
+    """(spin_ns, yield_ns) of a consumer's backoff wait on this machine.
+
+    On <= 2 cores: spin 1 us, no yield phase (a yield there hands the core to
+    another runnable stage for a time slice, and each ``sched_yield`` costs
+    ~6 us on this VM; the stage being waited for needs the core); with more
+    cores spin 2 us and yield until 10 us.  ``RINGMATCH_CONSUMER_WAIT=
+    backoff:SPIN_NS[:YIELD_NS]`` (environment) overrides it.
+    """
+    spec = os.environ.get("RINGMATCH_CONSUMER_WAIT")
+    if spec:
+        parts = spec.split(":")
+        try:
+            if parts[0] != "backoff" or not 2 <= len(parts) <= 3:
+                raise ValueError(spec)
+            return int(parts[1]), int(parts[2]) if len(parts) > 2 else 0
+        except ValueError:
+            raise RingConfigError("bad RINGMATCH_CONSUMER_WAIT %r (backoff:SPIN_NS[:YIELD_NS])"
+                                  % (spec,))
+    cpus = cpus or os.cpu_count() or 1
+    return (1000, 0) if cpus <= 2 else (2000, 10000)
+
+
+_SPIN_ROUNDS = 50    # pause rounds per C spin call (~0.7 us here; 200 were ~2.8 us)
+
+
 class BackoffWaitStrategy(object):
     """Spin for ``spin_ns``, then yield until ``yield_ns``, then sleep on the futex.
 
     The default: on 2 cores a consumer that spins forever takes the core its
-    producer needs; this one spins only through short gaps.
+    producer needs; this one spins only through short gaps
+    (``default_backoff``: 1 us and no yield on <= 2 cores).
     """
 
     name = "backoff"
     needs_signal = True
 
-    def __init__(self, spin_ns=2000, yield_ns=10000):
+    def __init__(self, spin_ns=None, yield_ns=None):
+        if spin_ns is None or yield_ns is None:
+            d_spin, d_yield = default_backoff()
+            spin_ns = d_spin if spin_ns is None else spin_ns
+            yield_ns = d_yield if yield_ns is None else yield_ns
         self.spin_ns = spin_ns
         self.yield_ns = yield_ns
 
     def wait_for(self, barrier, seq, futex, deadline_ns):
         spin = lib.rm_barrier_spin
-        start = _monotonic_ns()
-        a = spin(barrier, seq, 200)
+        a = spin(barrier, seq, _SPIN_ROUNDS)
         if a >= seq:
             return a
-        # spin phase
-        while True:
-            now = _monotonic_ns()
-            if deadline_ns is not None and now >= deadline_ns:
-                return a
-            if now - start >= self.spin_ns:
-                break
-            a = spin(barrier, seq, 200)
-            if a >= seq:
-                return a
-        # yield phase
-        available = lib.rm_barrier_available
-        sched_yield = os.sched_yield
-        while True:
-            sched_yield()
-            a = available(barrier, seq)
-            if a >= seq:
-                return a
-            now = _monotonic_ns()
-            if deadline_ns is not None and now >= deadline_ns:
-                return a
-            if now - start >= self.yield_ns:
-                break
+        spin_ns, yield_ns = self.spin_ns, self.yield_ns
+        if spin_ns > 0 or yield_ns > 0:
+            start = _monotonic_ns()
+            # spin phase
+            while True:
+                now = _monotonic_ns()
+                if deadline_ns is not None and now >= deadline_ns:
+                    return a
+                if now - start >= spin_ns:
+                    break
+                a = spin(barrier, seq, _SPIN_ROUNDS)
+                if a >= seq:
+                    return a
+            # yield phase
+            available = lib.rm_barrier_available
+            sched_yield = os.sched_yield
+            while now - start < yield_ns:
+                sched_yield()
+                a = available(barrier, seq)
+                if a >= seq:
+                    return a
+                now = _monotonic_ns()
+                if deadline_ns is not None and now >= deadline_ns:
+                    return a
         return BlockingWaitStrategy.wait_for(self, barrier, seq, futex, deadline_ns)
 
 
