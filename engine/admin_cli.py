@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-__all__ = ["add_arguments", "add_arguments_for", "run"]
+__all__ = ["add_arguments", "add_arguments_for", "run", "running_shards", "resolve_symbol"]
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -70,27 +70,61 @@ def _runtime(args):
     return runtime
 
 
+def running_shards(data_dir):
+    """{shard name: symbols} of the shards whose resolved ``run/<shard>.json`` is in ``data_dir``.
+
+    That file is written by ``ringmatch run`` for each shard it starts (it stays
+    after a stop; the ring attach tells whether the engine still runs).
+    """
+    import json
+    out = {}
+    run_dir = os.path.join(os.path.abspath(data_dir), "run")
+    try:
+        names = sorted(os.listdir(run_dir))
+    except OSError:
+        return out
+    for fname in names:
+        if not fname.endswith(".json") or fname.count(".") != 1:
+            continue
+        try:
+            with open(os.path.join(run_dir, fname)) as f:
+                raw = json.load(f)
+            shards = raw.get("shards") if isinstance(raw, dict) else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(shards, list) and len(shards) == 1 and isinstance(shards[0], dict) \
+                and shards[0].get("name") == fname[:-5]:
+            out[fname[:-5]] = list(shards[0].get("symbols") or [])
+    return out
+
+
 def _shard_runtime(args, runtime):
     """(shard config, the shard's resolved runtime): ``run/<shard>.json`` when it exists."""
     from engine.runtime import ConfigError, RuntimeConfig
+    wanted = str(args.symbol).upper()
+    found = running_shards(runtime.data_dir)
     if args.shard:
+        name = args.shard
+    elif found:                        # the data dir's shards: the one listing the symbol
+        name = next((n for n, symbols in sorted(found.items())
+                     if wanted in (x.upper() for x in symbols)), sorted(found)[0])
+    else:
+        name = next((s.name for s in runtime.shards if wanted in (n.upper() for n in s.symbols)),
+                    runtime.shards[0].name)
+    if name not in found:
         try:
-            shard = runtime.shard(args.shard)
+            runtime.shard(name)
         except ConfigError as exc:
             raise _Refusal(EXIT_USAGE, str(exc))
-    else:
-        wanted = str(args.symbol).upper()
-        shard = next((s for s in runtime.shards if wanted in (n.upper() for n in s.symbols)),
-                     runtime.shards[0])
-    path = os.path.join(runtime.data_dir, "run", "%s.json" % shard.name)
+    path = os.path.join(runtime.data_dir, "run", "%s.json" % name)
     if not os.path.exists(path):
         raise _Refusal(EXIT_USAGE, "no engine runs shard %s on %s (no %s)"
-                       % (shard.name, runtime.data_dir, path))
+                       % (name, runtime.data_dir, path))
     try:
         resolved = RuntimeConfig.load(path)
+        return resolved.shard(name), resolved
     except ConfigError as exc:
         raise _Refusal(EXIT_USAGE, str(exc))
-    return resolved.shard(shard.name), resolved
 
 
 def _is_standby(data_dir, shard):

@@ -55,7 +55,9 @@ def _load_runtime(args):
     config = args.config
     resolved = None
     if config is None and args.data_dir:
-        shard = args.shard or "shard0"
+        from engine.admin_cli import running_shards
+        found = running_shards(args.data_dir)
+        shard = args.shard or ("shard0" if "shard0" in found or not found else sorted(found)[0])
         candidate = os.path.join(os.path.abspath(args.data_dir), "run", "%s.json" % shard)
         if os.path.exists(candidate):
             resolved = candidate
