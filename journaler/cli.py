@@ -116,8 +116,16 @@ def _bar(args, total, unit, desc):
         from tqdm import tqdm
     except ImportError:
         return None
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        size = os.terminal_size((0, 0))
+    # a terminal that does not tell its size (0 x 0, e.g. a bare pty): 80 x 24, else tqdm
+    # draws a bar 0 columns wide, or hides it below the last of 0 rows
+    known = size.columns > 0 and size.lines > 0
     return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
+                dynamic_ncols=known, ncols=None if known else 80, nrows=None if known else 24,
+                leave=False)
 
 
 def _kind_code(text):
