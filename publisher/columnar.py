@@ -791,7 +791,7 @@ class _Window(object):
         self.qty[t0:t0 + k] = qty
         self.tail += k
         self.volume += int(qty.sum())
-        self.quote_volume += int(np.dot(price, qty))
+        self.quote_volume += int((price * qty).sum())
         cutoff = int(ts[-1]) - DAY_NS              # object model: evict ts <= cutoff
         if self.ts[self.head - self.off] <= cutoff:
             self._evict(cutoff)
@@ -843,7 +843,7 @@ class _Window(object):
         h1 = h0 + int(np.searchsorted(self.ts[h0:t1], cutoff, side="right"))
         if h1 > h0:
             self.volume -= int(self.qty[h0:h1].sum())
-            self.quote_volume -= int(np.dot(self.price[h0:h1], self.qty[h0:h1]))
+            self.quote_volume -= int((self.price[h0:h1] * self.qty[h0:h1]).sum())
             self.head = h1 + self.off
             self._drop_blocks()
 
@@ -1101,10 +1101,10 @@ class ColumnarSymbolView(SymbolView):
 
     def _add_trades(self, arr):
         self.trades.append_array(arr)
-        last = arr[-1]
-        self.last_price = int(last["price"])
-        self.last_qty = int(last["qty"])
-        self.last_trade_id = int(last["trade_id"])
+        last = arr[-1].item()                      # TRADE_DTYPE order
+        self.last_price = last[1]
+        self.last_qty = last[2]
+        self.last_trade_id = last[0]
         self.window.add(arr["timestamp_ns"], arr["price"], arr["qty"])
 
     def _add_trade_rows(self, rows):
@@ -1417,10 +1417,9 @@ class ColumnarReadModel(object):
             return changes
         if n <= SMALL_BATCH:
             return self._apply_small(arr, changes, _records)
-        kind = arr["kind"].copy()                     # contiguous: compared many times
         # one stable sort by kind group, one copy of the records: every section below
         # reads a contiguous slice of its own events (rule 2)
-        grp = _GROUP[kind]
+        grp = _GROUP[arr["kind"]]
         order = grp.argsort(kind="stable")
         counts = np.bincount(grp, minlength=_N_GROUPS).tolist()
         srt = _raw(arr).take(order, axis=0).view(EVENT_DTYPE).reshape(n)
@@ -1488,7 +1487,7 @@ class ColumnarReadModel(object):
         self._forget_done()
         report = self.report_accounts
         if report is None or report:
-            um = _USER_KIND[kind]
+            um = _USER_KIND[arr["kind"]]
             if report is not None and um.any():
                 um &= np.isin(arr["account_id"], np.fromiter(report, np.int64, len(report)))
             if um.any():
@@ -1752,7 +1751,7 @@ class ColumnarReadModel(object):
         """ACCEPTED of NEW_ORDER: new rows (rule 3)."""
         t = self._orders
         oid = ev["order_id"]
-        ids = np.where(oid != 0, oid, ev["seq"])
+        ids = oid if oid.all() else np.where(oid != 0, oid, ev["seq"])
         k = len(ids)
         if t.n and ids[0] <= t.cols["id"][t.n - 1] or (k > 1 and (np.diff(ids) <= 0).any()):
             self._create_slow(ev, ids)
