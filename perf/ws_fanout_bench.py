@@ -580,6 +580,13 @@ def run_fanout_step(args, engine, timer, rate, clients, workdir):
                                 min(args.client_procs, clients), workdir)
             out["connect_s"] = max(r["connect_s"] for r in group.ready)
             group.command({"cmd": "go"})
+        from perf.e2e_bench import engine_pids
+        pub_pid = engine_pids(engine).get("publisher")
+        try:                                   # reset the publisher's peak RSS (VmHWM)
+            with open("/proc/%d/clear_refs" % pub_pid, "w") as f:
+                f.write("5")
+        except (OSError, TypeError):
+            pass
         metrics0 = _ws_metrics(engine.port)
         client_cpu0 = [_cpu_seconds(pid) for pid in (group.pids() if group else [])]
         t0 = time.monotonic()
@@ -598,7 +605,6 @@ def run_fanout_step(args, engine, timer, rate, clients, workdir):
                     "loadavg": os.getloadavg()})
         out["cpu_seconds"]["clients"] = round(client_cpu, 3)
         out["client_cpu_share"] = client_cpu / wall if wall else None
-        from perf.e2e_bench import engine_pids
         pub_pid = engine_pids(engine).get("publisher")
         out["publisher_rss_mb"], out["publisher_peak_rss_mb"] = _rss_mb(pub_pid) if pub_pid \
             else (None, None)
@@ -727,6 +733,7 @@ def summarize(steps):
             "cpu_matcher": med(lambda s: s["cpu_seconds"].get("matcher")),
             "outcome_p99": med(lambda s: s["outcome_latency_ms"]["p99"]),
             "peak_rss": max([s.get("publisher_peak_rss_mb") or 0 for s in group]) or None})
+    # publisher_peak_rss_mb: VmHWM, reset (clear_refs 5) at the start of each step
     return rows
 
 

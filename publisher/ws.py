@@ -43,7 +43,8 @@ Theory of operation (numbered rules; the code refers to them):
    share of the loop and the rest stays with ingestion (the ring feed's
    batches): more subscribers make updates coarser, never ingestion slower.
    Writer tasks' sends (rule 6's backlog) count in the next interval too; the
-   stretch is bounded by ``max_interval_s`` (1 s).  ``conflate_ms`` 0 turns both off.
+   stretch is bounded by ``max_interval_s`` (0.25 s: a fan-out's messages, which the
+   transport may copy once per client, stay that size).  ``conflate_ms`` 0 turns both off.
 6. Direct writes (the uvicorn ``websockets-sansio`` protocol, ``raw``): a
    client whose queue is empty, whose writer is idle and whose transport is
    not paused (its write-buffer limits are set to 0: nothing left unsent) gets its
@@ -311,8 +312,15 @@ class WsClient(object):
                 self._write(out[0], 1)
             elif sum(map(len, out)) <= WRITE_CHUNK:
                 self._write(b"".join(out), len(out))
-            else:                      # large: no joined copy per client
-                for data in out:
+            else:                      # large: no joined copy, and once the transport
+                transport = self.raw.transport      # holds an unsent part, the rest
+                for i, data in enumerate(out):      # waits in the queue as shared frames
+                    if i and transport.get_write_buffer_size():
+                        rest = out[i:]
+                        self.queue.extend(rest)
+                        self.queued_bytes += sum(map(len, rest))
+                        self.wakeup.set()
+                        break
                     self._write(data, 1)
 
     def _write(self, data, messages):
@@ -431,7 +439,7 @@ class Hub(object):
 
     def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None,
                  conflate_ms=0.0, fanout_share=0.25, max_queue_bytes=4 << 20,
-                 max_interval_s=1.0):
+                 max_interval_s=0.25):
         self.catalog = catalog
         self.model = model
         self.max_queue = max_queue
