@@ -8,7 +8,7 @@ Theory of operation (where options may stand):
 1. An option of a subcommand may stand before the subcommand, after it, or
    after its action: ``ringmatch --data-dir D journal verify``, ``ringmatch
    journal --data-dir D verify`` and ``ringmatch journal verify --data-dir D``
-   are one command.  Options before the subcommand are moved behind its name
+   are one command.  Options before the subcommand are moved to the end
    (``_hoist``); the subcommand's own options are copied into each of its
    actions with a suppressed default (``_propagate``), so given after the
    action they count, and not given they leave the subcommand's value alone.
@@ -129,7 +129,11 @@ def _takes_value(parser, option):
 
 
 def _hoist(parser, argv):
-    """Rule 1: ``[opts...] COMMAND rest`` -> ``COMMAND opts... rest`` (argv unchanged else)."""
+    """Rule 1: ``[opts...] COMMAND rest`` -> ``COMMAND rest opts...`` (argv unchanged else).
+
+    At the end (before a ``--``) they reach the deepest parser, which has its
+    own options and, copied by ``_propagate``, those of the levels above it.
+    """
     leading = []
     i = 0
     while i < len(argv):
@@ -137,7 +141,9 @@ def _hoist(parser, argv):
         if word in SUBCOMMANDS:
             if not leading:
                 return argv
-            return [word] + leading + argv[i + 1:]
+            rest = argv[i + 1:]
+            cut = rest.index("--") if "--" in rest else len(rest)
+            return [word] + rest[:cut] + leading + rest[cut:]
         if not word.startswith("-") or word in ("-h", "--help", "--"):
             return argv
         leading.append(word)

@@ -102,6 +102,18 @@ def test_options_before_the_subcommand_or_after_the_action_are_one_command(journ
     assert len(outs) == 1 and "records=3006" in outs.pop() and results[0][1].endswith("OK\n")
 
 
+def test_an_action_option_before_the_subcommand_reaches_the_action(tmp_path):
+    data = str(tmp_path)
+    for argv in (["--json", "--data-dir", data, "keys", "list"],
+                 ["keys", "list", "--data-dir", data, "--json"],
+                 ["keys", "--data-dir", data, "list", "--json"]):
+        code, out, err = ringmatch(*argv)
+        assert code == 0 and out.strip() == "[]", (argv, out, err)
+    code, out, err = ringmatch("--shard", "x", "ring", "list")
+    assert code == 2 and err.strip() == \
+        "ringmatch ring: unrecognized arguments: --shard x (see --help)"
+
+
 def test_symbols_by_name_or_id(journal_dir):
     by_name = ringmatch("journal", "inspect", "--symbol", "ETH-USD", "--limit", "0",
                         "--kind", "NEW_ORDER", "--data-dir", journal_dir)
