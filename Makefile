@@ -36,7 +36,7 @@ run: venv $(if $(shell command -v $(PYPY) 2>/dev/null),venv-pypy)
 	$(VENV)/bin/ringmatch run
 
 bench: venv
-	$(VENV)/bin/ringmatch bench all
+	$(VENV)/bin/ringmatch bench all --save
 
 clean:
 	rm -rf $(VENV) $(PYPY_VENV) build *.egg-info ringbuf/_ringbuf_cffi*.so ringbuf/_ringbuf_cffi.c

@@ -4,8 +4,8 @@ The command is a HALT/RESUME record in the running shard's input ring, written
 by the CLI's privileged producer (``ringbuf.records.CLI_PRODUCER_ID``, the same
 path the supervisor uses for its SNAPSHOT and CLOCK records), so it is
 journaled, replicated and replayed like any other command (docs/engine.md M9).
-While halted, the matcher rejects new orders of the symbol (``SYMBOL_HALTED``);
-cancels still work.  The command waits for the matcher's outcome event.
+While halted, the matcher rejects new orders and amends of the symbol
+(``SYMBOL_HALTED``); cancels still work.  The command waits for the matcher's outcome event.
 
 Exit codes: 0 done; 1 the matcher refused (already halted, not halted) or did
 not answer within ``--timeout``; 2 a wrong command line, an unknown symbol, no
