@@ -208,6 +208,7 @@ class Journal(_Strict):
     fsync_interval_ms: NonNegative = None
     segment_bytes: _integer(1) = None
     group_commit_us: NonNegative = None
+    group_commit_records: Count = None
 
 
 class Snapshot(_Strict):
