@@ -221,9 +221,16 @@ def _count(data, counts, digest):
             rejects[str(value)] = rejects.get(str(value), 0) + n
 
 
-def run_pass(config, deps, cmds, fingerprint=False, impl="reference"):
-    """One pass on a fresh matcher; return (seconds, counts or None)."""
+def run_pass(config, deps, cmds, fingerprint=False, impl="reference", stats=None):
+    """One pass on a fresh matcher; return (seconds, counts or None).
+
+    ``stats``: a dict that receives ``cpu`` (process CPU seconds) and ``gc`` (GcTimer
+    seconds) of the command loop, without the funding deposits before it.
+    """
     matcher, sink = _fresh_matcher(config, deps, impl)
+    if stats is not None:
+        gc_timer = GcTimer().__enter__()
+        c0 = time.process_time()
     process = matcher.process
     take = sink.take
     counts = {"events": 0, "trades": 0, "cancels": 0, "stp_cancels": 0}
@@ -240,6 +247,10 @@ def run_pass(config, deps, cmds, fingerprint=False, impl="reference"):
         total += clock() - t0
         if fingerprint:
             _count(data, counts, digest)
+    if stats is not None:
+        stats["cpu"] = time.process_time() - c0
+        gc_timer.__exit__(None, None, None)
+        stats["gc"] = gc_timer.seconds
     if fingerprint:
         counts["sha256"] = digest.hexdigest()
         bad = dict((r, n) for r, n in counts.get("rejects", {}).items()
@@ -297,12 +308,11 @@ def worker(csv_path, passes, latency_out=None, impls=("reference",), per_order=F
     for _ in range(passes):
         for impl in impls:
             r = out["impls"][impl]
-            c0 = time.process_time()
-            with GcTimer() as gc_timer:
-                seconds = run_pass(DEFAULT_CONFIG, deps, cmds, impl=impl)[0]
-            r["cpu_seconds"].append(time.process_time() - c0)
+            stats = {}
+            seconds = run_pass(DEFAULT_CONFIG, deps, cmds, impl=impl, stats=stats)[0]
+            r["cpu_seconds"].append(stats["cpu"])
             r["pass_seconds"].append(seconds)
-            r["gc_seconds"].append(gc_timer.seconds)
+            r["gc_seconds"].append(stats["gc"])
     if latency_out:
         for impl in impls:
             lat = latency_pass(DEFAULT_CONFIG, deps, cmds, impl)
