@@ -77,8 +77,10 @@ def _number(minimum=None, above=None):
     return Annotated[Any, AfterValidator(check)]
 
 
-def _text(choices=None, nonempty=True):
+def _text(choices=None, nonempty=True, nullable=False):
     def check(value):
+        if value is None and nullable:          # explicit null: the code's default
+            return value
         if not isinstance(value, str):
             _fail("must be a string, got %s" % _show(value))
         if choices is not None and value not in choices:
@@ -132,6 +134,20 @@ def _asset_ref(value):
     _fail("must be an asset name or id (1..65535), got %s" % _show(value))
 
 
+def _list_of_text_or_null(value):
+    return None if value is None else _list_of_text(value)
+
+
+def _port_or_null(value):
+    if value is None:
+        return value
+    if not _is_int(value):
+        _fail("must be an integer, got %s" % _show(value))
+    if not 1 <= value <= 65535:
+        _fail("must be 1..65535, got %d" % value)
+    return value
+
+
 def _list_of_text(value):
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         _fail("must be a list of names, got %s" % _show(value))
@@ -158,8 +174,8 @@ class Shard(_Strict):
     symbols: Annotated[Any, AfterValidator(_list_of_text)] = None
     input_capacity: Annotated[Any, AfterValidator(_power_of_two)] = None
     output_capacity: Annotated[Any, AfterValidator(_power_of_two)] = None
-    output_consumers: Annotated[Any, AfterValidator(_list_of_text)] = None
-    publisher_port: Port = None
+    output_consumers: Annotated[Any, AfterValidator(_list_of_text_or_null)] = None
+    publisher_port: Annotated[Any, AfterValidator(_port_or_null)] = None   # null: base + index
 
 
 class RateLimit(_Strict):
@@ -226,7 +242,7 @@ class Replication(_Strict):
     on_unreachable: _text(("stall", "degrade")) = None
     degrade_after_s: Positive = None
     state_hash_every_s: NonNegative = None
-    wait_strategy: _text(("busy-spin", "yield", "blocking", "backoff")) = None
+    wait_strategy: _text(("busy-spin", "yield", "blocking", "backoff"), nullable=True) = None
     primary_shard: Annotated[Any, AfterValidator(_shard_name)] = None
     listen: Optional[Endpoint] = None
 

@@ -137,6 +137,10 @@ def _suite_configs(tmp_path):
                                {"rate_limit": {"per_second": 100000, "burst": 100000}}]):
         (tmp_path / ("e%d" % i)).mkdir()
         paths.append(Engine(tmp_path / ("e%d" % i), mode="run", publisher_extra=extra).config_path)
+    from tests.replicator.test_failover import write_configs
+    (tmp_path / "f").mkdir()
+    write_configs(tmp_path / "f", "rpa0", "rsb0", 9100, wait_strategy=None)
+    paths += [str(tmp_path / "f" / "p.json"), str(tmp_path / "f" / "s.json")]
     return paths
 
 
