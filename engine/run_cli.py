@@ -15,7 +15,10 @@ Exit codes (docs/operations.md):
 7  the publisher's port is in use (or cannot be bound)
 == ==========================================================================
 
-Every refusal is one line on stderr starting ``ringmatch run:``, no traceback.
+Every refusal is one line on stderr starting ``ringmatch run:``, no traceback
+(a JSON object with ``exit_code`` under ``--log-format json``).  The configuration
+is checked by engine/config_schema.py first: ``ringmatch run: config error:
+publisher.port: must be 1..65535, got 70000``; ``--check-config`` stops there.
 """
 import errno
 import sys

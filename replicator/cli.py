@@ -77,7 +77,8 @@ def _run(args, signals):
         return 3
     supervisor.log.event("standby_ready", listen="%s:%d" % listen,
                          primary=args.primary or "-", data_dir=runtime.data_dir)
-    print("ringmatch: standby running, shard %s, listening on %s:%d for the primary; "
-          "promote with: ringmatch promote --data-dir %s"
-          % (supervisor.shard.name, listen[0], listen[1], runtime.data_dir), file=sys.stderr)
+    if engine_log.current_format() != "json":      # json: the standby_ready line says it
+        print("ringmatch: standby running, shard %s, listening on %s:%d for the primary; "
+              "promote with: ringmatch promote --data-dir %s"
+              % (supervisor.shard.name, listen[0], listen[1], runtime.data_dir), file=sys.stderr)
     return supervisor.run_forever()
