@@ -120,6 +120,11 @@ IMPLS = ("reference", "soa")
 _FILE_CLASSES = {}
 
 
+def _file_part(impl):
+    """An implementation name usable in a file name (``file:/a/b.py`` -> ``file__a_b.py``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in impl)
+
+
 def matcher_class(impl):
     """The matcher class of an implementation name (see ``--impls``).
 
@@ -316,7 +321,7 @@ def worker(csv_path, passes, latency_out=None, impls=("reference",), per_order=F
     if latency_out:
         for impl in impls:
             lat = latency_pass(DEFAULT_CONFIG, deps, cmds, impl)
-            path = "%s.%s" % (latency_out, impl)
+            path = "%s.%s" % (latency_out, _file_part(impl))
             with open(path, "wb") as f:
                 lat.tofile(f)
             out["impls"][impl]["latency_file"] = path
@@ -531,7 +536,7 @@ def suite(argv=None):
             r["throughput"] = _stats(result["commands"], r["pass_seconds"])
             r["cpu_throughput"] = _stats(result["commands"], r["cpu_seconds"])
             r["latency_ns"] = _histogram(r.pop("latency_file"))
-            os.unlink("%s.%s" % (lat_path, impl))
+            os.unlink("%s.%s" % (lat_path, _file_part(impl)))
             key = "%s/%s" % (label, impl)
             report["runs"][key] = r
             print("%s: median %.0f commands/s" % (key, r["throughput"]["median"]),
