@@ -44,6 +44,7 @@ say so and report the clients' own CPU.
 
     python -m perf.ws_fanout_bench [--clients 1,100,1000] [--rates 10000,100000]
         [--seconds 5] [--passes 2] [--client-procs 2] [--stem ws_fanout_<date>]
+    python -m perf.ws_fanout_bench --encode [GIT_REV]    # the hub's cost per batch only
 """
 import argparse
 import array
@@ -737,6 +738,91 @@ def summarize(steps):
     return rows
 
 
+def encode_cost(commands=60000, per_batch=1000, passes=7, compare_rev=None):
+    """The hub's own cost per batch, in process (no sockets): one subscriber to BTC-USD
+    level2 + trades, batches of ``per_batch`` commands (10 ms at 100k/s) of the e2e
+    workload through the reference Matcher and the columnar service; publisher/ws.py
+    of this checkout against no subscriber and, with ``compare_rev``, that revision's
+    publisher/ws.py (git show), alternating, ``passes`` times.  Returns
+    {label: [us per batch, ...]}."""
+    import importlib.util
+    import numpy as np
+    from engine.commands import Command
+    from engine.config import DEFAULT_CONFIG
+    from engine.events import BytesSink
+    from engine.matcher import Matcher
+    from perf.workload import generate_commands
+    from publisher.columnar import ColumnarReadModel, EventBatch
+    from publisher.columnar_service import ColumnarService
+    from publisher.products import Catalog
+    from ringbuf._native import ffi
+    import publisher.ws as ws_now
+    arr, target = generate_commands(commands, seed=1, symbol_id=1, accounts=1000)
+    sink = BytesSink()
+    matcher = Matcher(DEFAULT_CONFIG, sink)
+    spec = DEFAULT_CONFIG.symbols[1]
+    seq = 0
+    for account in range(1, 1001):
+        for asset, amount in ((spec.quote_asset, 10 ** 13), (spec.base_asset, 10 ** 14)):
+            seq += 1
+            matcher.process(seq, Command.deposit(account, asset, amount))
+    first = seq + 1
+    cancels = target >= 0
+    arr["order_id"][cancels] = first + target[cancels]
+    arr["timestamp_ns"] = 1764806400 * 10 ** 9 + np.arange(commands) * (10 ** 9 // 100000)
+    arr["producer_id"] = 100
+    raw = bytearray(arr.tobytes())
+    records = ffi.cast("rm_command_t *", ffi.from_buffer(raw))
+    funding = bytes(sink.take())
+    batches = []
+    for start in range(0, commands, per_batch):
+        for i in range(start, min(commands, start + per_batch)):
+            matcher.process(first + i, records[i])
+        batches.append(bytes(sink.take()))
+    mods = [("this checkout, no subscriber", ws_now, False),
+            ("this checkout, 1 subscriber", ws_now, True)]
+    if compare_rev:
+        text = subprocess.run(["git", "show", "%s:publisher/ws.py" % compare_rev], cwd=ROOT,
+                              stdout=subprocess.PIPE, check=True).stdout
+        path = os.path.join(tempfile.mkdtemp(prefix="rm-wsold-"), "ws_old.py")
+        with open(path, "wb") as f:
+            f.write(text)
+        spec_old = importlib.util.spec_from_file_location("ws_old", path)
+        ws_old = importlib.util.module_from_spec(spec_old)
+        spec_old.loader.exec_module(ws_old)
+        mods.append(("%s, 1 subscriber" % compare_rev, ws_old, True))
+
+    class _Socket(object):              # a client of the writer-task path (no network)
+        async def send_text(self, text):
+            pass
+
+    def one(mod, subscribed):
+        catalog = Catalog.from_exchange(DEFAULT_CONFIG)
+        model = ColumnarReadModel([1, 2, 3], specs={s: DEFAULT_CONFIG.symbol_by_id(s)
+                                                    for s in (1, 2, 3)})
+        hub = mod.Hub(catalog, model, conflate_ms=0)
+        service = ColumnarService(catalog, model, hub)
+        service.on_events(EventBatch.from_bytes(funding))
+        if subscribed:
+            client = mod.WsClient(hub, _Socket(), 10 ** 9)
+            hub.add(client)
+            hub.subscribe(client, "level2", 1)
+            hub.subscribe(client, "trades", 1)
+        t0 = time.perf_counter()
+        for data in batches:
+            service.on_events(EventBatch.from_bytes(data))
+            if subscribed:
+                client.queue.clear()
+        return (time.perf_counter() - t0) / len(batches) * 1e6
+    out = {label: [] for label, _, _ in mods}
+    events = sum(len(b) for b in batches) // 128
+    for _ in range(passes):
+        for label, mod, subscribed in mods:
+            out[label].append(one(mod, subscribed))
+    return out, {"batches": len(batches), "events_per_batch": events / len(batches),
+                 "commands_per_batch": per_batch}
+
+
 def _default_client_python():
     pypy = os.path.join(ROOT, ".venv-pypy", "bin", "python")
     return pypy if os.path.exists(pypy) else sys.executable
@@ -746,6 +832,17 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--client":
         return client_main(argv[1:])
+    if argv and argv[0] == "--encode":     # --encode [REV]: the hub's cost per batch, in process
+        import platform
+        import statistics
+        res, info = encode_cost(compare_rev=argv[1] if len(argv) > 1 else None)
+        print("python -m perf.ws_fanout_bench %s  (%s %s, loadavg %s; %s)" % (
+            " ".join(argv), platform.python_implementation(), platform.python_version(),
+            " ".join("%.2f" % x for x in os.getloadavg()), json.dumps(info)))
+        for label, values in res.items():
+            print("%-40s us per batch: median %.0f  min %.0f  max %.0f  (%d passes)" % (
+                label, statistics.median(values), min(values), max(values), len(values)))
+        return 0
     parser = argparse.ArgumentParser(prog="python -m perf.ws_fanout_bench",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="1,100,1000")

@@ -191,3 +191,36 @@ def test_50_subscribers_share_frames_and_end_with_the_rest_book():
         for sequence, payload in updates:          # the same bytes for every client
             assert frames.setdefault(sequence, payload) == payload
     assert len(frames) == level2_sent
+
+
+def test_formatted_messages_equal_json_dumps_of_the_views():
+    """The hub formats l2update/trades text itself (memoized strings); it must equal
+    json.dumps of views.trade_json and of [side, price, size] lists, for Trade lists (the
+    object model) and columnar TradeLists alike."""
+    import random
+    import numpy as np
+    from publisher.columnar import TRADE_DTYPE, TradeList
+    from publisher.products import Catalog
+    from publisher.read_model import Trade
+    from publisher.views import trade_json
+    from publisher.ws import Formats, last_trade_ns
+    rng = random.Random(5)
+    for name in ("BTC-USD", "ETH-BTC"):
+        product = Catalog.from_exchange(DEFAULT_CONFIG).product(name)
+        fmt = Formats(product, limit=64)             # small memo: misses and clears too
+        trades = [Trade(i, rng.randint(1, 10 ** 7), rng.randint(1, 10 ** 6), rng.choice((1, 2)),
+                        rng.choice((0, rng.randint(1, 2 * 10 ** 18))), i, 7, 8)
+                  for i in range(1, 2000)]
+        expected = json.dumps([trade_json(t, product) for t in trades], separators=(",", ":"))
+        assert fmt.trades_json(trades) == expected
+        columns = np.array([(t.trade_id, t.price, t.qty, t.taker_side, t.timestamp_ns, t.seq,
+                             t.maker_order_id, t.taker_order_id) for t in trades], TRADE_DTYPE)
+        lazy = TradeList(columns[:700])
+        lazy.extend(TradeList(columns[700:]))
+        assert fmt.trades_json(lazy) == expected
+        assert last_trade_ns(lazy) == trades[-1].timestamp_ns
+        levels = {(rng.choice((1, 2)), rng.randint(1, 10 ** 7)): rng.choice((0, rng.randint(1, 10 ** 6)))
+                  for _ in range(500)}
+        assert fmt.levels_json(levels) == json.dumps(
+            [[{1: "buy", 2: "sell"}[s], product.fmt_price(p), product.fmt_qty(q)]
+             for (s, p), q in levels.items()], separators=(",", ":"))
