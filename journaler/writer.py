@@ -15,7 +15,8 @@ Theory of operation:
    fsynced: a segment is never durable while the one before it is not (after
    a power loss that would be a gap, which start-up treats as damage).
 4. Durability policy (``fsync``): ``"batch"`` fdatasyncs after every append
-   (group commit: one sync per ring batch); ``"interval"`` fdatasyncs when
+   (group commit: one sync per ring batch; the journaler process lets small
+   batches grow first, journaler/process.py rule 3); ``"interval"`` fdatasyncs when
    ``fsync_interval_ms`` have passed since the last sync (``sync_if_due()``
    is also called by the process loop when idle); ``"off"`` syncs only at a
    segment roll (rule 3) and counts a record durable once ``write`` returned
