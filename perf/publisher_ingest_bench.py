@@ -129,6 +129,7 @@ def _measure(chunks, n_events, models, passes):
     services = {m: one_pass(chunks, m)[2] for m in models}           # warm-up
     if len(services) == 2:
         _same_views(services["object"], services["columnar"])
+    del services             # (kept, its objects would be traversed by every gc pass)
     runs = {m: [] for m in models}
     for _ in range(passes):
         for m in models:

@@ -156,7 +156,6 @@ _STATUS_NAMES = ("pending", "open", "done")
 _DONE_NAMES = (None, "filled", "canceled", "expired")
 
 _EMPTY_I = np.zeros(0, np.int64)
-_ZERO1 = np.zeros(1, np.int64)
 
 #: batches of at most this many events take the per-event path (``_apply_small``)
 SMALL_BATCH = 128
@@ -615,10 +614,6 @@ def _trade_words():
 
 
 _TRADE_WORDS = _trade_words()
-
-
-def _trade(rec):
-    return Trade(*rec)
 
 
 def _trades_of(arr):
@@ -1735,17 +1730,6 @@ class ColumnarReadModel(object):
             self.done_total += 1
         else:
             self._log_done(np.array((oid,), np.int64))
-
-    def _total_op(self, key, value, is_set):
-        """One BALANCE set (``is_set``) or FILL move of the total of ``key`` (rule 4)."""
-        tot = self._totals
-        i = tot.slot_of.get(key)
-        if i is None:
-            i = tot.slot(key)
-        if is_set:
-            tot.vals[i] = value
-        else:
-            tot.vals[i] += value
 
     def _create(self, ev):
         """ACCEPTED of NEW_ORDER: new rows (rule 3)."""

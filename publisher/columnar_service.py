@@ -33,14 +33,17 @@ class ColumnarService(PublisherService):
 
     def on_events(self, events):
         """Apply one batch (loop thread, rule 1)."""
-        arr = as_event_array(events)
+        arr = events.array if events.__class__ is EventBatch else as_event_array(events)
         n = len(arr)
         if not n:
             return None
         last_seq, last_index = self.last_seq, self.last_index
         recs = None
         if n <= SMALL_BATCH:                  # the per-event path: Python tuples, no numpy
-            recs = list(_iter_unpack(arr)) if arr.flags.c_contiguous else arr.tolist()
+            try:
+                recs = list(_iter_unpack(arr))
+            except (BufferError, TypeError, ValueError):     # not contiguous
+                recs = arr.tolist()
             first, last = recs[0], recs[-1]
             s0, i0 = first[_E_SEQ], first[_E_EVENT_INDEX]
         else:
