@@ -14,7 +14,9 @@ Theory of operation (numbered rules; the code refers to them):
    signature checked): a value sent in a key header that did not
    authenticate, perhaps a secret pasted in the wrong field, is never written.
 3. ``route`` is the route template (``/orders/{order_id}``), ``unmatched``
-   for a path no route serves: the metrics' label values stay bounded.
+   for a path no route serves, and ``method`` one of ``METHODS`` or ``OTHER``
+   (a client may send any token as its method): the metrics' label values stay
+   bounded whatever clients send.
 4. WebSocket connections pass through untouched.
 """
 import time
@@ -22,6 +24,8 @@ import time
 __all__ = ["AccessLog"]
 
 MAX_PATH_CHARS = 200
+#: rule 3: the methods that keep their name as a label value
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
 
 def _route(scope, routes):
@@ -74,6 +78,8 @@ class AccessLog(object):
     def _note(self, scope, answer, seconds):
         route = _route(scope, self.routes() if callable(self.routes) else self.routes)
         method = scope.get("method", "-")
+        if method not in METHODS:
+            method = "OTHER"                                           # rule 3
         if self.metrics is not None:
             self.metrics.observe(route, method, answer["status"], seconds)
         if self.log is None:

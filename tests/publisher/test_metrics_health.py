@@ -151,3 +151,32 @@ def test_health_reports_a_configured_standby(tmp_path):
     status, body = report("restarting")
     assert status == 503 and "standby" in body["reason"] and "restarting" in body["reason"]
     assert body["checks"]["standby"]["ok"] is False
+
+
+def test_invented_methods_do_not_grow_the_metrics_labels():
+    """A client may send any token as its HTTP method; /metrics must not keep a series per
+    token (unbounded label values are a memory leak a scraper pays for too)."""
+    import asyncio
+    from prometheus_client import CollectorRegistry
+    from publisher.access_log import AccessLog
+    from publisher.metrics import HttpMetrics, render
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 405, "headers": []})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    registry = CollectorRegistry(auto_describe=False)
+    middleware = AccessLog(app, metrics=HttpMetrics(registry))
+
+    async def nothing(message):
+        pass
+
+    async def drive():
+        for n in range(50):
+            await middleware({"type": "http", "method": "X%d" % n, "path": "/orders"}, None,
+                             nothing)
+        await middleware({"type": "http", "method": "GET", "path": "/orders"}, None, nothing)
+    asyncio.run(asyncio.wait_for(drive(), 30))
+    samples = [s for family in text_string_to_metric_families(render(registry).decode())
+               for s in family.samples if s.name == "ringmatch_http_requests_total"]
+    assert {s.labels["method"]: s.value for s in samples} == {"OTHER": 50.0, "GET": 1.0}
