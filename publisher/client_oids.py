@@ -23,8 +23,9 @@ Theory of operation (numbered rules; the code refers to them):
    or a file that cannot be written) shows its integer after a restart;
    rule 1 still finds the order by its UUID.
 4. Two UUIDs of one account mapping to one integer (probability about
-   n^2 / 2^64 for n UUIDs) are refused (``ClientOidCollision``): the second
-   never passes as a retry of the first.
+   n^2 / 2^64 for n UUIDs) are refused (``ClientOidCollision``) while the
+   first is among the ``capacity`` UUIDs remembered: the second never passes
+   as a retry of the first.
 """
 import hashlib
 import os
@@ -76,22 +77,36 @@ class ClientOids(object):
     # ------------------------------------------------------------ rule 4b
     def _load(self):
         try:
-            with open(self.path, "r", encoding="ascii", errors="replace") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) != 2 or not parts[0].isdigit() or not UUID_RE.match(parts[1]):
-                        continue                                  # a torn or foreign line
-                    self._remember((int(parts[0]), uuid_to_int(parts[1])), parts[1])
-                    self.lines += 1
+            with open(self.path, "rb") as f:
+                raw = f.read()
         except OSError:
-            pass
+            return
+        end = raw.rfind(b"\n") + 1
+        if end < len(raw):                        # rule 4b: a torn tail, cut off
+            try:
+                os.truncate(self.path, end)
+            except OSError:
+                self.path = None                  # appending would join it: memory only
+        for line in raw[:end].decode("ascii", "replace").splitlines():
+            parts = line.split()
+            if len(parts) != 2 or not parts[0].isdigit() or not UUID_RE.match(parts[1]):
+                continue                                          # a foreign line
+            self._remember((int(parts[0]), uuid_to_int(parts[1])), parts[1])
+            self.lines += 1
 
     def _open(self):
+        if self.path is None:
+            return
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                               0o600)
         except OSError:
             self.fd = None                # no run dir (a bare publisher): memory only
+            return
+        try:
+            os.fchmod(self.fd, 0o600)     # a file made by an older version, or by hand
+        except OSError:
+            pass
 
     def _append(self, account_id, text):
         if self.fd is None:
@@ -105,14 +120,9 @@ class ClientOids(object):
             self.close()
 
     def _compact(self):
-        tmp = "%s.%d.tmp" % (self.path, os.getpid())
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            data = "".join("%d %s\n" % (key[0], entry[1]) for key, entry in self.texts.items())
-            os.write(fd, data.encode("ascii"))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        from publisher.key_file import write_private
+        data = "".join("%d %s\n" % (key[0], entry[1]) for key, entry in self.texts.items())
+        write_private(self.path, data.encode("ascii"))                  # rule 4b
         os.close(self.fd)
         self.fd = None
         self.lines = len(self.texts)

@@ -33,7 +33,7 @@ import secrets
 import time
 
 __all__ = ["FILE_NAME", "SCOPES", "KeyFileError", "key_file_path", "load", "save", "create",
-           "revoke", "hash_passphrase", "passphrase_matches", "public_record"]
+           "revoke", "hash_passphrase", "passphrase_matches", "public_record", "write_private"]
 
 FILE_NAME = "api_keys.json"
 SCOPES = ("view", "trade")
@@ -133,11 +133,11 @@ def _fsync_dir(directory):
         os.close(fd)
 
 
-def save(path, data):
-    """Rule 3: write ``data`` to ``path`` atomically, 0600, fsynced (file and directory)."""
+def write_private(path, payload):
+    """Rule 3's write: ``payload`` (bytes) replaces ``path`` atomically, mode 0600, the file
+    and its directory fsynced.  Also used by publisher/client_oids.py.  O(len(payload))."""
     directory = os.path.dirname(path) or "."
     tmp = "%s.%d.%s.tmp" % (path, os.getpid(), secrets.token_hex(4))
-    payload = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)                  # whatever the umask
@@ -157,6 +157,11 @@ def save(path, data):
         except OSError:
             pass
         raise
+
+
+def save(path, data):
+    """Rule 3: write ``data`` to ``path`` atomically, 0600, fsynced (file and directory)."""
+    write_private(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 class _Locked(object):
