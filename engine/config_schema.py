@@ -9,7 +9,11 @@ Theory of operation:
    silently kept); scalars are strict (``"8080"`` is not a port, ``true`` is not 1).
 3. A refusal is :class:`engine.runtime.ConfigError` whose message is one line:
    ``publisher.port: must be 1..65535, got 70000`` (the first problem; ``(and N
-   more)`` when there are others).  Never a traceback.
+   more)`` when there are others).  Never a traceback; a character that would
+   break the line (a newline in a key or a name) is shown escaped.  The value
+   of a key's ``secret``, ``passphrase`` or ``passphrase_hash``, or of a whole
+   ``publisher.api_keys`` entry, is never shown.  Numbers are finite (no NaN or
+   Infinity: an infinite ``auth_window_s`` would switch the timestamp window off).
 4. After the schema, the semantic checks of ``RuntimeConfig`` and
    ``ExchangeConfig`` (power-of-two rings, tick x lot integrality, symbols of a
    shard listed by the exchange) run too, and refuse the same way.
@@ -22,6 +26,7 @@ ConfigError: publisher.port: must be 1..65535, got 70000
 """
 import copy
 import json
+import math
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, List, Optional
 
@@ -69,6 +74,8 @@ def _number(minimum=None, above=None):
     def check(value):
         if not _is_number(value):
             _fail("must be a number, got %s" % _show(value))
+        if not math.isfinite(value):
+            _fail("must be a finite number, got %s" % _show(value))
         if above is not None and not value > above:
             _fail("must be > %s, got %s" % (above, _show(value)))
         if minimum is not None and value < minimum:
@@ -77,12 +84,12 @@ def _number(minimum=None, above=None):
     return Annotated[Any, AfterValidator(check)]
 
 
-def _text(choices=None, nonempty=True, nullable=False):
+def _text(choices=None, nonempty=True, nullable=False, secret=False):
     def check(value):
         if value is None and nullable:          # explicit null: the code's default
             return value
         if not isinstance(value, str):
-            _fail("must be a string, got %s" % _show(value))
+            _fail("must be a string" + ("" if secret else ", got %s" % _show(value)))
         if choices is not None and value not in choices:
             _fail("must be one of %s, got %s" % (", ".join(choices), _show(value)))
         if nonempty and not value:
@@ -185,11 +192,11 @@ class RateLimit(_Strict):
 
 class ApiKey(_Strict):
     key: _text()
-    secret: _text()
+    secret: _text(secret=True)
     account_id: _integer(1, (1 << 32) - 1)
     scope: _text(("view", "trade")) = None
-    passphrase: _text(nonempty=False) = None
-    passphrase_hash: _text() = None
+    passphrase: _text(nonempty=False, secret=True) = None
+    passphrase_hash: _text(secret=True) = None
     per_second: Positive = None
     burst: Positive = None
     label: _text(nonempty=False) = None
@@ -308,27 +315,34 @@ _MESSAGES = {
 }
 
 
+def _one_line(text):
+    """Rule 3: ``text`` with every character that is not printable escaped.  O(len)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _path(loc):
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += "[%d]" % part
         else:
-            out += ("." if out else "") + str(part)
+            name = str(part)
+            out += ("." if out else "") + (name if name.isprintable() else _show(name))
     return out or "(top level)"
 
 
 def _line(error):
     kind = error["type"]
+    hidden = "api_keys" in error["loc"]                    # rule 3: never a secret
+    got = "" if hidden else ", got %s" % _show(error.get("input"))
     if kind == "ringmatch":
         detail = error["msg"]
     elif kind in _MESSAGES:
         detail = _MESSAGES[kind]
         if kind not in ("extra_forbidden", "missing"):
-            detail += ", got %s" % _show(error.get("input"))
+            detail += got
     else:
-        detail = "%s, got %s" % (error["msg"][:1].lower() + error["msg"][1:],
-                                 _show(error.get("input")))
+        detail = error["msg"][:1].lower() + error["msg"][1:] + got
     return "%s: %s" % (_path(error["loc"]), detail)
 
 
@@ -337,6 +351,13 @@ def validate(raw):
 
     Raises ConfigError with one line naming the key.  O(size of the configuration).
     """
+    try:
+        return _validate(raw)
+    except ConfigError as exc:
+        raise ConfigError(_one_line(str(exc)))
+
+
+def _validate(raw):
     if not isinstance(raw, dict):
         raise ConfigError("(top level): must be an object, got %s" % _show(raw))
     try:
@@ -381,17 +402,21 @@ def load(path=None, overrides=None):
     override = {}
     if path is not None:
         try:
-            with open(path) as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
         except OSError as exc:
-            raise ConfigError("cannot read %s: %s" % (path, exc.strerror or exc))
+            raise ConfigError(_one_line("cannot read %s: %s" % (path, exc.strerror or exc)))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(_one_line("%s is not UTF-8 text (byte %d)" % (path, exc.start)))
         try:
             override = json.loads(text)
         except ValueError as exc:
-            raise ConfigError("%s is not valid JSON: %s" % (path, exc))
+            raise ConfigError(_one_line("%s is not valid JSON: %s" % (path, exc)))
+        except RecursionError:
+            raise ConfigError(_one_line("%s is not valid JSON: nested too deeply" % path))
         if not isinstance(override, dict):
-            raise ConfigError("%s: (top level): must be an object, got %s"
-                              % (path, _show(override)))
+            raise ConfigError(_one_line("%s: (top level): must be an object, got %s"
+                                        % (path, _show(override))))
     raw = _merge(DEFAULT_RUNTIME, override)
     for dotted, value in (overrides or {}).items():
         if value is not None:

@@ -65,6 +65,12 @@ BAD = [
                    "symbols": [{"id": 1, "name": "X", "base": "USD", "quote": "USD",
                                 "tick_size": "1", "lot_size": "1"}]}},
      "base and quote are the same asset"),
+    ({"publisher": {"auth_window_s": float("inf")}},
+     "publisher.auth_window_s: must be a finite number, got Infinity"),
+    ({"publisher": {"client_oid_window_s": float("nan")}},
+     "publisher.client_oid_window_s: must be a finite number, got NaN"),
+    ({"publisher": {"po\nrt": 8080}}, 'publisher."po\\nrt": unknown key'),
+    ({"shards": [shard(symbols=["BTC\nUSD"])]}, "unknown symbol 'BTC\\nUSD'"),
 ]
 
 
@@ -96,6 +102,31 @@ def test_the_check_stops_at_the_first_problem_and_counts_the_others(tmp_path):
 def test_a_file_that_is_not_a_json_object_is_one_line(tmp_path, content, expected):
     code, _, err = ringmatch("run", "--config", write(tmp_path, content))
     assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b'{"data_dir": "\xff"}', "is not UTF-8 text"),
+    (b"[" * 100000, "is not valid JSON: nested too deeply"),
+], ids=["latin-1", "deep"])
+def test_a_file_json_cannot_read_is_one_line(tmp_path, content, expected):
+    path = tmp_path / "engine.json"
+    path.write_bytes(content)
+    code, out, err = ringmatch("run", "--check-config", "--config", str(path))
+    assert code == 2 and len(err.splitlines()) == 1 and expected in err, err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("entry", [
+    {"key": "k", "secret": 98765432, "account_id": 1},
+    {"key": "k", "secret": "s", "account_id": 1, "passphrase": 98765432},
+    "k:98765432",
+], ids=["secret", "passphrase", "entry"])
+def test_a_refused_api_key_never_shows_its_secret(tmp_path, entry):
+    raw = {"data_dir": str(tmp_path / "data"), "shards": [shard()],
+           "publisher": {"api_keys": [entry]}}
+    code, out, err = ringmatch("run", "--check-config", "--config", write(tmp_path, raw))
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "publisher.api_keys[0]" in err and "98765432" not in err, err
 
 
 def test_a_missing_file_and_a_bad_override_are_one_line(tmp_path):
