@@ -16,7 +16,10 @@ Theory of operation (numbered rules; the code refers to them):
 5. Keys come from the runtime configuration ``publisher.api_keys``
    (``[{"key", "secret", "account_id"}]``).  Without it, the local demo keys
    ``demo-<n>`` / secret ``demo-secret-<n>`` for accounts 1..``demo_accounts``
-   are used (loopback demo only; documented in docs/publisher.md).
+   are used (loopback demo only; documented in docs/publisher.md), until the
+   key file of rule 10 holds a key (or cannot be read): an operator who manages
+   keys with ``ringmatch keys`` must not keep ten trade keys whose secrets are
+   in the documentation.
 6. Replays: a correctly signed request is accepted once.  Its (key,
    signature) is remembered until its timestamp leaves the window
    (``ReplayCache``); the same signature again in that time is a 401
@@ -268,7 +271,7 @@ class KeyStore(object):
     """
 
     def __init__(self, keys, per_second=50.0, burst=100.0, window_s=30.0, clock=time.time,
-                 monotonic=time.monotonic, key_file=None, reload_s=1.0):
+                 monotonic=time.monotonic, key_file=None, reload_s=1.0, demo=False):
         self.window_s = float(window_s)
         self.clock = clock
         self.monotonic = monotonic
@@ -279,6 +282,8 @@ class KeyStore(object):
         for k in keys:
             self.config_keys[k["key"]] = self._api_key(k, "config")
         self.keys = dict(self.config_keys)
+        self.demo = bool(demo)              # rule 5: config_keys are the demo keys
+        self.demo_off = False
         self.revoked = set()
         self.key_file = key_file
         self.reload_s = float(reload_s)
@@ -300,11 +305,14 @@ class KeyStore(object):
     @classmethod
     def from_config(cls, publisher_cfg, key_file=None):
         cfg = publisher_cfg or {}
-        keys = cfg.get("api_keys") or demo_keys(int(cfg.get("demo_accounts", 10)))
+        keys = cfg.get("api_keys")
+        demo = not keys
+        if demo:
+            keys = demo_keys(int(cfg.get("demo_accounts", 10)))
         limit = cfg.get("rate_limit") or {}
         return cls(keys, per_second=limit.get("per_second", 50.0),
                    burst=limit.get("burst", 100.0), window_s=cfg.get("auth_window_s", 30.0),
-                   key_file=key_file)
+                   key_file=key_file, demo=demo)
 
     # ------------------------------------------------------------ rule 10
     def attach_key_file(self, path):
@@ -331,10 +339,11 @@ class KeyStore(object):
             return
         self.file_identity = identity
         self.reloads += 1
-        file_keys, revoked, error = {}, set(), None
+        file_keys, revoked, error, records = {}, set(), None, 0
         if identity is not None:
             try:
                 data = key_file_mod.load(self.key_file)
+                records = len(data["keys"])
                 for rec in data["keys"]:
                     if rec["key"] in self.config_keys:
                         continue                  # the configuration's key wins
@@ -344,7 +353,8 @@ class KeyStore(object):
                     file_keys[rec["key"]] = self._api_key(rec, "file", self.keys.get(rec["key"]))
             except (key_file_mod.KeyFileError, KeyError, TypeError, ValueError) as exc:
                 file_keys, revoked, error = {}, set(), str(exc)[:200]     # fail closed
-        merged = dict(self.config_keys)
+        self.demo_off = self.demo and (records > 0 or error is not None)     # rule 5
+        merged = {} if self.demo_off else dict(self.config_keys)
         merged.update(file_keys)
         self.keys = merged
         self.revoked = revoked
@@ -370,6 +380,9 @@ class KeyStore(object):
         if api_key is None:
             if key in self.revoked:
                 raise AuthError(401, "API key %s has been revoked" % shorten(key))
+            if self.demo_off and key in self.config_keys:                # rule 5
+                raise AuthError(401, "API key %s: the demo keys are off once the key store "
+                                     "has keys (ringmatch keys)" % shorten(key))
             raise AuthError(401, "invalid API key")
         if not isinstance(timestamp, str) or not _TIMESTAMP_RE.match(timestamp):
             raise AuthError(401, "invalid timestamp %s (unix seconds, ASCII digits)"

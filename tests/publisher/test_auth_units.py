@@ -60,3 +60,33 @@ def test_the_client_oid_file_is_0600_and_its_compaction_is_fsynced(tmp_path, mon
     finally:
         again.close()
     assert sorted(os.listdir(str(tmp_path))) == ["shard0.client_oids"]
+
+
+def _signed(store, key, secret, path="/accounts"):
+    from publisher.auth import signed_headers
+    h = signed_headers(key, secret, "GET", path)
+    return store.verify(h["RM-ACCESS-KEY"], h["RM-ACCESS-TIMESTAMP"], h["RM-ACCESS-SIGN"],
+                        "GET", path, b"")
+
+
+def test_the_demo_keys_stop_once_the_key_store_has_a_key(tmp_path):
+    """The demo secrets are printed in the docs: a publisher whose operator made keys with
+    ``ringmatch keys`` (and no publisher.api_keys) must not go on accepting them."""
+    from publisher.auth import AuthError, KeyStore
+    store = KeyStore.from_config({}, key_file=key_file.key_file_path(str(tmp_path)))
+    assert _signed(store, "demo-1", "demo-secret-1").account_id == 1     # no store: the demo
+    rec, secret, _ = key_file.create(str(tmp_path), 7, "trade")
+    store.refresh(force=True)
+    with pytest.raises(AuthError) as info:
+        _signed(store, "demo-1", "demo-secret-1")
+    assert info.value.status == 401 and "demo keys are off" in info.value.message
+    assert _signed(store, rec["key"], secret).account_id == 7
+    with open(key_file.key_file_path(str(tmp_path)), "w") as f:
+        f.write("{damaged")                                            # fail closed: no demo
+    store.refresh(force=True)
+    for key, sec in (("demo-2", "demo-secret-2"), (rec["key"], secret)):
+        with pytest.raises(AuthError):
+            _signed(store, key, sec)
+    configured = KeyStore.from_config({"api_keys": [{"key": "c", "secret": "cs", "account_id": 9}]},
+                                      key_file=key_file.key_file_path(str(tmp_path)))
+    assert _signed(configured, "c", "cs").account_id == 9              # configured keys stay
