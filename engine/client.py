@@ -409,27 +409,12 @@ class EngineClient(object):
 
 
 def _running_shards(data_dir):
-    """Shard names with a resolved config in ``<data_dir>/run`` (written by ``ringmatch run``)."""
-    import json
+    """Shard names with a resolved config in ``<data_dir>/run`` (written by ``ringmatch run``)
+    whose lock holder lives."""
+    from engine.admin_cli import running_shards
     run_dir = os.path.join(os.path.abspath(data_dir), "run")
-    names = []
-    try:
-        files = sorted(os.listdir(run_dir))
-    except OSError:
-        return names
-    for fname in files:
-        if not fname.endswith(".json"):
-            continue
-        try:
-            with open(os.path.join(run_dir, fname)) as f:
-                raw = json.load(f)
-            shards = raw.get("shards") if isinstance(raw, dict) else None
-        except (OSError, ValueError):
-            continue
-        if shards and len(shards) == 1 and shards[0].get("name") == fname[:-5] \
-                and _lock_holder_alive(os.path.join(run_dir, fname[:-5] + ".lock")):
-            names.append(fname[:-5])
-    return names
+    return [name for name in sorted(running_shards(data_dir))
+            if _lock_holder_alive(os.path.join(run_dir, name + ".lock"))]
 
 
 def _lock_holder_alive(path):
