@@ -64,9 +64,10 @@ def add_arguments(parser):
 def _data_dir(args):
     if args.data_dir:
         return os.path.abspath(args.data_dir)
-    from engine.runtime import ConfigError, RuntimeConfig
+    from engine.config_schema import load          # checked as every CLI checks --config
+    from engine.runtime import ConfigError
     try:
-        return RuntimeConfig.load(args.config).data_dir
+        return load(args.config).data_dir
     except (ConfigError, OSError, ValueError) as exc:
         raise _Refusal(EXIT_USAGE, "cannot read the configuration: %s"
                        % str(exc).splitlines()[0][:200])

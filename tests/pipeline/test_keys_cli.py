@@ -64,6 +64,17 @@ def test_data_dir_comes_from_the_config(tmp_path):
     assert os.path.exists(str(data / "api_keys.json"))
 
 
+def test_a_config_with_a_typo_is_refused_not_read_as_the_default(tmp_path):
+    """``"data_dri"`` must not make the key land in ./var, where no publisher reads it."""
+    config = tmp_path / "engine.json"
+    config.write_text(json.dumps({"data_dri": str(tmp_path)}))
+    code, out, err = keys("create", "--account", "9", "--scope", "view", "--config", str(config),
+                          cwd=str(tmp_path))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (code, out, err)
+    assert "data_dri: unknown key" in err
+    assert not os.path.exists(str(tmp_path / "var"))
+
+
 @pytest.mark.parametrize("args, code, needle", [
     (["create", "--account", "x", "--scope", "view"], 2, "--account"),
     (["create", "--account", "0", "--scope", "view"], 2, "out of range"),
