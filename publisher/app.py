@@ -823,7 +823,7 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
     # ---------------------------------------------------------------- ws + page
     @app.websocket("/ws")
     async def ws(websocket: WebSocket):
-        await websocket_endpoint(websocket, service.hub, keystore)
+        await websocket_endpoint(websocket, service.hub, keystore, client_oids=client_oids)
 
     if os.path.isdir(STATIC_DIR):
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

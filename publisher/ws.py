@@ -59,6 +59,27 @@ Theory of operation (numbered rules; the code refers to them):
    permessage-deflate (RFC 7692 section 6).  Other WebSocket implementations
    (and the tests' fake sockets) use the writer task and ``send_text`` for
    every message.
+7. ``heartbeat`` (as Coinbase Exchange): every ``heartbeat_s`` (1 s) one
+   ``{"type": "heartbeat", "last_trade_id", "product_id", "sequence", "time"}``
+   per product with heartbeat subscribers, built once per product per tick and
+   shared as rule 3's ``Outgoing`` (one write per client per tick, rule 6).
+   ``sequence`` is the product's level2 sequence (rule 2, the ``sequence`` of
+   ``GET /products/{p}/book``), ``last_trade_id`` its newest trade; conflated
+   changes are flushed first, so both are those of messages already sent.  The
+   timer runs only while someone subscribes; its delivery time counts in rule
+   5's interval as the writer tasks' sends do.
+8. Subscriptions (rule 1) take Coinbase's object form too: each entry of
+   ``channels`` is a name (for the top-level ``product_ids``) or
+   ``{"name": ..., "product_ids": [...]}`` (its own products; without them the
+   top-level ones).  A request is checked whole before anything changes; a bad
+   one gets ``{"type": "error", "message", "reason"}`` naming the problem, and
+   the connection stays.  ``unsubscribe`` of a channel without products removes
+   all of that channel's products (Coinbase).  The answer is ``subscriptions``
+   with the whole current set.  The user channel's ``product_ids`` are ignored
+   (it carries every report of the key's account).
+9. A user report's ``client_oid`` is the text the client sent when it was a
+   UUID (``hub.client_oids``: the publisher's ``ClientOids``, client_oids rule
+   3), else the integer.
 """
 import asyncio
 import datetime
@@ -73,7 +94,7 @@ from publisher.views import SIDE_NAMES, book_json, report_json, ticker_json
 
 __all__ = ["Hub", "WsClient", "Outgoing", "text_frame", "websocket_endpoint"]
 
-CHANNELS = ("level2", "trades", "ticker", "user")
+CHANNELS = ("level2", "trades", "ticker", "heartbeat", "user")
 _RESYNC = object()
 # rule 5 measures the fan-out's own CPU time (thread time), not wall time: on a busy
 # machine a preempted fan-out must not look expensive and stretch the interval
@@ -546,6 +567,11 @@ class Hub(object):
         self.encoded = {}
         self._touched = None            # clients written to by the fan-out in progress (rule 6)
         self.formats = {}               # symbol_id -> Formats
+        self.heartbeat_s = 1.0          # rule 7
+        self.heartbeats = 0             # heartbeat ticks that sent something
+        self._hb_handle = None
+        self._hb_next = 0.0
+        self.client_oids = None         # rule 9: publisher.client_oids.ClientOids, or None
 
     # -------------------------------------------------------------- registry
     def add(self, client):
@@ -566,6 +592,60 @@ class Hub(object):
     def subscribe(self, client, channel, symbol_id):
         client.subs.add((channel, symbol_id))
         self.subs.setdefault((channel, symbol_id), set()).add(client)
+        if channel == "heartbeat" and self._hb_handle is None:
+            self._start_heartbeat()
+
+    # -------------------------------------------------------------- heartbeat (rule 7)
+    def _start_heartbeat(self):
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:            # no loop (unit tests driving the hub by hand)
+            return
+        self._hb_next = loop.time() + self.heartbeat_s
+        self._hb_handle = loop.call_at(self._hb_next, self.heartbeat_tick)
+
+    def heartbeat_tick(self):
+        """Send one heartbeat per product with heartbeat subscribers; re-arm the timer
+        while there are any.  O(products + deliveries)."""
+        self._hb_handle = None
+        syms = sorted(sym for (ch, sym), clients in self.subs.items()
+                      if ch == "heartbeat" and clients)
+        if not syms:
+            return                      # stopped; the next heartbeat subscribe restarts it
+        self.flush()                    # conflated changes first: sequence as sent
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        d0 = self._delivery_s
+        touched = self._touched = []
+        t1 = 0.0
+        try:
+            for sym in syms:
+                clients = self.subs.get(("heartbeat", sym))
+                product = self.catalog.by_id.get(sym)
+                if not clients or product is None:
+                    continue
+                view = self.model.symbol(sym)
+                self._deliver(clients, _dumps({
+                    "type": "heartbeat", "last_trade_id": int(view.last_trade_id or 0),
+                    "product_id": product.name, "sequence": view.level2_seq, "time": now}),
+                    ("heartbeat", sym))
+        finally:
+            self._touched = None
+            t0 = _cpu_clock()
+            for client in touched:
+                client.flush_outbox()
+            t1 = _cpu_clock() - t0
+        self.writer_s += self._delivery_s - d0 + t1       # rule 5 counts it next time
+        self._delivery_s = d0
+        self.heartbeats += 1
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        now_t = loop.time()
+        self._hb_next += self.heartbeat_s
+        if self._hb_next <= now_t:      # a late tick: the next one a full interval later
+            self._hb_next = now_t + self.heartbeat_s
+        self._hb_handle = loop.call_at(self._hb_next, self.heartbeat_tick)
 
     def unsubscribe(self, client, channel, symbol_id):
         client.subs.discard((channel, symbol_id))
@@ -693,9 +773,13 @@ class Hub(object):
                 clients = self.user_subs.get(account)
                 if not clients:
                     continue
+                oids = self.client_oids
                 for event, order in reports:
                     product = catalog.by_id.get(event.symbol_id) if event.kind != 10 else None
                     body = report_json(event, order, product, catalog)
+                    if oids is not None and order is not None and order.client_order_id:
+                        body["client_oid"] = oids.text(order.account_id,         # rule 9
+                                                       order.client_order_id)
                     for c in list(clients):
                         c.user_seq += 1
                         body["type"] = "report"
@@ -733,9 +817,11 @@ class Hub(object):
         self.messages += len(clients)
 
 
-async def websocket_endpoint(websocket, hub, keystore, clock=None):
-    """Serve one WebSocket connection (rule 1)."""
+async def websocket_endpoint(websocket, hub, keystore, clock=None, client_oids=None):
+    """Serve one WebSocket connection (rules 1, 8).  ``client_oids``: rule 9's mapping."""
     from starlette.websockets import WebSocketDisconnect
+    if client_oids is not None:
+        hub.client_oids = client_oids
     await websocket.accept()
     raw = sansio_protocol()
     if raw is not None:
@@ -748,16 +834,24 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None):
     client.writer = asyncio.ensure_future(client.run_writer())
     try:
         while True:
-            text = await websocket.receive_text()
+            message = await websocket.receive()
+            if message.get("type") == "websocket.disconnect":
+                break
+            text = message.get("text")
             try:
+                if text is None:                    # a binary frame: UTF-8 JSON is accepted
+                    text = (message.get("bytes") or b"").decode("utf-8")
                 msg = json.loads(text)
                 if not isinstance(msg, dict):
                     raise ValueError("a message is a JSON object")
             except ValueError as exc:
-                client.push(_dumps({"type": "error",
-                                    "message": "bad message: %s" % shorten(str(exc), 80)}))
+                _error(client, "bad message", shorten(str(exc), 80))
                 continue
-            _handle(client, hub, keystore, msg)
+            try:
+                _handle(client, hub, keystore, msg)
+            except Exception as exc:                # rule 8: an answer, never a silent drop
+                _error(client, "bad message", "could not handle it (%s)"
+                       % shorten(type(exc).__name__))
     except WebSocketDisconnect:
         pass
     except RuntimeError:
@@ -768,10 +862,71 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None):
             client.writer.cancel()
 
 
-def _error(client, message):
+def _error(client, message, reason=None):
+    """Coinbase's error form (rule 8): ``message`` says what failed, ``reason`` why;
+    ``message`` repeats the reason so older clients reading only it see it too."""
     # errors bypass the resync gate: they answer the client's own request
-    client.queue.append(_dumps({"type": "error", "message": message}))
+    body = {"type": "error", "message": message if reason is None else
+            "%s: %s" % (message, reason)}
+    if reason is not None:
+        body["reason"] = reason
+    client.queue.append(_dumps(body))
     client.wakeup.set()
+
+
+class _BadRequest(Exception):
+    def __init__(self, reason):
+        Exception.__init__(self, reason)
+        self.reason = reason
+
+
+def _product_list(hub, names, where):
+    if names is None:
+        return None
+    if not isinstance(names, list):
+        raise _BadRequest("%s must be a list of product ids" % where)
+    out = []
+    for name in names:
+        try:
+            p = hub.catalog.product(name) if isinstance(name, str) else None
+        except (KeyError, TypeError, AttributeError, ValueError):
+            p = None
+        if p is None:
+            raise _BadRequest("unknown product %s in %s" % (shorten(name), where))
+        if p not in out:
+            out.append(p)
+    return out
+
+
+def parse_subscription(hub, msg):
+    """Rule 8: a subscribe/unsubscribe message -> [(channel, [Product] or None)], in order
+    (None: no product given).  Raises _BadRequest naming the problem.  O(entries)."""
+    channels = msg.get("channels")
+    top = _product_list(hub, msg.get("product_ids"), "product_ids")
+    if not isinstance(channels, list) or not channels:
+        raise _BadRequest("channels must be a non-empty list of names or "
+                          "{\"name\": ..., \"product_ids\": [...]} objects (channels: %s)"
+                          % ", ".join(CHANNELS))
+    out = []
+    for i, entry in enumerate(channels):
+        if isinstance(entry, dict):
+            name = entry.get("name")
+            where = "channels[%d].product_ids" % i
+            products = _product_list(hub, entry.get("product_ids"), where)
+            if products is None:
+                products = top
+        else:
+            name, products = entry, top
+        if not isinstance(name, str) or name not in CHANNELS:
+            raise _BadRequest("unknown channel(s) %s (one of %s)"
+                              % (shorten([name] if isinstance(entry, dict) else [entry], 80),
+                                 ", ".join(CHANNELS)))
+        out.append((name, products))
+    if msg.get("type") == "subscribe":
+        missing = [ch for ch, products in out if ch != "user" and not products]
+        if missing:
+            raise _BadRequest("product_ids is required for %s" % ", ".join(missing))
+    return out
 
 
 def _handle(client, hub, keystore, msg):
@@ -782,50 +937,42 @@ def _handle(client, hub, keystore, msg):
         client.wakeup.set()
         return
     if kind not in ("subscribe", "unsubscribe"):
-        _error(client, "unknown message type %s (subscribe, unsubscribe, ping)" % shorten(kind))
+        _error(client, "bad message", "unknown message type %s (subscribe, unsubscribe, ping)"
+               % shorten(kind))
         return
-    channels = msg.get("channels") or []
-    product_names = msg.get("product_ids") or []
-    if not isinstance(channels, list) or not isinstance(product_names, list):
-        _error(client, "channels and product_ids must be lists")
-        return
-    bad = [c for c in channels if c not in CHANNELS]
-    if bad or not channels:
-        _error(client, "unknown channel(s) %s (one of %s)" % (shorten(bad, 80), ", ".join(CHANNELS)))
-        return
-    products = []
-    for name in product_names:
-        try:
-            products.append(hub.catalog.product(name))
-        except (KeyError, TypeError, AttributeError):
-            _error(client, "unknown product %s" % shorten(name))
-            return
-    if any(c != "user" for c in channels) and not products:
-        _error(client, "product_ids is required for %s" % ", ".join(c for c in channels if c != "user"))
+    failed = "Failed to %s" % kind
+    try:
+        wanted = parse_subscription(hub, msg)
+    except _BadRequest as exc:
+        _error(client, failed, exc.reason)
         return
     if kind == "unsubscribe":
-        for ch in channels:
+        for ch, products in wanted:
             if ch == "user":
                 s = hub.user_subs.get(client.account_id)
                 if s is not None:
                     s.discard(client)
                 continue
-            for p in products:
-                hub.unsubscribe(client, ch, p.symbol_id)
+            if products is None:      # rule 8: the whole channel
+                syms = [sym for c, sym in client.subs if c == ch]
+            else:
+                syms = [p.symbol_id for p in products]
+            for sym in syms:
+                hub.unsubscribe(client, ch, sym)
         client.queue.append(_dumps({"type": "subscriptions", "channels": _listing(client, hub)}))
         client.wakeup.set()
         return
-    if "user" in channels:
+    if any(ch == "user" for ch, _p in wanted):
         try:
             # auth rule 6: a replayed subscribe (same signature again) is refused
             key = keystore.verify(msg.get("key"), str(msg.get("timestamp") or ""),
                                   msg.get("signature"), "GET", "/ws", b"")
         except auth_mod.AuthError as exc:
-            _error(client, "user channel: %s" % exc.message)
+            _error(client, failed, "user channel: %s" % exc.message)
             return
         hub.subscribe_user(client, key.account_id)
     replies = []
-    for ch in channels:
+    for ch, products in wanted:
         if ch == "user":
             continue
         for p in products:
@@ -833,8 +980,8 @@ def _handle(client, hub, keystore, msg):
     replies.append(_dumps({"type": "subscriptions", "channels": _listing(client, hub)}))
     # rule 2: the snapshot goes into the queue in the same loop step as the
     # subscription, so the next l2update is exactly sequence + 1
-    for ch in channels:
-        for p in products:
+    for ch, products in wanted:
+        for p in products or ():
             if ch == "level2":
                 replies.append(hub.snapshot_message(p.symbol_id))
             elif ch == "ticker":
