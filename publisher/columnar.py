@@ -796,8 +796,8 @@ class _Window(object):
         the arrays move or more than a few trades leave the window (rule 7)."""
         k = len(rows)
         t0 = self.tail - self.off
-        if self.head - self.off > max(1024, (self.tail - self.off) // 2) or \
-                t0 + k > len(self.ts):
+        h0 = self.head - self.off
+        if (h0 > 1024 and h0 > t0 // 2) or t0 + k > len(self.ts):
             self.add(np.array([r[4] for r in rows], np.int64),
                      np.array([r[1] for r in rows], np.int64),
                      np.array([r[2] for r in rows], np.int64))
@@ -1517,6 +1517,8 @@ class ColumnarReadModel(object):
         rejected = status_events = cols = None
         if recs is None:
             recs = _records_of(arr)
+        dmv = self._done_mv
+        dlen = len(dmv)
         for pos, e in enumerate(recs):
             kind = e[0]
             seq = e[10]
@@ -1595,7 +1597,15 @@ class ColumnarReadModel(object):
                             m_done_ns[row] = e[22]
                             if not m_ever[row]:
                                 m_ever[row] = True
-                                self._log_done_one(m_id[row])
+                                tail = self._done_tail
+                                if tail < dlen:
+                                    dmv[tail] = m_id[row]
+                                    self._done_tail = tail + 1
+                                    self.done_total += 1
+                                else:
+                                    self._log_done_one(m_id[row])
+                                    dmv = self._done_mv
+                                    dlen = len(dmv)
                         elif m_status[row] == _PENDING:
                             m_status[row] = _OPEN
                 elif kind == _K_ACCEPTED:
@@ -1612,7 +1622,15 @@ class ColumnarReadModel(object):
                         m_done_ns[row] = e[22]
                         if not m_ever[row]:
                             m_ever[row] = True
-                            self._log_done_one(m_id[row])
+                            tail = self._done_tail
+                            if tail < dlen:
+                                dmv[tail] = m_id[row]
+                                self._done_tail = tail + 1
+                                self.done_total += 1
+                            else:
+                                self._log_done_one(m_id[row])
+                                dmv = self._done_mv
+                                dlen = len(dmv)
                 elif kind == _K_BALANCE:
                     key = e[9] * 65536 + e[6]
                     i = slot_of.get(key)

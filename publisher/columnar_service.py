@@ -80,7 +80,8 @@ class ColumnarService(PublisherService):
             closed = np.asarray(changes.closed_seqs, np.int64)
             hit = closed[np.isin(closed, np.fromiter(waiters, np.int64, len(waiters)))]
             self._resolve_waiters(hit.tolist())                   # rule 3
-        self._wake_seq_waiters()
+        if self.seq_waiters:
+            self._wake_seq_waiters()
         if self.on_batch is not None:
             self.on_batch(arr, changes)
         return changes
