@@ -57,16 +57,16 @@ def _log_format(args, runtime=None):
     return conf or current_format()
 
 
-def _say(message, code=None):
+def _say(message, code=None, prog="ringmatch run"):
     """One refusal line on stderr: ``ringmatch run: ...`` (a JSON object in json mode)."""
     from engine.log import Logger, current_format
     if current_format() == "json":
-        fields = {"message": "ringmatch run: %s" % message}
+        fields = {"message": "%s: %s" % (prog, message)}
         if code is not None:
             fields["exit_code"] = code
         Logger("ringmatch", "-").event("refused" if code else "info", **fields)
     else:
-        print("ringmatch run: %s" % message, file=sys.stderr)
+        print("%s: %s" % (prog, message), file=sys.stderr)
 
 
 def _refuse(message, code, started):
@@ -108,10 +108,7 @@ def _run(args, signals):
     from engine import log as engine_log
     from engine.config_schema import load
     from engine.runtime import ConfigError
-    from engine.supervisor import (Supervisor, AlreadyRunningError, DataDirError, PortInUseError,
-                                   StopRequested, run_supervisors)
-    from replicator.epoch import FencedError
-    from journaler.errors import JournalError
+    from engine.supervisor import Supervisor, StopRequested, run_supervisors
     if getattr(args, "log_format", None):
         engine_log.set_format(args.log_format)   # also for a refusal of the configuration
     try:
@@ -146,23 +143,37 @@ def _run(args, signals):
             if not sup.stopping:
                 sup.log.event("stopping", signal=exc.signum, during="start-up")
         return _stop_all(started, EXIT_STOPPED)
-    except AlreadyRunningError as exc:
-        return _refuse(exc, EXIT_ALREADY_RUNNING, started)
-    except FencedError as exc:
-        return _refuse("refused, this node is fenced: %s" % exc, EXIT_FENCED, started)
-    except JournalError as exc:      # damaged journal: one precise line, files untouched
-        return _refuse("journal: %s" % exc, EXIT_JOURNAL, started)
-    except DataDirError as exc:
-        return _refuse(exc, EXIT_OS, started)
-    except PortInUseError as exc:
-        return _refuse(exc, EXIT_PORT, started)
-    except OSError as exc:           # e.g. a read-only or missing data dir
-        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return _refuse("data dir %s is not writable (%s: %s)"
-                           % (runtime.data_dir, exc.filename or "?", exc.strerror or exc),
-                           EXIT_OS, started)
-        return _refuse("%s: %s" % (exc.strerror or exc, exc.filename or ""), EXIT_OS, started)
+    except Exception as exc:
+        refusal = start_refusal(exc, runtime.data_dir)
+        if refusal is None:
+            _stop_all(started, None)
+            raise
+        return _refuse(refusal[0], refusal[1], started)
     except BaseException:
         _stop_all(started, None)
         raise
     return run_supervisors(supervisors, signals=signals)
+
+
+def start_refusal(exc, data_dir):
+    """(one-line message, exit code) for an exception a supervisor's start raised, or None
+    when it is not one of the refusals of the table above (also ``ringmatch standby``'s)."""
+    from engine.supervisor import AlreadyRunningError, DataDirError, PortInUseError
+    from journaler.errors import JournalError
+    from replicator.epoch import FencedError
+    if isinstance(exc, AlreadyRunningError):
+        return str(exc), EXIT_ALREADY_RUNNING
+    if isinstance(exc, FencedError):
+        return "refused, this node is fenced: %s" % exc, EXIT_FENCED
+    if isinstance(exc, JournalError):     # damaged journal: one precise line, files untouched
+        return "journal: %s" % exc, EXIT_JOURNAL
+    if isinstance(exc, DataDirError):
+        return str(exc), EXIT_OS
+    if isinstance(exc, PortInUseError):
+        return str(exc), EXIT_PORT
+    if isinstance(exc, OSError):          # e.g. a read-only or missing data dir
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return ("data dir %s is not writable (%s: %s)"
+                    % (data_dir, exc.filename or "?", exc.strerror or exc)), EXIT_OS
+        return "%s: %s" % (exc.strerror or exc, exc.filename or ""), EXIT_OS
+    return None

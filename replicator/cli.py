@@ -5,10 +5,16 @@
 The primary's replicator connects to the ``--listen`` address (it must be the
 primary's ``standby: {host, port}``).  ``--primary`` is only logged (who we
 expect).  See replicator/standby.py and docs/replication.md.
+
+Refusals are one line on stderr (a JSON object under ``--log-format json``) with the exit
+codes of ``ringmatch run`` (engine/run_cli.py): 2 configuration, 3 already running, 4
+journal, 5 fenced, 6 data dir / OS error, 7 port.
 """
 import sys
 
 __all__ = ["add_arguments", "run", "parse_address"]
+
+PROG = "ringmatch standby"
 
 
 def parse_address(text, default_host="127.0.0.1"):
@@ -44,7 +50,8 @@ def _run(args, signals):
     from engine import log as engine_log
     from engine.config_schema import load
     from engine.runtime import ConfigError
-    from engine.supervisor import AlreadyRunningError, StopRequested
+    from engine.run_cli import EXIT_CONFIG, _say, start_refusal
+    from engine.supervisor import StopRequested
     from replicator.standby import StandbySupervisor
     if getattr(args, "log_format", None):
         engine_log.set_format(args.log_format)
@@ -59,11 +66,11 @@ def _run(args, signals):
         listen = parse_address(args.listen)
         supervisor = StandbySupervisor(runtime, args.shard, listen=listen)
     except ConfigError as exc:
-        print("ringmatch standby: config error: %s" % exc, file=sys.stderr)
-        return 2
+        _say("config error: %s" % exc, EXIT_CONFIG, prog=PROG)
+        return EXIT_CONFIG
     except ValueError as exc:
-        print("ringmatch standby: bad configuration: %s" % exc, file=sys.stderr)
-        return 2
+        _say("bad configuration: %s" % exc, EXIT_CONFIG, prog=PROG)
+        return EXIT_CONFIG
     if signals:
         return 0
     supervisor.stop_signals = signals
@@ -72,9 +79,12 @@ def _run(args, signals):
     except StopRequested as exc:     # start() stopped what it had started (rings, children)
         supervisor.log.event("stopping", signal=exc.signum, during="start-up")
         return 0
-    except AlreadyRunningError as exc:
-        print("ringmatch standby: %s" % exc, file=sys.stderr)
-        return 3
+    except Exception as exc:         # the refusals of ringmatch run, with its exit codes
+        refusal = start_refusal(exc, runtime.data_dir)
+        if refusal is None:
+            raise
+        _say(refusal[0], refusal[1], prog=PROG)
+        return refusal[1]
     supervisor.log.event("standby_ready", listen="%s:%d" % listen,
                          primary=args.primary or "-", data_dir=runtime.data_dir)
     if engine_log.current_format() != "json":      # json: the standby_ready line says it
