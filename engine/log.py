@@ -38,6 +38,8 @@ def set_format(fmt):
 
 def _fmt(value):
     text = str(value)
+    if not text.isprintable():          # a newline must not split the line (a forged line)
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     if not text or any(c in text for c in ' ="'):
         return '"%s"' % text.replace('"', "'")
     return text
