@@ -134,15 +134,23 @@ def run(args):
         split = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
         names, extra = words[:split], words[split:]
         if not names:
-            print("ringmatch bench run: name at least one suite (see `ringmatch bench list`)")
+            print("ringmatch bench run: name at least one suite (see `ringmatch bench list`)",
+                  file=sys.stderr)
             return 2
     unknown = [n for n in names if n not in suites]
     if unknown:
-        print("unknown suite(s): %s (see `ringmatch bench list`)" % ", ".join(unknown))
+        print("ringmatch bench %s: unknown suite(s): %s (see `ringmatch bench list`)"
+              % (action, ", ".join(unknown)), file=sys.stderr)
         return 2
     if getattr(args, "results_dir", None):
         target = os.path.abspath(args.results_dir)
-        os.makedirs(target, exist_ok=True)
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            print("ringmatch bench %s: --results-dir %s: %s" % (action, target,
+                                                              exc.strerror or exc),
+                  file=sys.stderr)
+            return 2
     elif getattr(args, "save", False):
         target = RESULTS_DIR
     else:
