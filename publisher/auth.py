@@ -17,7 +17,8 @@ Theory of operation (numbered rules; the code refers to them):
    (``[{"key", "secret", "account_id"}]``).  Without it, the local demo keys
    ``demo-<n>`` / secret ``demo-secret-<n>`` for accounts 1..``demo_accounts``
    are used (loopback demo only; documented in docs/publisher.md), until the
-   key file of rule 10 holds a key (or cannot be read): an operator who manages
+   key file of rule 10 holds a key (or cannot be read; from then on, for the
+   process's life, even if the file goes away): an operator who manages
    keys with ``ringmatch keys`` must not keep ten trade keys whose secrets are
    in the documentation.
 6. Replays: a correctly signed request is accepted once.  Its (key,
@@ -353,7 +354,8 @@ class KeyStore(object):
                     file_keys[rec["key"]] = self._api_key(rec, "file", self.keys.get(rec["key"]))
             except (key_file_mod.KeyFileError, KeyError, TypeError, ValueError) as exc:
                 file_keys, revoked, error = {}, set(), str(exc)[:200]     # fail closed
-        self.demo_off = self.demo and (records > 0 or error is not None)     # rule 5
+        # rule 5; for the rest of the process: a store deleted later does not bring them back
+        self.demo_off = self.demo_off or (self.demo and (records > 0 or error is not None))
         merged = {} if self.demo_off else dict(self.config_keys)
         merged.update(file_keys)
         self.keys = merged

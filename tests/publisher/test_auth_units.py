@@ -87,6 +87,10 @@ def test_the_demo_keys_stop_once_the_key_store_has_a_key(tmp_path):
     for key, sec in (("demo-2", "demo-secret-2"), (rec["key"], secret)):
         with pytest.raises(AuthError):
             _signed(store, key, sec)
+    os.unlink(key_file.key_file_path(str(tmp_path)))                  # a store removed later
+    store.refresh(force=True)
+    with pytest.raises(AuthError):
+        _signed(store, "demo-3", "demo-secret-3")
     configured = KeyStore.from_config({"api_keys": [{"key": "c", "secret": "cs", "account_id": 9}]},
                                       key_file=key_file.key_file_path(str(tmp_path)))
     assert _signed(configured, "c", "cs").account_id == 9              # configured keys stay
