@@ -1,12 +1,13 @@
-"""WebSocket feeds: level2, trades, ticker per product; the authenticated user channel.
+"""WebSocket feeds: level2, trades, ticker, heartbeat per product; the authenticated user channel.
 
 Theory of operation (numbered rules; the code refers to them):
 
 1. One endpoint, ``/ws``.  A client sends ``{"type": "subscribe", "product_ids":
-   [...], "channels": [...]}``; channels are ``level2``, ``trades``, ``ticker``
-   and ``user`` (the user channel needs ``key``, ``timestamp`` and
-   ``signature`` = the REST signature of ``timestamp + "GET" + "/ws"``); a
-   signature is accepted once (auth rule 6): a replayed subscribe is an error.
+   [...], "channels": [...]}`` (or rule 8's object form); channels are
+   ``level2``, ``trades``, ``ticker``, ``heartbeat`` (rule 7) and ``user`` (the
+   user channel needs ``key``, ``timestamp`` and ``signature`` = the REST
+   signature of ``timestamp + "GET" + "/ws"``); a signature is accepted once
+   (auth rule 6): a replayed subscribe is an error.
 2. Every market-data message carries ``sequence``: the per-product, per-channel
    message counter of the read model (read_model rule 4).  level2 starts with a
    ``snapshot`` whose sequence is that of the book it shows; each ``l2update``
@@ -898,7 +899,7 @@ def _product_list(hub, names, where):
     return out
 
 
-def parse_subscription(hub, msg):
+def _parse_subscription(hub, msg):
     """Rule 8: a subscribe/unsubscribe message -> [(channel, [Product] or None)], in order
     (None: no product given).  Raises _BadRequest naming the problem.  O(entries)."""
     channels = msg.get("channels")
@@ -942,7 +943,7 @@ def _handle(client, hub, keystore, msg):
         return
     failed = "Failed to %s" % kind
     try:
-        wanted = parse_subscription(hub, msg)
+        wanted = _parse_subscription(hub, msg)
     except _BadRequest as exc:
         _error(client, failed, exc.reason)
         return

@@ -107,9 +107,8 @@ def test_heartbeat_once_a_second_with_sequence_and_last_trade_id(engine, alice, 
 def test_object_subscription_form_subscribes_exactly_and_unsubscribes(engine, alice):
     async def main():
         async with websockets.connect(engine.ws_url) as ws:
-            await ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD"],
-                                      "channels": ["level2",
-                                                   {"name": "ticker", "product_ids": ["ETH-USD"]}]}))
+            await ws.send(json.dumps({"type": "subscribe", "product_ids": ["BTC-USD"], "channels": [
+                "level2", {"name": "ticker", "product_ids": ["ETH-USD"]}]}))
             subs, _ = await _until(ws, lambda m: m["type"] == "subscriptions")
             assert subs["channels"] == [{"name": "level2", "product_ids": ["BTC-USD"]},
                                         {"name": "ticker", "product_ids": ["ETH-USD"]}]
@@ -230,3 +229,37 @@ def test_uuid_client_oid_in_user_channel_reports(engine, alice, bob):
                                   and m["order_id"] == r.json()["id"])
             assert rep["client_oid"] == "424242", rep
     asyncio.run(main())
+
+
+def test_heartbeat_is_encoded_once_per_product_and_tick_for_all_subscribers():
+    """In-process hub (ws rule 7): one shared message per product per tick, whatever the
+    number of subscribers; products without heartbeat subscribers get none."""
+    from engine.config import DEFAULT_CONFIG
+    from publisher.products import Catalog
+    from publisher.read_model import ReadModel
+    from publisher.ws import Hub, WsClient
+
+    class Socket(object):
+        async def send_text(self, text):
+            pass
+
+    async def main():
+        hub = Hub(Catalog.from_exchange(DEFAULT_CONFIG), ReadModel([1, 2, 3]))
+        hub.heartbeat_s = 0.05
+        clients = [WsClient(hub, Socket(), 100) for _ in range(5)]
+        for c in clients:
+            hub.add(c)
+            hub.subscribe(c, "heartbeat", 1)
+        hub.subscribe(clients[0], "heartbeat", 2)
+        await asyncio.sleep(0.08)               # one tick
+        assert hub.encoded == {("heartbeat", 1): 1, ("heartbeat", 2): 1}
+        items = [c.queue[0] for c in clients]      # writer-task clients queue the text
+        assert len({id(i) for i in items}) == 1     # the same object for every subscriber
+        body = json.loads(items[0])
+        assert body["type"] == "heartbeat" and body["product_id"] == "BTC-USD"
+        assert body["sequence"] == 0 and body["last_trade_id"] == 0
+        for c in clients:
+            hub.remove(c)
+        await asyncio.sleep(0.15)
+        assert hub._hb_handle is None               # the timer stopped with its subscribers
+    asyncio.run(asyncio.wait_for(main(), 20))
