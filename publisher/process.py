@@ -37,8 +37,8 @@ Theory of operation (numbered rules; the code refers to them):
    against ~1-3 us per event once a batch holds a few hundred; lingering makes
    the next batch hold what arrived meanwhile, and the thread wakes once per
    linger instead of once per matcher batch (measured at 10k commands/s:
-   publisher CPU 42 -> 26 us per command with 4 ms, 2 ms: 32; 10 ms: ~30%
-   below 4 ms, perf/results/e2e_2026-12-04_waits.md).  The batch just polled
+   publisher CPU 42 -> 26 us per command with 4 ms, 2 ms: 32; 10 ms: 7-8.7
+   against 11-12 with 4 ms, perf/results/e2e_2026-12-04_waits_variants.md).  The batch just polled
    is handed over at once (no delay for it); later events wait at most
    ``linger_s`` more.  It does not pause while a REST request waits for an
    outcome or an applied sequence (``urgent``: the service's waiters), so
