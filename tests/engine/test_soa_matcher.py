@@ -260,9 +260,10 @@ def test_price_heap_rebuild_and_sorted_fok_walk(monkeypatch):
 
 @pytest.mark.slow
 def test_200k_fuzz_same_events_hash():
-    # 200k commands: supervised random streams (every command kind, rule M9) followed by
-    # the benchmark mix, both implementations, bytes per 4096-command batch
-    cmds = supervised_stream(2027, 100000, n_accounts=9)
-    cmds += [c for c in benchmark_commands(100000, seed=5)]
-    ref, soa = assert_same_batched(cmds, check_every=20000)
-    assert soa.n_live == len(ref.orders)
+    # 200k commands: 100k of supervised random streams (every command kind, rule M9) and
+    # 100k of the benchmark mix (each from seq 1: order ids are seqs), both
+    # implementations, bytes per 4096-command batch
+    for cmds in (supervised_stream(2027, 100000, n_accounts=9),
+                 benchmark_commands(100000, seed=5)):
+        ref, soa = assert_same_batched(cmds, check_every=20000)
+        assert soa.n_live == len(ref.orders) > 0
