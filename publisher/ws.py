@@ -882,7 +882,9 @@ class _BadRequest(Exception):
 
 
 def _product_list(hub, names, where):
-    if names is None:
+    """Products named in ``names`` (a list, deduplicated), None for none given (absent or
+    empty: rule 8); _BadRequest naming the bad one.  O(len(names))."""
+    if names is None or names == []:
         return None
     if not isinstance(names, list):
         raise _BadRequest("%s must be a list of product ids" % where)
@@ -954,7 +956,7 @@ def _handle(client, hub, keystore, msg):
                 if s is not None:
                     s.discard(client)
                 continue
-            if products is None:      # rule 8: the whole channel
+            if not products:          # rule 8: the whole channel
                 syms = [sym for c, sym in client.subs if c == ch]
             else:
                 syms = [p.symbol_id for p in products]

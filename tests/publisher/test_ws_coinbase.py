@@ -135,7 +135,7 @@ def test_object_subscription_form_subscribes_exactly_and_unsubscribes(engine, al
                 {"name": "trades", "product_ids": ["ETH-BTC"]}]}))
             subs, _ = await _until(ws, lambda m: m["type"] == "subscriptions")
             assert subs["channels"] == [{"name": "level2", "product_ids": ["BTC-USD"]}]
-            await ws.send(json.dumps({"type": "unsubscribe", "product_ids": ["BTC-USD"],
+            await ws.send(json.dumps({"type": "unsubscribe", "product_ids": [],
                                       "channels": ["level2"]}))
             subs, _ = await _until(ws, lambda m: m["type"] == "subscriptions")
             assert subs["channels"] == []
