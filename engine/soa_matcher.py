@@ -286,34 +286,9 @@ class SoaMatcher(object):
 
     def _alloc(self, oid, account_id, a, sid, side, otype, tif, flags, stp, price, qty,
                coid, prod, expire_ns, stop_price, funds):
-        """A fresh order handle (S1): from the free list, else a new record at the end."""
-        free = self.o_free
+        """A new record at the end of ``ob`` (S1; reuse of a free record is inlined in
+        :meth:`_new_order`, the only caller with a free list)."""
         ob = self.ob
-        if free:
-            h = free.pop()
-            ob[h + O_ID] = oid
-            ob[h + O_ACCT] = account_id
-            ob[h + O_ASLOT] = a
-            ob[h + O_SYM] = sid
-            ob[h + O_SIDE] = side
-            ob[h + O_TYPE] = otype
-            ob[h + O_TIF] = tif
-            ob[h + O_FLAGS] = flags
-            ob[h + O_STP] = stp
-            ob[h + O_PRICE] = price
-            ob[h + O_QTY] = qty
-            ob[h + O_REM] = qty
-            ob[h + O_FILLED] = 0
-            ob[h + O_PROD] = prod
-            ob[h + O_EXP] = expire_ns
-            ob[h + O_STOP] = stop_price
-            ob[h + O_FUNDS] = funds
-            ob[h + O_HOLD] = 0
-            ob[h + O_FEEPAID] = 0
-            i = h >> SHIFT
-            self.o_coid[i] = coid
-            self.o_feenum[i] = 0
-            return h
         h = len(ob)
         ob.extend(_TEMPLATE)
         ob[h + O_ID] = oid
