@@ -31,14 +31,16 @@ Theory of operation (numbered rules; the code refers to them):
    the newest scheduled batch grows), and so is the bound (each batch on the
    loop holds at most ``max_batch`` events).
    After a small batch (fewer than ``max_batch // 16`` events) the thread waits
-   ``linger_s`` (``publisher.feed_linger_ms``, default 10 ms) before it polls
+   ``linger_s`` (``publisher.feed_linger_ms``, default 20 ms) before it polls
    again: at moderate load the matcher publishes a few events at a time, and
    small batches cost the columnar model ~11 us per event (its per-event path)
    against ~1-3 us per event once a batch holds a few hundred; lingering makes
    the next batch hold what arrived meanwhile, and the thread wakes once per
    linger instead of once per matcher batch (measured at 10k commands/s:
    publisher CPU 42 -> 26 us per command with 4 ms, 2 ms: 32; 10 ms: 7-8.7
-   against 11-12 with 4 ms, perf/results/e2e_2026-12-04_waits_variants.md).  The batch just polled
+   against 11-12 with 4 ms, 20 ms: 4.3-5.3 against 7-8 with 10 ms,
+   perf/results/e2e_2026-12-04_waits_variants*.md).  WebSocket updates and the
+   REST view lag by up to the linger more.  The batch just polled
    is handed over at once (no delay for it); later events wait at most
    ``linger_s`` more.  It does not pause while a REST request waits for an
    outcome or an applied sequence (``urgent``: the service's waiters), so
@@ -67,7 +69,7 @@ import time
 
 __all__ = ["main", "RingFeed", "build_service"]
 
-FEED_LINGER_MS = 10      # rule 2
+FEED_LINGER_MS = 20      # rule 2
 
 
 class RingFeed(object):
