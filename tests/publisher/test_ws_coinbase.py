@@ -245,21 +245,26 @@ def test_heartbeat_is_encoded_once_per_product_and_tick_for_all_subscribers():
 
     async def main():
         hub = Hub(Catalog.from_exchange(DEFAULT_CONFIG), ReadModel([1, 2, 3]))
-        hub.heartbeat_s = 0.05
+        hub.heartbeat_s = 60.0                  # ticks driven by hand below
         clients = [WsClient(hub, Socket(), 100) for _ in range(5)]
         for c in clients:
             hub.add(c)
             hub.subscribe(c, "heartbeat", 1)
         hub.subscribe(clients[0], "heartbeat", 2)
-        await asyncio.sleep(0.08)               # one tick
+        assert hub._hb_handle is not None       # the first subscribe armed the timer
+        hub._hb_handle.cancel()
+        hub.heartbeat_tick()                    # one tick
         assert hub.encoded == {("heartbeat", 1): 1, ("heartbeat", 2): 1}
         items = [c.queue[0] for c in clients]      # writer-task clients queue the text
         assert len({id(i) for i in items}) == 1     # the same object for every subscriber
         body = json.loads(items[0])
         assert body["type"] == "heartbeat" and body["product_id"] == "BTC-USD"
         assert body["sequence"] == 0 and body["last_trade_id"] == 0
+        assert hub._hb_handle is not None           # re-armed while subscribed
+        hub._hb_handle.cancel()
         for c in clients:
             hub.remove(c)
-        await asyncio.sleep(0.15)
+        hub.heartbeat_tick()
         assert hub._hb_handle is None               # the timer stopped with its subscribers
+        assert hub.encoded == {("heartbeat", 1): 1, ("heartbeat", 2): 1}
     asyncio.run(asyncio.wait_for(main(), 20))
