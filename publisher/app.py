@@ -47,6 +47,12 @@ Theory of operation (numbered rules; the code refers to them):
 11. Operations: ``/health`` (readiness, ``EngineProbe``), ``/health/live``,
    ``/metrics`` (publisher/metrics.py) and one access-log line per request
    (publisher/access_log.py), never with a credential.
+12. ``/docs`` (where a user types a secret) loads nothing from another host:
+   Swagger UI's script and stylesheet are the installed ``swagger-ui-bundle-v2``
+   package's files, served under ``/docs/assets/`` with SRI ``integrity``
+   hashes, and a Content-Security-Policy limits the page to this origin.
+   Without the package the page says so (and still signs, rule 9).  OpenAPI's
+   timestamp descriptions show the configured window (``auth_window_s``).
 """
 import asyncio
 import contextlib
@@ -814,11 +820,22 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return Response(metrics_mod.render(registry), media_type=metrics_mod.CONTENT_TYPE)
 
     # ---------------------------------------------------------------- OpenAPI + /docs
-    _declare_security(app)
+    _declare_security(app, getattr(keystore, "window_s", 30.0))
+    docs_assets = swagger_assets()
 
     @app.get("/docs", include_in_schema=False)
     async def docs_page():
-        return HTMLResponse(_docs_html(app.title))
+        return HTMLResponse(_docs_html(app.title, docs_assets),
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        # rule 12: only the two files the page names, from the installed package
+        if docs_assets is None or name not in _SWAGGER_FILES:
+            return JSONResponse({"message": "not found"}, status_code=404)
+        return FileResponse(os.path.join(docs_assets.directory, name),
+                            media_type=_SWAGGER_FILES[name],
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     # ---------------------------------------------------------------- ws + page
     @app.websocket("/ws")
@@ -837,6 +854,21 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
 
 # ---------------------------------------------------------------- OpenAPI security, /docs
 _PRIVATE_TAGS = frozenset({"orders", "accounts", "fills"})
+
+
+def security_schemes(window_s=30.0):
+    """OpenAPI's security schemes; the timestamps' window is the configured one
+    (``publisher.auth_window_s``, auth rule 2)."""
+    within = "unix seconds (a fraction allowed), within %g s of the server clock" % window_s
+    out = {}
+    for name, spec in SECURITY_SCHEMES.items():
+        spec = dict(spec)
+        if name.endswith("Timestamp"):
+            spec["description"] = within
+        out[name] = spec
+    return out
+
+
 SECURITY_SCHEMES = {
     "CbAccessKey": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_KEY,
                     "description": "Coinbase Exchange scheme: the API key"},
@@ -844,7 +876,7 @@ SECURITY_SCHEMES = {
                      "description": "base64(HMAC-SHA256(base64decode(secret), timestamp + "
                                     "METHOD + requestPath + body))"},
     "CbAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_TIMESTAMP,
-                          "description": "unix seconds (a fraction allowed), within 30 s"},
+                          "description": "unix seconds (a fraction allowed)"},
     "CbAccessPassphrase": {"type": "apiKey", "in": "header",
                            "name": auth_mod.CB_HEADER_PASSPHRASE,
                            "description": "the key's passphrase"},
@@ -854,7 +886,7 @@ SECURITY_SCHEMES = {
                      "description": "base64(HMAC-SHA256(secret as UTF-8, timestamp + METHOD + "
                                     "path_with_query + body))"},
     "RmAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.HEADER_TIMESTAMP,
-                          "description": "unix seconds (a fraction allowed), within 30 s"},
+                          "description": "unix seconds (a fraction allowed)"},
 }
 #: either the four Coinbase headers or the three RM ones
 SECURITY = [{"CbAccessKey": [], "CbAccessSign": [], "CbAccessTimestamp": [],
@@ -862,9 +894,10 @@ SECURITY = [{"CbAccessKey": [], "CbAccessSign": [], "CbAccessTimestamp": [],
             {"RmAccessKey": [], "RmAccessSign": [], "RmAccessTimestamp": []}]
 
 
-def _declare_security(app):
-    """OpenAPI: the security schemes, and on each private operation its requirement and the
-    scope it needs (``x-required-scope``, auth rule 9)."""
+def _declare_security(app, window_s=30.0):
+    """OpenAPI: the security schemes (``security_schemes(window_s)``), and on each private
+    operation its requirement and the scope it needs (``x-required-scope``, auth rule 9)."""
+    schemes = security_schemes(window_s)
     from fastapi.openapi.utils import get_openapi
 
     def openapi():
@@ -872,7 +905,7 @@ def _declare_security(app):
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        schema.setdefault("components", {})["securitySchemes"] = schemes
         for ops in schema.get("paths", {}).values():
             for method, op in ops.items():
                 if not isinstance(op, dict) or not set(op.get("tags", ())) & _PRIVATE_TAGS:
@@ -891,11 +924,44 @@ def _declare_security(app):
     app.openapi = openapi
 
 
-_SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
-_SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+_SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+                  "swagger-ui.css": "text/css; charset=utf-8"}
+
+
+class SwaggerAssets(object):
+    """Swagger UI's files from the installed ``swagger-ui-bundle-v2`` package (rule 12):
+    their directory, version and SRI hashes (sha384 of the bytes served)."""
+    __slots__ = ("directory", "version", "integrity")
+
+    def __init__(self, directory):
+        import base64
+        import hashlib
+        self.directory = str(directory)
+        self.version = os.path.basename(self.directory).rpartition("-")[2]
+        self.integrity = {}
+        for name in _SWAGGER_FILES:
+            with open(os.path.join(self.directory, name), "rb") as f:
+                digest = hashlib.sha384(f.read()).digest()
+            self.integrity[name] = "sha384-" + base64.b64encode(digest).decode()
+
+
+def swagger_assets():
+    """The installed Swagger UI assets, or None (the package is missing or incomplete:
+    /docs then says so and loads nothing from elsewhere)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+        return SwaggerAssets(swagger_ui_path)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_DOCS_MISSING = """<p id="rm-missing" style="font:14px sans-serif;padding:16px">Swagger UI is not
+installed on this server (the Python package swagger-ui-bundle-v2); /openapi.json has the API
+description, and the form above still signs requests made with rmSign().</p>"""
 _DOCS_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>%(title)s - docs</title>
-<link rel="stylesheet" href="%(css)s">
+<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'">
+%(css)s
 <style>#rm-sign{font:13px sans-serif;padding:8px 16px;background:#f4f6f8;border-bottom:1px solid #ccd}
 #rm-sign input{margin-right:10px}</style></head>
 <body>
@@ -934,18 +1000,27 @@ async function rmSign(req) {
   return req;
 }
 </script>
-<script src="%(js)s"></script>
+%(ui)s</body></html>
+"""
+_DOCS_UI = """<script src="/docs/assets/swagger-ui-bundle.js" integrity="%(js_sri)s"></script>
 <script>
 window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
   layout: "BaseLayout", requestInterceptor: rmSign});
-</script></body></html>
+</script>
 """
 
 
-def _docs_html(title):
+def _docs_html(title, assets):
+    """Rule 12: Swagger UI from this server only (the installed package's files, each with
+    its SRI hash), never from a CDN: the page is where a user types a secret."""
     import html
-    return _DOCS_HTML % {"title": html.escape(title), "css": _SWAGGER_CSS, "js": _SWAGGER_JS}
+    if assets is None:
+        return _DOCS_HTML % {"title": html.escape(title), "css": "", "ui": _DOCS_MISSING}
+    css = '<link rel="stylesheet" href="/docs/assets/swagger-ui.css" integrity="%s">' \
+        % assets.integrity["swagger-ui.css"]
+    return _DOCS_HTML % {"title": html.escape(title), "css": css,
+                         "ui": _DOCS_UI % {"js_sri": assets.integrity["swagger-ui-bundle.js"]}}
 
 
 _HEALTH_STATES = ("starting", "ready", "degraded", "stopping")
