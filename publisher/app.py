@@ -80,8 +80,10 @@ from publisher.auth import SCOPE_TRADE, SCOPE_VIEW, require_scope, shorten
 from publisher.client_oids import ClientOidCollision, ClientOids
 from publisher.products import ConversionError
 from publisher.read_model import reason_name
+from publisher.history import GRANULARITIES, page
 from publisher.service import OutcomeTimeout, RingFull
-from publisher.views import book_json, fill_json, order_json, ticker_json, trade_json
+from publisher.views import (book_json, candle_json, fill_json, history_fill_json, level3_json,
+                             order_json, ticker_json, trade_json)
 from publisher.ws import websocket_endpoint
 
 __all__ = ["create_app", "ApiError", "OrderRequest", "AmendRequest", "DepositRequest",
@@ -266,6 +268,25 @@ def _expire_ns(text):
     if not 0 < ns <= _MAX_I64:
         raise ApiError(400, "expire_time %s is out of range" % shorten(text))
     return ns
+
+
+MAX_CANDLES = 300
+
+
+def _time_s(text, what):
+    """A candles ``start``/``end``: ISO 8601 (UTC when no offset) or unix seconds -> int s."""
+    if text is None or text == "":
+        return None
+    if re.match(r"[0-9]{1,12}(\.[0-9]{1,9})?\Z", text):
+        return int(text.split(".")[0])
+    try:
+        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise ApiError(400, "%s must be an ISO 8601 time or unix seconds, not %s"
+                       % (what, shorten(text)))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return int(dt.timestamp() // 1)
 
 
 def _conv(fn, value, what, positive=False):
@@ -680,11 +701,24 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             raise ApiError(404, "order %s not found" % shorten(order_id))
         return _ok(_order_json(order, product))
 
-    @app.get("/orders", tags=["orders"], summary="List orders (status open|done|all)")
+    def _cursor_page(items, key, before, after, limit):
+        """Coinbase cursor pagination (publisher/history.py ``page``): (page, headers)."""
+        if before is not None and after is not None:
+            raise ApiError(400, "give before or after, not both")
+        sel, newest, oldest = page(items, key, before, after, limit)
+        headers = _seq_header()
+        if newest is not None:
+            headers["CB-BEFORE"] = str(newest)
+            headers["CB-AFTER"] = str(oldest)
+        return sel, headers
+
+    @app.get("/orders", tags=["orders"],
+             summary="List orders (status open|done|all), newest first, cursor pagination")
     async def list_orders(request: Request, status: Literal["open", "done", "all"] = "open",
                           product_id: Optional[str] = Query(None, max_length=32),
                           min_seq: AsciiInt = 0,
-                          limit: Annotated[AsciiInt, Query(ge=1, le=100000)] = 1000):
+                          before: Optional[AsciiInt] = None, after: Optional[AsciiInt] = None,
+                          limit: Annotated[AsciiInt, Query(ge=1, le=100000)] = 100):
         key, _body = await _auth(request)
         await _min_seq(min_seq)
         symbol_id = _product(product_id).symbol_id if product_id else None
@@ -695,8 +729,33 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             if status == "done":
                 orders = [o for o in orders if not o.is_open]
         by_id = catalog.by_id
-        orders = [o for o in orders if o.symbol_id in by_id][-limit:]
-        return _ok([_order_json(o, by_id[o.symbol_id]) for o in orders])
+        orders = [o for o in orders if o.symbol_id in by_id]
+        sel, headers = _cursor_page(orders, lambda o: o.order_id, before, after, limit)
+        return JSONResponse([_order_json(o, by_id[o.symbol_id]) for o in sel], headers=headers)
+
+    @app.get("/fills", tags=["fills"],
+             summary="Own fills of an order or a product, newest first, cursor pagination")
+    async def list_fills(request: Request, order_id: Optional[str] = Query(None, max_length=64),
+                         product_id: Optional[str] = Query(None, max_length=32),
+                         min_seq: AsciiInt = 0,
+                         before: Optional[AsciiInt] = None, after: Optional[AsciiInt] = None,
+                         limit: Annotated[AsciiInt, Query(ge=1, le=1000)] = 100):
+        key, _body = await _auth(request)
+        if order_id is None and product_id is None:
+            raise ApiError(400, "order_id or product_id is required")
+        await _min_seq(min_seq)
+        symbol_id = _product(product_id).symbol_id if product_id is not None else None
+        oid = None
+        if order_id is not None:
+            if not re.match(r"[0-9]{1,19}\Z", order_id):
+                raise ApiError(400, "order_id must be an order id (digits), not %s"
+                               % shorten(order_id))
+            oid = int(order_id)
+        by_id = catalog.by_id
+        fills = [f for f in model.history.account_fills(key.account_id, oid, symbol_id)
+                 if f[2] in by_id]
+        sel, headers = _cursor_page(fills, lambda f: f[0], before, after, limit)
+        return JSONResponse([history_fill_json(f, by_id[f[2]]) for f in sel], headers=headers)
 
     # ---------------------------------------------------------------- accounts
     @app.get("/accounts", tags=["accounts"], summary="Own balances (available and held)")
@@ -757,12 +816,15 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return _ok(_product_json(_product(product_id)))
 
     @app.get("/products/{product_id}/book", tags=["market data"],
-             summary="Order book: level 1 (best bid/ask) or 2 (every price level)")
+             summary="Order book: level 1 (best bid/ask), 2 (every price level) or 3 (every order)")
     async def book(product_id: str, level: AsciiInt = 1, min_seq: AsciiInt = 0):
         p = _product(product_id)
-        if level not in (1, 2):
-            raise ApiError(400, "level must be 1 or 2")
+        if level not in (1, 2, 3):
+            raise ApiError(400, "level must be 1, 2 or 3")
         await _min_seq(min_seq)
+        if level == 3:
+            bids, asks = model.level3(p.symbol_id)
+            return _ok(level3_json(model.symbol(p.symbol_id), p, bids, asks, model.applied_seq))
         return _ok(book_json(model.symbol(p.symbol_id), p, level, model.applied_seq))
 
     @app.get("/products/{product_id}/ticker", tags=["market data"],
@@ -783,12 +845,50 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return _ok([trade_json(t, p) for t in recent])
 
     @app.get("/products/{product_id}/stats", tags=["market data"], summary="24h statistics (stream time)")
-    async def stats(product_id: str):
+    async def stats(product_id: str, min_seq: AsciiInt = 0):
         p = _product(product_id)
-        s = model.symbol(p.symbol_id).stats()
+        await _min_seq(min_seq)
+        view = model.symbol(p.symbol_id)
+        s = view.stats()
+        last = view.trades[-1].timestamp_ns // 10 ** 9 if view.trades else None
+        vol30 = 0
+        if last is not None:                      # whole minutes, 30 days to the newest trade
+            minute = last - last % 60
+            vol30 = model.history.volume_since(p.symbol_id, minute - 30 * 86400 + 60)
         return _ok({"open": p.fmt_price(s["open"]), "high": p.fmt_price(s["high"]),
                     "low": p.fmt_price(s["low"]), "last": p.fmt_price(s["last"]),
-                    "volume": p.fmt_qty(s["volume"]), "input_seq": model.applied_seq})
+                    "volume": p.fmt_qty(s["volume"]), "volume_30day": p.fmt_qty(vol30),
+                    "input_seq": model.applied_seq})
+
+    @app.get("/products/{product_id}/candles", tags=["market data"],
+             summary="OHLCV buckets [time, low, high, open, close, volume], newest first")
+    async def candles(product_id: str, granularity: AsciiInt = 60,
+                      start: Optional[str] = Query(None, max_length=40),
+                      end: Optional[str] = Query(None, max_length=40), min_seq: AsciiInt = 0):
+        p = _product(product_id)
+        g = granularity
+        if g not in GRANULARITIES:
+            raise ApiError(400, "granularity must be one of %s (seconds), not %d"
+                           % (", ".join(map(str, GRANULARITIES)), g))
+        await _min_seq(min_seq)
+        start_s = _time_s(start, "start")
+        end_s = _time_s(end, "end")
+        if end_s is None:
+            if start_s is not None:
+                end_s = start_s + (MAX_CANDLES - 1) * g
+            else:
+                now_ns = model.last_timestamp_ns or time.time_ns()
+                end_s = now_ns // 10 ** 9
+        if start_s is None:
+            start_s = end_s - end_s % g - (MAX_CANDLES - 1) * g
+        if start_s > end_s:
+            raise ApiError(400, "start is after end")
+        count = (end_s - end_s % g - (start_s - start_s % g)) // g + 1
+        if count > MAX_CANDLES:
+            raise ApiError(400, "start..end spans %d candles of %d s; at most %d per request"
+                           % (count, g, MAX_CANDLES))
+        rows = model.history.candle_rows(p.symbol_id, g, start_s, end_s)
+        return _ok([candle_json(r, p) for r in rows])
 
     @app.get("/time", tags=["market data"], summary="Server time and the input seq reflected")
     async def server_time():

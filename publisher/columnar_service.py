@@ -11,10 +11,18 @@ by the model's per-event path.
 import numpy as np
 
 from publisher.columnar import (SMALL_BATCH, EventBatch, as_event_array, _events_of, _E_SEQ,
-                                _E_EVENT_INDEX, _iter_unpack, ColumnarChanges)
+                                _E_EVENT_INDEX, _E_KIND, _iter_unpack, _new_event, ColumnarChanges)
+from ringbuf.records import EventKind
 from publisher.service import PublisherService
 
 __all__ = ["ColumnarService"]
+
+_TRADE_OR_FILL = frozenset({int(EventKind.TRADE), int(EventKind.FILL)})
+
+
+def _events_of_recs(recs):
+    """The TRADE and FILL records of a small batch as event tuples (History.record_events)."""
+    return [_new_event(r) for r in recs if r[_E_KIND] in _TRADE_OR_FILL]
 
 
 class ColumnarService(PublisherService):
@@ -63,10 +71,16 @@ class ColumnarService(PublisherService):
         if recs is not None:
             self.last_seq, self.last_index = last[_E_SEQ], last[_E_EVENT_INDEX]
             changes = self.model._apply_small(arr, ColumnarChanges(), recs)
+            history = getattr(self.model, "history", None)   # fills, candles (REST)
+            if history is not None:
+                history.record_events(_events_of_recs(recs))
         else:
             self.last_seq = int(arr["seq"][-1])
             self.last_index = int(arr["event_index"][-1])
             changes = self.model.apply(arr)
+            history = getattr(self.model, "history", None)
+            if history is not None:
+                history.record_array(arr)
         self.batches += 1
         waiters = self.waiters
         if waiters:

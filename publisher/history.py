@@ -1,0 +1,191 @@
+"""Fills per account and OHLCV candles per product, for the REST history endpoints.
+
+Theory of operation (numbered rules; the code refers to them):
+
+1. Both read models own one ``History`` (their appended ``history`` property; a
+   model re-initialised by the rebuild gets a new, empty one) and their services feed
+   it every applied batch, after the model: ``record_events`` with event tuples (the
+   object model and the columnar per-event path), ``record_array`` with a numpy
+   ``EVENT_DTYPE`` batch (the columnar batch path).  Both give the same state: a
+   candle bucket is a fold of (low, high, open, close, volume) partials that is
+   associative in stream order, so merging per-minute partials of a batch equals
+   merging trade by trade.
+2. Fills: each FILL of this model's symbols is kept in its account's ring (the newest
+   ``fills_keep``); each gets the account's next cursor (1, 2, ...), the pagination id
+   of ``GET /fills``.  Nothing older than the ring is answered.
+3. Candles: for each granularity, bucket start = floor(trade time in s / g) * g (UTC,
+   epoch aligned); open is the first trade of the bucket in stream (trade id) order,
+   close the last, volume the sum of sizes.  Per product and granularity the newest
+   ``candles_keep[g]`` buckets are kept (eviction once per batch, oldest start first).
+"""
+from collections import deque
+
+import numpy as np
+
+from ringbuf.records import EventKind
+
+__all__ = ["History", "GRANULARITIES", "FILLS_KEEP", "CANDLES_KEEP", "page"]
+
+GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
+FILLS_KEEP = 10000
+#: one-minute buckets for 31 days (volume_30day), 10,000 of every other granularity
+CANDLES_KEEP = {60: 31 * 1440, 300: 10000, 900: 10000, 3600: 10000, 21600: 10000,
+                86400: 10000}
+_K_TRADE = int(EventKind.TRADE)
+_K_FILL = int(EventKind.FILL)
+_NS = 10 ** 9
+
+
+class History(object):
+    """Fill rings per account and candle buckets per (product, granularity)."""
+
+    def __init__(self, symbol_ids, fills_keep=FILLS_KEEP, candles_keep=None):
+        self.symbols = frozenset(int(s) for s in symbol_ids)
+        self.fills_keep = fills_keep
+        self.candles_keep = dict(candles_keep or CANDLES_KEEP)
+        self.fills = {}           # account -> deque of fill tuples (cursor first), rule 2
+        self.fill_count = {}      # account -> cursor of its newest fill
+        self.candles = {s: {g: {} for g in GRANULARITIES} for s in self.symbols}
+
+    # ------------------------------------------------------------------ feed (rule 1)
+    def record_events(self, events):
+        """Event tuples (attribute access) of one applied batch."""
+        touched = None
+        symbols = self.symbols
+        for e in events:
+            kind = e.kind
+            if kind == _K_TRADE:
+                if e.symbol_id in symbols:
+                    self._merge(e.symbol_id, e.timestamp_ns // _NS, e.price, e.price, e.price,
+                                e.price, e.qty)
+                    touched = True
+            elif kind == _K_FILL and e.symbol_id in symbols:
+                self._add_fill(e.account_id, e.trade_id, e.symbol_id, e.order_id, e.price,
+                               e.qty, e.fee, e.side, e.flags, e.timestamp_ns)
+        if touched:
+            self._evict()
+
+    def record_array(self, arr):
+        """A numpy EVENT_DTYPE batch (the columnar model's batch path)."""
+        kinds = arr["kind"]
+        fills = np.flatnonzero(kinds == _K_FILL)
+        if len(fills):
+            f = arr.take(fills)
+            cols = [f[n].tolist() for n in ("account_id", "trade_id", "symbol_id", "order_id",
+                                             "price", "qty", "fee", "side", "flags",
+                                             "timestamp_ns")]
+            symbols = self.symbols
+            for row in zip(*cols):
+                if row[2] in symbols:
+                    self._add_fill(*row)
+        trades = np.flatnonzero(kinds == _K_TRADE)
+        if not len(trades):
+            return
+        t = arr.take(trades)
+        sym = t["symbol_id"].astype(np.int64)
+        minute = (t["timestamp_ns"] // _NS // 60).astype(np.int64)
+        price = t["price"].astype(np.int64)
+        qty = t["qty"].astype(np.int64)
+        order = np.argsort(sym, kind="stable")     # symbols are independent; stream order kept
+        sym, minute, price, qty = sym[order], minute[order], price[order], qty[order]
+        key = sym * (1 << 40) + minute
+        # runs of one (symbol, minute) in stream order: contiguous partials (rule 1)
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(key)] - 1
+        lows = np.minimum.reduceat(price, starts).tolist()
+        highs = np.maximum.reduceat(price, starts).tolist()
+        vols = np.add.reduceat(qty, starts).tolist()
+        opens = price[starts].tolist()
+        closes = price[ends].tolist()
+        for s, m, lo, hi, op, cl, v in zip(sym[starts].tolist(), minute[starts].tolist(), lows,
+                                           highs, opens, closes, vols):
+            if s in self.symbols:
+                self._merge(s, m * 60, lo, hi, op, cl, v)
+        self._evict()
+
+    def _add_fill(self, account, trade_id, symbol_id, order_id, price, qty, fee, side, flags,
+                  ts):
+        ring = self.fills.get(account)
+        if ring is None:
+            ring = self.fills[account] = deque(maxlen=self.fills_keep)
+        cursor = self.fill_count.get(account, 0) + 1
+        self.fill_count[account] = cursor
+        ring.append((cursor, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts))
+
+    def _merge(self, symbol_id, t_s, low, high, open_, close, volume):
+        """Fold one partial (trades of one minute, in stream order) into every granularity."""
+        for g, buckets in self.candles[symbol_id].items():
+            b = t_s - t_s % g
+            c = buckets.get(b)
+            if c is None:
+                buckets[b] = [low, high, open_, close, volume]
+            else:
+                if low < c[0]:
+                    c[0] = low
+                if high > c[1]:
+                    c[1] = high
+                c[3] = close
+                c[4] += volume
+
+    def _evict(self):
+        keep = self.candles_keep
+        for per_g in self.candles.values():
+            for g, buckets in per_g.items():
+                k = keep[g]
+                if len(buckets) > k + (k >> 3):
+                    for b in sorted(buckets)[:len(buckets) - k]:
+                        del buckets[b]
+
+    # ------------------------------------------------------------------ reads
+    def account_fills(self, account_id, order_id=None, symbol_id=None):
+        """The kept fills of an account (rule 2), oldest first, optionally filtered."""
+        ring = self.fills.get(account_id)
+        if not ring:
+            return []
+        return [f for f in ring if (order_id is None or f[3] == order_id)
+                and (symbol_id is None or f[2] == symbol_id)]
+
+    def candle_rows(self, symbol_id, granularity, start_s, end_s):
+        """[(start, low, high, open, close, volume)] of the buckets in [start_s, end_s], newest
+        first (only buckets with trades).  O((end - start) / granularity)."""
+        buckets = self.candles[symbol_id][granularity]
+        first = start_s - start_s % granularity
+        b = end_s - end_s % granularity
+        out = []
+        get = buckets.get
+        while b >= first:
+            c = get(b)
+            if c is not None:
+                out.append((b, c[0], c[1], c[2], c[3], c[4]))
+            b -= granularity
+        return out
+
+    def volume_since(self, symbol_id, start_s):
+        """Volume of the one-minute buckets starting at or after ``start_s``."""
+        return sum(c[4] for b, c in self.candles[symbol_id][60].items() if b >= start_s)
+
+    def snapshot(self):
+        """Plain state (the equality test)."""
+        return ({a: list(r) for a, r in self.fills.items()}, dict(self.fill_count),
+                {s: {g: sorted((b, tuple(c)) for b, c in d.items()) for g, d in per.items()}
+                 for s, per in self.candles.items()})
+
+
+def page(items, key, before=None, after=None, limit=100):
+    """Coinbase cursor pagination over ``items`` (oldest first, ``key(item)`` increasing).
+
+    Returns (page newest first, CB-BEFORE, CB-AFTER): ``after`` gives the ``limit``
+    items just older than that cursor, ``before`` the ``limit`` just newer, neither the
+    newest ``limit``.  CB-BEFORE is the newest item's cursor, CB-AFTER the oldest's
+    (None for an empty page).
+    """
+    if before is not None:
+        sel = [it for it in items if key(it) > before][:limit]
+    elif after is not None:
+        sel = [it for it in items if key(it) < after][-limit:]
+    else:
+        sel = items[-limit:]
+    sel = list(reversed(sel))
+    if not sel:
+        return sel, None, None
+    return sel, key(sel[0]), key(sel[-1])
