@@ -149,6 +149,7 @@ function switchProduct(name) {
   subscribe();
   loadCandles().then(loadTrades);
   renderAccount();
+  if (state.auth) scheduleRefresh();            // fills are per product
 }
 
 function connect() {
@@ -267,7 +268,7 @@ function renderCandles() {
   const padR = 58, padB = 18, padT = 8, plotW = W - padR - 4, plotH = H - padT - padB;
   svg.setAttribute("viewBox", "0 0 " + W + " " + H);
   svg.setAttribute("width", W); svg.setAttribute("height", H);
-  const slot = 8, n = Math.max(5, Math.floor(plotW / slot));
+  const slot = 10, n = Math.max(5, Math.floor(plotW / slot));
   const all = Array.from(state.candles.values()).sort((a, b) => a.t - b.t);
   const now = Math.floor(Date.now() / 1000 / GRANULARITY) * GRANULARITY;
   const tEnd = Math.max(now, all.length ? all[all.length - 1].t : 0);
@@ -344,6 +345,8 @@ function renderDepth(bids, asks) {
     lo = mid - half; hi = mid + half;
   }
   if (hi === lo) { const pad = Math.max(Math.abs(hi) * 0.001, 1e-9); hi += pad; lo -= pad; }
+  const margin = (hi - lo) * 0.08;       // the outermost levels' steps stay visible
+  lo -= margin; hi += margin;
   const maxQ = Math.max(cb.length ? cb[cb.length - 1][1] : 0, ca.length ? ca[ca.length - 1][1] : 0) || 1;
   const x = (p) => 2 + (p - lo) / (hi - lo) * (plotW - 4);
   const y = (q) => padT + plotH - q / maxQ * plotH;
@@ -461,7 +464,7 @@ async function refreshAccount() {
   state.openOrders = orders.status === 200 ? orders.body : [];
   if (state.fillsFromRest !== false) {     // GET /fills where the server has it
     const f = await signedFetch("GET", "/fills?product_id=" + encodeURIComponent(state.product) +
-                                "&limit=100", undefined, a);
+                                "&limit=100" + (seq ? "&" + seq : ""), undefined, a);
     if (f.status === 200 && Array.isArray(f.body)) { state.fillsFromRest = true; state.fills = f.body; }
     else if (f.status === 404 || f.status === 405) state.fillsFromRest = false;
   }

@@ -6,7 +6,9 @@ chart's best bid/ask equal REST's book, the spread has the tick's decimals; with
 a key entered the page shows the account's balances and open orders as REST
 does, follows a fill over the user channel, and its cancel button cancels (REST
 shows the order done); at 420 px nothing scrolls sideways and the charts shrink;
-screenshots are saved and are not blank; nothing is loaded from another host.
+screenshots are saved and are not blank; nothing is loaded from another host.  Then
+the same page with GET /candles and GET /fills answered 404 (DevTools Fetch): candles
+built from trades, fills from the user channel.
 """
 import asyncio
 import base64
@@ -47,6 +49,13 @@ class RecordingBrowser(Browser):
                 return m["result"]
             if "method" in m:
                 self.events.append(m)
+                if m["method"] == "Fetch.requestPaused":       # the server "lacks" this route
+                    await self.ws.send(json.dumps({
+                        "id": next(self.ids), "method": "Fetch.fulfillRequest",
+                        "params": {"requestId": m["params"]["requestId"], "responseCode": 404,
+                                   "responseHeaders": [{"name": "Content-Type",
+                                                        "value": "application/json"}],
+                                   "body": base64.b64encode(b'{"message": "Not Found"}').decode()}}))
 
     async def screenshot(self, path):
         r = await self.call("Page.captureScreenshot", format="png")
@@ -271,6 +280,35 @@ def test_trader_page(engine, alice, bob, tmp_path):
             shot = tmp_path / "page-420.png"
             colors, w, _h = png_colors(await browser.screenshot(str(shot)))
             assert w == 420 and len(colors) > 20, len(colors)
+            # a server without GET /candles and GET /fills (answered 404 by DevTools): the
+            # page builds the candles from /trades and the trades channel, the fills from
+            # the user channel
+            await browser.call("Fetch.enable", patterns=[{"urlPattern": "*/candles*"},
+                                                         {"urlPattern": "*/fills*"}])
+            await browser.call("Page.navigate", url=engine.url + "/?product=" + PRODUCT)
+            await browser.wait_for("!!document.querySelector('#candle-source') && "
+                                   "document.querySelector('#conn').textContent === 'live' && "
+                                   "document.querySelector('#candle-source').textContent === "
+                                   "'built from trades'")
+            await wait_candles(browser, candles_from_fills(fills))
+            await browser.evaluate("""
+                document.querySelector('#api-key').value = 'k-bob';
+                document.querySelector('#api-secret').value = 'bob-secret';
+                document.querySelector('#key-use').click(); true""")
+            await browser.wait_for("document.querySelector('#account-state').dataset.state === 'ok'"
+                                   " && document.querySelector('#fills-source').textContent"
+                                   ".includes('no GET /fills')")
+            r = alice.order(PRODUCT, "sell", "0.1", "1980")
+            assert r.status_code == 200 and r.json()["fills"], r.text
+            fills.extend(r.json()["fills"])
+            await wait_candles(browser, candles_from_fills(fills))
+            await browser.wait_for("!!document.querySelector('#fills tr.fill[data-trade-id=\"%d\"]')"
+                                   % r.json()["fills"][0]["trade_id"])
+            await wait_equal(browser, _ORDERS_JS, lambda: rest_open_orders(bob), "open orders")
+            assert rest_open_orders(bob) == []
+            await wait_equal(browser, _BALANCES_JS, lambda: [list(b) for b in rest_balances(bob)],
+                             "balances")
+            assert await browser.evaluate("document.documentElement.scrollWidth") <= 420
             await browser.ws.close()
         asyncio.run(main())
     finally:
