@@ -9,6 +9,7 @@ import datetime
 import time
 from collections import namedtuple
 from decimal import Decimal
+from urllib.parse import urlencode
 
 import pytest
 
@@ -183,10 +184,10 @@ def test_candles_equal_ohlcv_of_the_trades(traded, anon):
     second = max(_ohlcv(trades, 60))
     iso = datetime.datetime.fromtimestamp(second, datetime.timezone.utc).isoformat()
     for params in ({"start": iso, "end": iso}, {"start": str(second), "end": str(second + 59)}):
-        r = anon.get("/products/ETH-USD/candles", params=dict(params, granularity="60"))
+        r = anon.get("/products/ETH-USD/candles?" + urlencode(dict(params, granularity="60")))
         assert [c[0] for c in r.json()] == [second], params
-    r = anon.get("/products/ETH-USD/candles",
-                 params={"granularity": "60", "start": str(second - 600), "end": str(second - 300)})
+    r = anon.get("/products/ETH-USD/candles?granularity=60&start=%d&end=%d"
+                 % (second - 600, second - 300))
     assert r.status_code == 200 and r.json() == []
 
 
