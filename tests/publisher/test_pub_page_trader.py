@@ -8,7 +8,7 @@ does, follows a fill over the user channel, and its cancel button cancels (REST
 shows the order done); at 420 px nothing scrolls sideways and the charts shrink;
 screenshots are saved and are not blank; nothing is loaded from another host.  Then
 the same page with GET /candles and GET /fills answered 404 (DevTools Fetch): candles
-built from trades, fills from the user channel.
+built from trades, fills from the user channel, signed with a Coinbase-scheme key.
 """
 import asyncio
 import base64
@@ -22,6 +22,7 @@ from decimal import Decimal
 
 import pytest
 
+from test_coinbase_auth import cb_client, create_key, wait_accepted
 from test_pub_page import CHROMIUM, Browser
 
 pytestmark = [pytest.mark.timeout(120),
@@ -207,6 +208,8 @@ def test_trader_page(engine, alice, bob, tmp_path):
             await browser.connect()
             await browser.call("Page.enable")
             await browser.call("Network.enable")
+            await browser.call("Runtime.enable")
+            await browser.call("Log.enable")
             await browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=1000,
                                deviceScaleFactor=1, mobile=False)
             await browser.call("Page.navigate", url=engine.url + "/?product=" + PRODUCT)
@@ -283,6 +286,10 @@ def test_trader_page(engine, alice, bob, tmp_path):
             # a server without GET /candles and GET /fills (answered 404 by DevTools): the
             # page builds the candles from /trades and the trades channel, the fills from
             # the user channel
+            # ... and signed in with a Coinbase-scheme key of bob's account (made by the CLI)
+            cb_key = create_key(engine, 102, "trade")
+            with cb_client(engine, cb_key) as c:
+                assert wait_accepted(c).status_code == 200
             await browser.call("Fetch.enable", patterns=[{"urlPattern": "*/candles*"},
                                                          {"urlPattern": "*/fills*"}])
             await browser.call("Page.navigate", url=engine.url + "/?product=" + PRODUCT)
@@ -292,9 +299,11 @@ def test_trader_page(engine, alice, bob, tmp_path):
                                    "'built from trades'")
             await wait_candles(browser, candles_from_fills(fills))
             await browser.evaluate("""
-                document.querySelector('#api-key').value = 'k-bob';
-                document.querySelector('#api-secret').value = 'bob-secret';
-                document.querySelector('#key-use').click(); true""")
+                document.querySelector('#api-key').value = %s;
+                document.querySelector('#api-secret').value = %s;
+                document.querySelector('#api-passphrase').value = %s;
+                document.querySelector('#key-use').click(); true""" % (
+                json.dumps(cb_key["key"]), json.dumps(cb_key["secret"]), json.dumps(cb_key["passphrase"])))
             await browser.wait_for("document.querySelector('#account-state').dataset.state === 'ok'"
                                    " && document.querySelector('#fills-source').textContent"
                                    ".includes('no GET /fills')")
@@ -313,6 +322,14 @@ def test_trader_page(engine, alice, bob, tmp_path):
         asyncio.run(main())
     finally:
         browser.close()
+    # no script error, no CSP violation (the 404s the test made are expected)
+    exceptions = [e["params"] for e in browser.events if e["method"] == "Runtime.exceptionThrown"]
+    assert exceptions == []
+    errors = [e["params"]["entry"] for e in browser.events if e["method"] == "Log.entryAdded"
+              and e["params"]["entry"]["level"] == "error"]
+    errors = [e for e in errors if not (e.get("source") == "network" and
+                                        ("/candles" in e.get("url", "") or "/fills" in e.get("url", "")))]
+    assert errors == [], [(e["text"], e.get("url")) for e in errors]
     # nothing came from another host
     origin = urllib.parse.urlsplit(engine.url)
     urls = [e["params"]["request"]["url"] for e in browser.events
