@@ -6,7 +6,7 @@
 const state = {
   products: new Map(), product: null, ws: null,
   bids: new Map(), asks: new Map(), l2seq: null,
-  trades: [], tradeIds: new Set(),
+  trades: [], tradeIds: new Set(), minTradeId: 0,
   candles: new Map(), candleSource: null, candleTimer: null,
   auth: null, userSeq: 0, refreshTimer: null, fillsFromRest: null, sessionFills: [],
   openOrders: [], balances: [], fills: [],
@@ -56,7 +56,7 @@ function tradeEpoch(t) {           // "2026-12-04T01:57:47.123456Z" -> seconds (
 }
 
 function addTrade(t) {
-  if (state.tradeIds.has(t.trade_id)) return false;
+  if (state.tradeIds.has(t.trade_id) || t.trade_id < state.minTradeId) return false;
   state.tradeIds.add(t.trade_id);
   state.trades.push(t);
   if (state.candleSource === "trades") addToCandle(t);
@@ -144,7 +144,7 @@ function subscribe() {
 function switchProduct(name) {
   send({type: "unsubscribe", product_ids: [state.product], channels: MARKET});
   state.product = name; state.bids.clear(); state.asks.clear();
-  state.trades = []; state.tradeIds.clear(); state.candles.clear(); state.candleSource = null;
+  state.trades = []; state.tradeIds.clear(); state.minTradeId = 0; state.candles.clear(); state.candleSource = null;
   renderBook(); renderTrades(); renderCandles();
   subscribe();
   loadCandles().then(loadTrades);
@@ -201,7 +201,11 @@ function onMessage(m) {
     case "trades": {
       let added = false;
       for (const t of m.trades) added = addTrade(t) || added;
-      if (state.trades.length > 5000) state.trades = state.trades.slice(-5000);
+      if (state.trades.length > 6000) {               // keep 5000; older ones stay counted
+        state.trades = state.trades.slice(-5000);
+        state.minTradeId = state.trades[0].trade_id;
+        state.tradeIds = new Set(state.trades.map((x) => x.trade_id));
+      }
       if (added) { renderTrades(); candlesChanged(); }
       break;
     }

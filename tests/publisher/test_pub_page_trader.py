@@ -58,8 +58,8 @@ class RecordingBrowser(Browser):
                                                         "value": "application/json"}],
                                    "body": base64.b64encode(b'{"message": "Not Found"}').decode()}}))
 
-    async def screenshot(self, path):
-        r = await self.call("Page.captureScreenshot", format="png")
+    async def screenshot(self, path, whole=False):
+        r = await self.call("Page.captureScreenshot", format="png", captureBeyondViewport=whole)
         data = base64.b64decode(r["data"])
         with open(path, "wb") as f:
             f.write(data)
@@ -281,7 +281,7 @@ def test_trader_page(engine, alice, bob, tmp_path):
                 "document.querySelector('#candles').getBoundingClientRect().right") <= 420
             await wait_candles(browser, candles_from_fills(fills))   # redrawn, same data
             shot = tmp_path / "page-420.png"
-            colors, w, _h = png_colors(await browser.screenshot(str(shot)))
+            colors, w, _h = png_colors(await browser.screenshot(str(shot), whole=True))
             assert w == 420 and len(colors) > 20, len(colors)
             # a server without GET /candles and GET /fills (answered 404 by DevTools): the
             # page builds the candles from /trades and the trades channel, the fills from
