@@ -11,18 +11,10 @@ by the model's per-event path.
 import numpy as np
 
 from publisher.columnar import (SMALL_BATCH, EventBatch, as_event_array, _events_of, _E_SEQ,
-                                _E_EVENT_INDEX, _E_KIND, _iter_unpack, _new_event, ColumnarChanges)
-from ringbuf.records import EventKind
+                                _E_EVENT_INDEX, _iter_unpack, ColumnarChanges)
 from publisher.service import PublisherService
 
 __all__ = ["ColumnarService"]
-
-_TRADE_OR_FILL = frozenset({int(EventKind.TRADE), int(EventKind.FILL)})
-
-
-def _events_of_recs(recs):
-    """The TRADE and FILL records of a small batch as event tuples (History.record_events)."""
-    return [_new_event(r) for r in recs if r[_E_KIND] in _TRADE_OR_FILL]
 
 
 class ColumnarService(PublisherService):
@@ -73,7 +65,7 @@ class ColumnarService(PublisherService):
             changes = self.model._apply_small(arr, ColumnarChanges(), recs)
             history = getattr(self.model, "history", None)   # fills, candles (REST)
             if history is not None:
-                history.record_events(_events_of_recs(recs))
+                history.record_events(recs)       # tuples in PublishedEvent's field order
         else:
             self.last_seq = int(arr["seq"][-1])
             self.last_index = int(arr["event_index"][-1])

@@ -36,6 +36,20 @@ _K_FILL = int(EventKind.FILL)
 _NS = 10 ** 9
 
 
+class _Ring(deque):
+    """An account's kept fills; ``total``: fills it ever got (the newest one's cursor)."""
+    __slots__ = ("total",)
+
+    def __init__(self, maxlen):
+        deque.__init__(self, (), maxlen)
+        self.total = 0
+
+
+# fill rows: (account, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts)
+_FILL_COLUMNS = ("account_id", "trade_id", "symbol_id", "order_id", "price", "qty", "fee",
+                 "side", "flags", "timestamp_ns")
+
+
 class History(object):
     """Fill rings per account and candle buckets per (product, granularity)."""
 
@@ -43,26 +57,61 @@ class History(object):
         self.symbols = frozenset(int(s) for s in symbol_ids)
         self.fills_keep = fills_keep
         self.candles_keep = dict(candles_keep or CANDLES_KEEP)
-        self.fills = {}           # account -> deque of fill tuples (cursor first), rule 2
-        self.fill_count = {}      # account -> cursor of its newest fill
+        self.fills = {}           # account -> _Ring of fill rows, rule 2
         self.candles = {s: {g: {} for g in GRANULARITIES} for s in self.symbols}
+        self._sym = np.array(sorted(self.symbols), np.int64)
+        self._evict_at = {g: k + (k >> 3) for g, k in self.candles_keep.items()}
+        self._over = False        # some bucket dict is over its eviction threshold
+        self._idx = None          # event tuple field positions (set on first use)
 
     # ------------------------------------------------------------------ feed (rule 1)
     def record_events(self, events):
-        """Event tuples (attribute access) of one applied batch."""
-        touched = None
+        """Event tuples (``PublishedEvent``: fields by position) of one applied batch."""
+        idx = self._idx
+        if idx is None:
+            from publisher.event_decoder import PublishedEvent
+            f = PublishedEvent._fields
+            idx = self._idx = tuple(f.index(n) for n in _FILL_COLUMNS) + (f.index("kind"),)
+        ia, it, isym, io, ip, iq, ife, isd, ifl, its, ik = idx
         symbols = self.symbols
+        fills = self.fills
+        keep = self.fills_keep
+        partial = None            # symbol -> [minute, low, high, open, close, volume]
         for e in events:
-            kind = e.kind
+            kind = e[ik]
             if kind == _K_TRADE:
-                if e.symbol_id in symbols:
-                    self._merge(e.symbol_id, e.timestamp_ns // _NS, e.price, e.price, e.price,
-                                e.price, e.qty)
-                    touched = True
-            elif kind == _K_FILL and e.symbol_id in symbols:
-                self._add_fill(e.account_id, e.trade_id, e.symbol_id, e.order_id, e.price,
-                               e.qty, e.fee, e.side, e.flags, e.timestamp_ns)
-        if touched:
+                sym = e[isym]
+                if sym not in symbols:
+                    continue
+                if partial is None:
+                    partial = {}
+                m = e[its] // 60000000000
+                price, qty = e[ip], e[iq]
+                c = partial.get(sym)
+                if c is not None and c[0] == m:          # the run of this minute goes on
+                    if price < c[1]:
+                        c[1] = price
+                    elif price > c[2]:
+                        c[2] = price
+                    c[4] = price
+                    c[5] += qty
+                else:
+                    if c is not None:
+                        self._merge(sym, c[0] * 60, c[1], c[2], c[3], c[4], c[5])
+                    partial[sym] = [m, price, price, price, price, qty]
+            elif kind == _K_FILL:
+                sym = e[isym]
+                if sym in symbols:
+                    acct = e[ia]
+                    ring = fills.get(acct)
+                    if ring is None:
+                        ring = fills[acct] = _Ring(keep)
+                    ring.append((acct, e[it], sym, e[io], e[ip], e[iq], e[ife], e[isd],
+                                 e[ifl], e[its]))
+                    ring.total += 1
+        if partial is not None:
+            for sym, c in partial.items():
+                self._merge(sym, c[0] * 60, c[1], c[2], c[3], c[4], c[5])
             self._evict()
 
     def record_array(self, arr):
@@ -71,19 +120,24 @@ class History(object):
         fills = np.flatnonzero(kinds == _K_FILL)
         if len(fills):
             f = arr.take(fills)
-            cols = [f[n].tolist() for n in ("account_id", "trade_id", "symbol_id", "order_id",
-                                             "price", "qty", "fee", "side", "flags",
-                                             "timestamp_ns")]
-            symbols = self.symbols
-            for row in zip(*cols):
-                if row[2] in symbols:
-                    self._add_fill(*row)
+            f = f[np.isin(f["symbol_id"], self._sym)]
+            rings = self.fills
+            keep = self.fills_keep
+            for row in zip(*[f[n].tolist() for n in _FILL_COLUMNS]):
+                ring = rings.get(row[0])
+                if ring is None:
+                    ring = rings[row[0]] = _Ring(keep)
+                ring.append(row)
+                ring.total += 1
         trades = np.flatnonzero(kinds == _K_TRADE)
         if not len(trades):
             return
         t = arr.take(trades)
+        t = t[np.isin(t["symbol_id"], self._sym)]
+        if not len(t):
+            return
         sym = t["symbol_id"].astype(np.int64)
-        minute = (t["timestamp_ns"] // _NS // 60).astype(np.int64)
+        minute = (t["timestamp_ns"] // (60 * _NS)).astype(np.int64)
         price = t["price"].astype(np.int64)
         qty = t["qty"].astype(np.int64)
         order = np.argsort(sym, kind="stable")     # symbols are independent; stream order kept
@@ -99,18 +153,8 @@ class History(object):
         closes = price[ends].tolist()
         for s, m, lo, hi, op, cl, v in zip(sym[starts].tolist(), minute[starts].tolist(), lows,
                                            highs, opens, closes, vols):
-            if s in self.symbols:
-                self._merge(s, m * 60, lo, hi, op, cl, v)
+            self._merge(s, m * 60, lo, hi, op, cl, v)
         self._evict()
-
-    def _add_fill(self, account, trade_id, symbol_id, order_id, price, qty, fee, side, flags,
-                  ts):
-        ring = self.fills.get(account)
-        if ring is None:
-            ring = self.fills[account] = deque(maxlen=self.fills_keep)
-        cursor = self.fill_count.get(account, 0) + 1
-        self.fill_count[account] = cursor
-        ring.append((cursor, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts))
 
     def _merge(self, symbol_id, t_s, low, high, open_, close, volume):
         """Fold one partial (trades of one minute, in stream order) into every granularity."""
@@ -119,6 +163,8 @@ class History(object):
             c = buckets.get(b)
             if c is None:
                 buckets[b] = [low, high, open_, close, volume]
+                if len(buckets) > self._evict_at[g]:
+                    self._over = True
             else:
                 if low < c[0]:
                     c[0] = low
@@ -128,6 +174,9 @@ class History(object):
                 c[4] += volume
 
     def _evict(self):
+        if not self._over:
+            return
+        self._over = False
         keep = self.candles_keep
         for per_g in self.candles.values():
             for g, buckets in per_g.items():
@@ -138,11 +187,14 @@ class History(object):
 
     # ------------------------------------------------------------------ reads
     def account_fills(self, account_id, order_id=None, symbol_id=None):
-        """The kept fills of an account (rule 2), oldest first, optionally filtered."""
+        """The kept fills of an account (rule 2), oldest first, optionally filtered:
+        (cursor, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts)."""
         ring = self.fills.get(account_id)
         if not ring:
             return []
-        return [f for f in ring if (order_id is None or f[3] == order_id)
+        first = ring.total - len(ring) + 1
+        return [(first + i,) + f[1:] for i, f in enumerate(ring)
+                if (order_id is None or f[3] == order_id)
                 and (symbol_id is None or f[2] == symbol_id)]
 
     def candle_rows(self, symbol_id, granularity, start_s, end_s):
@@ -166,7 +218,7 @@ class History(object):
 
     def snapshot(self):
         """Plain state (the equality test)."""
-        return ({a: list(r) for a, r in self.fills.items()}, dict(self.fill_count),
+        return ({a: (r.total, list(r)) for a, r in self.fills.items()},
                 {s: {g: sorted((b, tuple(c)) for b, c in d.items()) for g, d in per.items()}
                  for s, per in self.candles.items()})
 

@@ -7,7 +7,6 @@ buckets (stream time is the command time, which REST clients do not choose).
 """
 import datetime
 import time
-from collections import namedtuple
 from decimal import Decimal
 from urllib.parse import urlencode
 
@@ -259,8 +258,11 @@ def test_stats_of_the_trades(traded, anon):
 
 
 # ------------------------------------------------------------------ History alone
-_Ev = namedtuple("_Ev", "kind symbol_id timestamp_ns price qty account_id trade_id order_id "
-                        "fee side flags")
+def _trade_event(**fields):
+    from publisher.event_decoder import PublishedEvent
+    values = dict.fromkeys(PublishedEvent._fields, 0)
+    values.update(fields)
+    return PublishedEvent(**values)
 
 
 def test_history_candles_many_buckets_and_cursor_page():
@@ -274,8 +276,9 @@ def test_history_candles_many_buckets_and_cursor_page():
     evs = []
     for i in range(3000):
         ts = t0 + i * 87 * 10 ** 9 + rng.randrange(-200 * 10 ** 9, 200 * 10 ** 9)
-        evs.append(_Ev(int(EventKind.TRADE), rng.choice((1, 2)), ts, rng.randrange(100, 200),
-                       rng.randrange(1, 9), 0, i + 1, 0, 0, 0, 0))
+        evs.append(_trade_event(kind=int(EventKind.TRADE), symbol_id=rng.choice((1, 2)),
+                                timestamp_ns=ts, price=rng.randrange(100, 200),
+                                qty=rng.randrange(1, 9), trade_id=i + 1))
     a, b = History([1, 2]), History([1, 2])
     for i in range(0, len(evs), 700):
         chunk = evs[i:i + 700]
