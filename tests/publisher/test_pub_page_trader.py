@@ -334,7 +334,9 @@ def test_trader_page(engine, alice, bob, tmp_path):
     origin = urllib.parse.urlsplit(engine.url)
     urls = [e["params"]["request"]["url"] for e in browser.events
             if e["method"] == "Network.requestWillBeSent"]
-    assert any(u.endswith("/static/app.js") for u in urls), urls
+    sockets = [e["params"]["url"] for e in browser.events if e["method"] == "Network.webSocketCreated"]
+    assert any(u.endswith("/static/app.js") for u in urls) and sockets, (urls, sockets)
+    urls += sockets
     for u in urls:
         parts = urllib.parse.urlsplit(u)
         assert parts.scheme in ("http", "ws", "data") and parts.netloc in (origin.netloc, ""), u
