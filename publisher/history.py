@@ -17,6 +17,9 @@ Theory of operation (numbered rules; the code refers to them):
    epoch aligned); open is the first trade of the bucket in stream (trade id) order,
    close the last, volume the sum of sizes.  Per product and granularity the newest
    ``candles_keep[g]`` buckets are kept (eviction once per batch, oldest start first).
+4. The batch path keeps its FILL rows as numpy arrays (``_pending``) and moves them into
+   the rings, grouped by account, when a read needs them, when the per-event path is
+   about to append (so a ring stays in stream order), or beyond ``PENDING_FILLS`` rows.
 """
 from collections import deque
 
@@ -28,6 +31,7 @@ __all__ = ["History", "GRANULARITIES", "FILLS_KEEP", "CANDLES_KEEP", "page"]
 
 GRANULARITIES = (60, 300, 900, 3600, 21600, 86400)
 FILLS_KEEP = 10000
+PENDING_FILLS = 1 << 15       # rule 4: numpy fill rows held before they go into the rings
 #: one-minute buckets for 31 days (volume_30day), 10,000 of every other granularity
 CANDLES_KEEP = {60: 31 * 1440, 300: 10000, 900: 10000, 3600: 10000, 21600: 10000,
                 86400: 10000}
@@ -62,6 +66,8 @@ class History(object):
         self._sym = np.array(sorted(self.symbols), np.int64)
         self._evict_at = {g: k + (k >> 3) for g, k in self.candles_keep.items()}
         self._over = False        # some bucket dict is over its eviction threshold
+        self._pending = []        # numpy FILL rows of the batch path, not yet in rings (rule 4)
+        self._pending_rows = 0
         self._idx = None          # event tuple field positions (set on first use)
 
     # ------------------------------------------------------------------ feed (rule 1)
@@ -73,6 +79,8 @@ class History(object):
             f = PublishedEvent._fields
             idx = self._idx = tuple(f.index(n) for n in _FILL_COLUMNS) + (f.index("kind"),)
         ia, it, isym, io, ip, iq, ife, isd, ifl, its, ik = idx
+        if self._pending:
+            self._flush_fills()               # rule 4: older fills first
         symbols = self.symbols
         fills = self.fills
         keep = self.fills_keep
@@ -118,17 +126,14 @@ class History(object):
         """A numpy EVENT_DTYPE batch (the columnar model's batch path)."""
         kinds = arr["kind"]
         fills = np.flatnonzero(kinds == _K_FILL)
-        if len(fills):
+        if len(fills):                            # rule 4: kept as numpy until needed
             f = arr.take(fills)
             f = f[np.isin(f["symbol_id"], self._sym)]
-            rings = self.fills
-            keep = self.fills_keep
-            for row in zip(*[f[n].tolist() for n in _FILL_COLUMNS]):
-                ring = rings.get(row[0])
-                if ring is None:
-                    ring = rings[row[0]] = _Ring(keep)
-                ring.append(row)
-                ring.total += 1
+            if len(f):
+                self._pending.append(f)
+                self._pending_rows += len(f)
+                if self._pending_rows >= PENDING_FILLS:
+                    self._flush_fills()
         trades = np.flatnonzero(kinds == _K_TRADE)
         if not len(trades):
             return
@@ -155,6 +160,30 @@ class History(object):
                                            highs, opens, closes, vols):
             self._merge(s, m * 60, lo, hi, op, cl, v)
         self._evict()
+
+    def _flush_fills(self):
+        """Rule 4: the pending numpy fills into the account rings, grouped by account (one
+        list slice per account, no Python work per fill beyond building its tuple)."""
+        parts = self._pending
+        if not parts:
+            return
+        self._pending = []
+        self._pending_rows = 0
+        f = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        acct = f["account_id"].astype(np.int64)
+        order = np.argsort(acct, kind="stable")          # stream order within an account
+        acct = acct[order]
+        rows = list(zip(*[f[n][order].tolist() for n in _FILL_COLUMNS]))
+        starts = np.flatnonzero(np.r_[True, acct[1:] != acct[:-1]]).tolist()
+        ends = starts[1:] + [len(rows)]
+        rings = self.fills
+        keep = self.fills_keep
+        for a, lo, hi in zip(acct[starts].tolist(), starts, ends):
+            ring = rings.get(a)
+            if ring is None:
+                ring = rings[a] = _Ring(keep)
+            ring.extend(rows[lo:hi] if hi - lo <= keep else rows[hi - keep:hi])
+            ring.total += hi - lo
 
     def _merge(self, symbol_id, t_s, low, high, open_, close, volume):
         """Fold one partial (trades of one minute, in stream order) into every granularity."""
@@ -189,6 +218,7 @@ class History(object):
     def account_fills(self, account_id, order_id=None, symbol_id=None):
         """The kept fills of an account (rule 2), oldest first, optionally filtered:
         (cursor, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts)."""
+        self._flush_fills()
         ring = self.fills.get(account_id)
         if not ring:
             return []
@@ -218,6 +248,7 @@ class History(object):
 
     def snapshot(self):
         """Plain state (the equality test)."""
+        self._flush_fills()
         return ({a: (r.total, list(r)) for a, r in self.fills.items()},
                 {s: {g: sorted((b, tuple(c)) for b, c in d.items()) for g, d in per.items()}
                  for s, per in self.candles.items()})
