@@ -19,8 +19,11 @@ Theory of operation (numbered rules; the code refers to them):
    ``candles_keep[g]`` buckets are kept (eviction once per batch, oldest start first).
 4. The batch path keeps its FILL rows as numpy arrays (``_pending``) and moves them into
    the rings, grouped by account, when a read needs them, when the per-event path is
-   about to append (so a ring stays in stream order), or beyond ``PENDING_FILLS`` rows.
+   about to append (so a ring stays in stream order), or beyond ``PENDING_FILLS`` rows;
+   there a fill is one 80-byte ``bytes`` (10 int64, made in C: ~10x cheaper than a tuple
+   of ints), the per-event path's a tuple; reads unpack both alike.
 """
+import struct
 from collections import deque
 
 import numpy as np
@@ -52,6 +55,17 @@ class _Ring(deque):
 # fill rows: (account, trade_id, symbol_id, order_id, price, qty, fee, side, flags, ts)
 _FILL_COLUMNS = ("account_id", "trade_id", "symbol_id", "order_id", "price", "qty", "fee",
                  "side", "flags", "timestamp_ns")
+
+
+#: the batch path keeps a fill as the 80 bytes of these 10 int64 (``_FILL_ROW.unpack``)
+_COMPACT = np.dtype([(n, "<i8") for n in _FILL_COLUMNS])
+_ROW_VOID = np.dtype("V%d" % _COMPACT.itemsize)
+_FILL_ROW = struct.Struct("<%dq" % len(_FILL_COLUMNS))
+
+
+def _fill_row(r):
+    """A ring entry (tuple from the per-event path, bytes from the batch path) as a tuple."""
+    return r if r.__class__ is tuple else _FILL_ROW.unpack(r)
 
 
 class History(object):
@@ -163,17 +177,20 @@ class History(object):
 
     def _flush_fills(self):
         """Rule 4: the pending numpy fills into the account rings, grouped by account (one
-        list slice per account, no Python work per fill beyond building its tuple)."""
+        list slice per account; per fill only its 80-byte ``bytes``)."""
         parts = self._pending
         if not parts:
             return
         self._pending = []
         self._pending_rows = 0
         f = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        acct = f["account_id"].astype(np.int64)
-        order = np.argsort(acct, kind="stable")          # stream order within an account
-        acct = acct[order]
-        rows = list(zip(*[f[n][order].tolist() for n in _FILL_COLUMNS]))
+        c = np.empty(len(f), _COMPACT)
+        for n in _FILL_COLUMNS:
+            c[n] = f[n]
+        order = np.argsort(c["account_id"], kind="stable")   # stream order within an account
+        c = c[order]
+        acct = c["account_id"]
+        rows = c.view(_ROW_VOID).tolist()         # one 80-byte ``bytes`` per fill, in C
         starts = np.flatnonzero(np.r_[True, acct[1:] != acct[:-1]]).tolist()
         ends = starts[1:] + [len(rows)]
         rings = self.fills
@@ -223,7 +240,8 @@ class History(object):
         if not ring:
             return []
         first = ring.total - len(ring) + 1
-        return [(first + i,) + f[1:] for i, f in enumerate(ring)
+        rows = map(_fill_row, ring)
+        return [(first + i,) + f[1:] for i, f in enumerate(rows)
                 if (order_id is None or f[3] == order_id)
                 and (symbol_id is None or f[2] == symbol_id)]
 
@@ -249,7 +267,7 @@ class History(object):
     def snapshot(self):
         """Plain state (the equality test)."""
         self._flush_fills()
-        return ({a: (r.total, list(r)) for a, r in self.fills.items()},
+        return ({a: (r.total, [_fill_row(x) for x in r]) for a, r in self.fills.items()},
                 {s: {g: sorted((b, tuple(c)) for b, c in d.items()) for g, d in per.items()}
                  for s, per in self.candles.items()})
 
