@@ -77,7 +77,8 @@ class History(object):
         self.candles_keep = dict(candles_keep or CANDLES_KEEP)
         self.fills = {}           # account -> _Ring of fill rows, rule 2
         self.candles = {s: {g: {} for g in GRANULARITIES} for s in self.symbols}
-        self._sym = np.array(sorted(self.symbols), np.int64)
+        self._sym_ok = np.zeros(65536, bool)      # symbol_id (uint16) -> one of ours
+        self._sym_ok[list(self.symbols)] = True
         self._evict_at = {g: k + (k >> 3) for g, k in self.candles_keep.items()}
         self._over = False        # some bucket dict is over its eviction threshold
         self._pending = []        # numpy FILL rows of the batch path, not yet in rings (rule 4)
@@ -142,7 +143,7 @@ class History(object):
         fills = np.flatnonzero(kinds == _K_FILL)
         if len(fills):                            # rule 4: kept as numpy until needed
             f = arr.take(fills)
-            f = f[np.isin(f["symbol_id"], self._sym)]
+            f = f[self._sym_ok[f["symbol_id"]]]
             if len(f):
                 self._pending.append(f)
                 self._pending_rows += len(f)
@@ -152,7 +153,7 @@ class History(object):
         if not len(trades):
             return
         t = arr.take(trades)
-        t = t[np.isin(t["symbol_id"], self._sym)]
+        t = t[self._sym_ok[t["symbol_id"]]]
         if not len(t):
             return
         sym = t["symbol_id"].astype(np.int64)
