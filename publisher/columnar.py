@@ -50,10 +50,10 @@ rules 1-8 hold unchanged, these say how):
    dense array by slot (``_Totals``: slots in order of first sight, found through
    an open-addressing hash table, vectorized, or a dict in the per-event path).
    Per key, a batch's final total is the last BALANCE set (or the previous total)
-   plus the FILL moves after it.  Held amounts are
-   derived on request from the account's open orders by ``_order_hold``, the one
-   place where the matcher's hold rule M4 is re-derived (the events do not carry an
-   order's hold after a fill or after it rests: see ``_order_hold``).
+   plus the FILL moves after it.  An order's ``hold`` column is the ``aux`` of the
+   last event that gives it (ACCEPTED, FILL, AMENDED, the BOOK_DELTA naming it when
+   it rests: ``_apply_holds``, docs/records.md); held = the sum over the account's
+   open orders, on request.  The matcher's hold rule M4 is never re-derived.
 5. Trades go to a numpy ring per symbol (``trades_keep``); the 24h window is an
    append-only array per symbol with a moving head (stream time never goes back),
    volumes kept as running sums, high/low from per-block extrema.
@@ -130,6 +130,8 @@ _USER_KIND = np.zeros(256, bool)
 _USER_KIND[list(_USER_KINDS)] = True
 _UPDATE_KIND = np.zeros(256, bool)
 _UPDATE_KIND[list(_UPDATE_KINDS)] = True
+_HOLD_KIND = np.zeros(256, bool)                # events whose aux is their order's hold
+_HOLD_KIND[[_K_FILL, _K_AMENDED, _K_BOOK_DELTA]] = True
 _STOP_TYPE = np.zeros(256, bool)
 _STOP_TYPE[list(_STOP_TYPES)] = True
 _USER_KIND_T = tuple(_USER_KIND.tolist())      # Python bools (the per-event path)
@@ -295,10 +297,10 @@ _ORDER_COLUMNS = (
 
 #: columns the per-event path writes for FILL / CANCELLED / EXPIRED, and for ACCEPTED
 _UPDATE_COLS = ("last_seq", "filled", "remaining", "executed_value", "fees", "fills", "fee_num",
-                "status", "done_reason", "done_ns", "ever_done", "id", "reason")
+                "status", "done_reason", "done_ns", "ever_done", "id", "reason", "hold")
 _CREATE_COLS = ("id", "account_id", "symbol_id", "side", "order_type", "tif", "flags", "price",
                 "qty", "filled", "remaining", "reason", "client_order_id", "funds", "status",
-                "created_ns", "last_seq", "hold")
+                "created_ns", "last_seq", "hold", "stop_price")
 
 
 class _Orders(object):
@@ -495,46 +497,6 @@ for _name in ("account_id", "symbol_id", "side", "order_type", "tif", "flags", "
               "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "fee_num", "hold"):
     setattr(OrderView, _name, _int_getter(_name))
 del _name
-
-
-def _order_hold(rows, cols, spec_of):
-    """{asset: held} of open order ``rows`` (rule 4): the matcher's rule M4 re-derived.
-
-    The one copy of the hold rule in the columnar model (engine/matcher.py
-    ``_need_rest``; the object model's ``ReadModel._hold`` is the reference's copy).
-    A waiting stop holds what its ACCEPTED event said (``aux``); a resting order what
-    it still needs as a maker (``_need_rest``: price * remaining * u less the maker fee
-    part not yet charged), which no event carries.  For a pure fold the events would
-    need the order's hold after every change: FILL.aux (unused on FILL) = the order's
-    hold after the fill (maker and taker FILLs each their own order's); the rest of a
-    limit order (matcher ``_rest`` sets hold = need_rest and releases the excess: no
-    event names the order) e.g. its BOOK_DELTA with ``order_id`` and ``aux`` = the
-    order's hold; an STP AMENDED (aux = qty decremented) the new hold in ``amount``.
-    Then held = the sum of the open orders' last hold, and this function goes away.
-    O(len(rows)) Python ints (no overflow).
-    """
-    held = {}
-    if not len(rows):
-        return held
-    for sid, side, status, price, rem, hold, fee_num, fees in zip(
-            *(cols[c][rows].tolist() for c in ("symbol_id", "side", "status", "price",
-                                               "remaining", "hold", "fee_num", "fees"))):
-        spec = spec_of.get(sid)
-        if spec is None:
-            continue
-        if side == _BUY:
-            asset = spec.quote_asset
-            if status == _PENDING:
-                h = hold
-            else:
-                n = price * rem * spec.quote_per_tick_lot
-                m = spec.maker_fee_bps
-                h = n - ((-(fee_num + n * m)) // 10000) - fees if m > 0 else n
-        else:
-            asset = spec.base_asset
-            h = hold if status == _PENDING else rem * spec.base_per_lot
-        held[asset] = held.get(asset, 0) + h
-    return held
 
 
 def _sequential_assign():
@@ -1466,6 +1428,8 @@ class ColumnarReadModel(object):
                 ev, rows, upos = ev.take(sel), rows[sel], upos[sel]
             if len(rows):
                 fe, fpos = self._apply_order_updates(ev, rows, upos)
+        if counts[_G_UPDATE] or counts[_G_BOOK]:
+            self._apply_holds(arr)
         if counts[_G_BALANCE] or fe is not None:
             be, bpos = group(_G_BALANCE)
             self._apply_totals(be, bpos, fe, fpos)
@@ -1534,6 +1498,10 @@ class ColumnarReadModel(object):
                     if d is None:
                         d = l2[sym] = {}
                     d[(e[1], e[12])] = e[13]
+                if e[11]:                       # an order rests: its hold (rule 4)
+                    row = t.row(e[11])
+                    if row >= 0:
+                        t.mv["hold"][row] = e[24]
             elif kind == _K_TRADE:
                 sym = e[6]
                 if sym in symbols:
@@ -1559,7 +1527,7 @@ class ColumnarReadModel(object):
                 if cols is not t.update_mvs:
                     cols = t.update_mvs
                     (m_last, m_filled, m_rem, m_exec, m_fees, m_fills, m_fee_num, m_status,
-                     m_done_reason, m_done_ns, m_ever, m_id, m_reason) = cols
+                     m_done_reason, m_done_ns, m_ever, m_id, m_reason, m_hold) = cols
                 if kind == _K_FILL:
                     row = t.row(e[11])
                     if row >= 0:
@@ -1586,6 +1554,7 @@ class ColumnarReadModel(object):
                                 tv = tot.vals_mv
                             tv[i] += vq
                         m_filled[row] = e[15]
+                        m_hold[row] = e[24]                            # rule 4
                         rem = e[14]
                         m_rem[row] = rem
                         m_exec[row] += amount
@@ -1693,7 +1662,7 @@ class ColumnarReadModel(object):
         if n >= t.cap:
             t.reserve(1)
         (m_id, m_acct, m_sym, m_side, m_type, m_tif, m_flags, m_price, m_qty, m_filled, m_rem,
-         m_reason, m_coid, m_funds, m_status, m_created, m_last, m_hold) = t.create_mvs
+         m_reason, m_coid, m_funds, m_status, m_created, m_last, m_hold, m_stop) = t.create_mvs
         m_id[n] = oid
         m_acct[n] = e[9]
         m_sym[n] = e[6]
@@ -1712,6 +1681,7 @@ class ColumnarReadModel(object):
         m_created[n] = e[22]
         m_last[n] = e[10]
         m_hold[n] = e[24]
+        m_stop[n] = e[18]                 # a stop's ACCEPTED: its stop price (else 0)
         t.n = n + 1
         if t.indexed == 0:
             t.dbase = oid
@@ -1729,8 +1699,7 @@ class ColumnarReadModel(object):
         rule 7; FILL, CANCELLED and EXPIRED are inline in ``_apply_small``)."""
         m["last_seq"][row] = e[10]
         if e[0] == _K_AMENDED:
-            if e[7] == 0:
-                m["hold"][row] = e[24]
+            m["hold"][row] = e[24]
             if e[12]:
                 m["price"][row] = e[12]
             m["qty"][row] = e[13]
@@ -1782,6 +1751,7 @@ class ColumnarReadModel(object):
         c["created_ns"][where] = ev["timestamp_ns"]
         c["last_seq"][where] = ev["seq"]
         c["hold"][where] = ev["aux"]
+        c["stop_price"][where] = ev["trade_id"]      # a stop's ACCEPTED: its stop price
 
     def _create_slow(self, ev, ids):
         """Ids not above every existing one (never from one matcher): one at a time."""
@@ -1869,8 +1839,6 @@ class ColumnarReadModel(object):
             if len(ai):
                 ra = rows[ai]
                 ea = ev.take(ai)
-                m = ea["reason"] == 0
-                c["hold"][ra[m]] = ea["aux"][m]
                 m = ea["price"] != 0
                 c["price"][ra[m]] = ea["price"][m]
                 c["qty"][ra] = ea["qty"]
@@ -1888,6 +1856,25 @@ class ColumnarReadModel(object):
                 c["done_ns"][dr] = ev["timestamp_ns"][di]
                 self._first_done(dr)
         return fe, fpos
+
+    def _apply_holds(self, arr):
+        """Holds (rule 4): every FILL and AMENDED, and a BOOK_DELTA naming an order (it
+        rests), set that order's hold to the event's ``aux``; the last in event order
+        wins (``arr`` is the batch in event order)."""
+        hm = _HOLD_KIND[arr["kind"]] & (arr["order_id"] != 0)
+        hi = hm.nonzero()[0]
+        if not len(hi):
+            return
+        rows, found = self._orders.lookup(arr["order_id"][hi])
+        vals = arr["aux"][hi]
+        if not found.all():
+            rows, vals = rows[found], vals[found]
+        hold = self._orders.cols["hold"]
+        if _SEQUENTIAL_ASSIGN:
+            hold[rows] = vals
+        else:
+            r, i = _ByRow(rows).last(np.ones(len(rows), bool))
+            hold[r] = vals[i]
 
     def _first_done(self, dr):
         """Rows ``dr`` (done events, event order) not done before: into the done log,
@@ -1942,8 +1929,6 @@ class ColumnarReadModel(object):
         r, i = by.last(remw)
         c["remaining"][r] = np.where(is_cx[i], 0, rem[i])
         if is_am.any():
-            r, i = by.last(is_am & (ev["reason"] == 0))
-            c["hold"][r] = ev["aux"][i]
             r, i = by.last(is_am & (ev["price"] != 0))
             c["price"][r] = ev["price"][i]
             r, i = by.last(is_am)
@@ -2377,8 +2362,17 @@ class ColumnarReadModel(object):
         items = self._totals.account_items(account_id)
         if not items:
             return {}
-        held = _order_hold(self._account_rows(account_id, open_only=True), self._orders.cols,
-                           self.specs)
+        held = {}                  # the open orders' last event-given holds (rule 4)
+        rows = self._account_rows(account_id, open_only=True)
+        if len(rows):
+            c = self._orders.cols
+            specs = self.specs
+            for sid, side, h in zip(c["symbol_id"][rows].tolist(), c["side"][rows].tolist(),
+                                    c["hold"][rows].tolist()):
+                spec = specs.get(sid)
+                if spec is not None:
+                    asset = spec.quote_asset if side == _BUY else spec.base_asset
+                    held[asset] = held.get(asset, 0) + h
         out = {}
         for asset, total in items:
             h = held.get(asset, 0)
