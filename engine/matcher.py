@@ -19,7 +19,9 @@ M4. Holds.  Accepting an order moves what it may spend from available to held: a
     market buy by size the account's whole available quote for the duration of the
     command (it never rests).  When an order rests, its hold is set to exactly what it
     still needs as a maker (``need_rest``), and the excess released.  Cancel, expiry or
-    completion release the rest.
+    completion release the rest.  Every change of a live order's hold is in an event
+    (``aux`` = the hold after it: ACCEPTED, both FILLs, AMENDED, the BOOK_DELTA of the
+    rest, which names the order), so readers fold holds and never re-derive this rule.
 M5. Fills settle both sides at the maker's price.  Fees are in the quote asset; an
     order's fees so far are ``ceil(fee_num/10000)`` where ``fee_num`` sums
     ``notional * rate_bps`` over its fills (taker rate while it takes, maker rate while

@@ -59,7 +59,7 @@ rules 1-8 hold unchanged, these say how):
    volumes kept as running sums, high/low from per-block extrema.
 6. Order objects are ``OrderView``s: live views of a row, resolved by order id
    (so they stay right across compactions), exposing the ``OrderState``
-   attributes; ``stop_price`` is writable (the API and the rebuild set it).
+   attributes (read-only: everything in them came from events).
    Rejections are kept as raw records (newest ``rejections_keep``) and turned into
    ``OrderState``s on demand (cached, so a caller's change sticks as in the object
    model).  Client order ids are indexed lazily: creations with a client id are
@@ -474,13 +474,9 @@ class OrderView(object):
     def is_open(self):
         return self.status in ("open", "pending")
 
-    def _get_stop(self):
+    @property
+    def stop_price(self):
         return int(self._model._orders.cols["stop_price"][self._r()])
-
-    def _set_stop(self, value):
-        self._model._orders.cols["stop_price"][self._r()] = value
-
-    stop_price = property(_get_stop, _set_stop)
 
     def __repr__(self):
         return "OrderView(%d, %s)" % (self.order_id, self.status)
@@ -2304,12 +2300,6 @@ class ColumnarReadModel(object):
         if row >= 0:
             return OrderView(self, order_id, row)
         return self._rejection(order_id)
-
-    def set_stop_price_if_unset(self, order_id, stop_price):
-        """Rebuild rule 4: an order's stop price from its replayed command."""
-        row = self._orders.row(order_id)
-        if row >= 0 and not self._orders.cols["stop_price"][row]:
-            self._orders.cols["stop_price"][row] = stop_price
 
     def _flush_coid_pending(self):
         """Keep ``_coid_parts`` older than ``_coid_pending`` (the later entry wins)."""
