@@ -35,7 +35,7 @@ rules 1-8 hold unchanged, these say how):
    Within a batch a field written by several events of one order gets the last
    write: plain fancy assignment, numpy assigning repeated indices in order
    (checked at import, ``_sequential_assign``; else events are sorted by row,
-   ``_apply_order_updates_sorted``); sums (executed value, fees, fills, fee_num)
+   ``_apply_order_updates_sorted``); sums (executed value, fees, fills)
    use ``np.add.at``; the status is the fold of its transitions (every FILL maps
    pending -> open, then the constant transitions in event order).  The table is
    preallocated for 2^17 rows (untouched pages cost nothing).  Done orders enter
@@ -116,7 +116,6 @@ _K_BALANCE = int(EventKind.BALANCE)
 _K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
 _C_NEW = int(CommandKind.NEW_ORDER)
 _LAST = int(EventFlags.LAST)
-_TAKER = int(EventFlags.TAKER)
 _BUY = int(Side.BUY)
 _SELL = int(Side.SELL)
 _HALTED = int(Reason.SYMBOL_HALTED)
@@ -290,13 +289,13 @@ _ORDER_COLUMNS = (
     ("remaining", np.int64), ("executed_value", np.int64), ("fees", np.int64),
     ("status", np.int8), ("done_reason", np.int8), ("reason", np.uint16),
     ("client_order_id", np.uint64), ("created_ns", np.int64), ("done_ns", np.int64),
-    ("last_seq", np.int64), ("fills", np.int64), ("fee_num", np.int64), ("hold", np.int64),
+    ("last_seq", np.int64), ("fills", np.int64), ("hold", np.int64),
     ("ever_done", np.bool_), ("forgotten", np.bool_),
 )
 
 
 #: columns the per-event path writes for FILL / CANCELLED / EXPIRED, and for ACCEPTED
-_UPDATE_COLS = ("last_seq", "filled", "remaining", "executed_value", "fees", "fills", "fee_num",
+_UPDATE_COLS = ("last_seq", "filled", "remaining", "executed_value", "fees", "fills",
                 "status", "done_reason", "done_ns", "ever_done", "id", "reason", "hold")
 _CREATE_COLS = ("id", "account_id", "symbol_id", "side", "order_type", "tif", "flags", "price",
                 "qty", "filled", "remaining", "reason", "client_order_id", "funds", "status",
@@ -490,7 +489,7 @@ def _int_getter(col):
 
 for _name in ("account_id", "symbol_id", "side", "order_type", "tif", "flags", "price", "qty",
               "funds", "filled", "remaining", "executed_value", "fees", "reason",
-              "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "fee_num", "hold"):
+              "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "hold"):
     setattr(OrderView, _name, _int_getter(_name))
 del _name
 
@@ -1340,15 +1339,11 @@ class ColumnarReadModel(object):
         self._spec_base = np.zeros(65536, np.int64)
         self._spec_quote = np.zeros(65536, np.int64)
         self._spec_bpl = np.zeros(65536, np.int64)
-        self._spec_maker = np.zeros(65536, np.int64)
-        self._spec_taker = np.zeros(65536, np.int64)
         for sid, spec in self.specs.items():
             self._spec_ok[sid] = True
             self._spec_base[sid] = spec.base_asset
             self._spec_quote[sid] = spec.quote_asset
             self._spec_bpl[sid] = spec.base_per_lot
-            self._spec_maker[sid] = spec.maker_fee_bps
-            self._spec_taker[sid] = spec.taker_fee_bps
 
     def reset(self):
         """Back to empty (the rebuild's start-over), keeping the configuration."""
@@ -1522,7 +1517,7 @@ class ColumnarReadModel(object):
                     user_rows.append(pos)
                 if cols is not t.update_mvs:
                     cols = t.update_mvs
-                    (m_last, m_filled, m_rem, m_exec, m_fees, m_fills, m_fee_num, m_status,
+                    (m_last, m_filled, m_rem, m_exec, m_fees, m_fills, m_status,
                      m_done_reason, m_done_ns, m_ever, m_id, m_reason, m_hold) = cols
                 if kind == _K_FILL:
                     row = t.row(e[11])
@@ -1531,8 +1526,6 @@ class ColumnarReadModel(object):
                         amount, fee = e[17], e[16]
                         spec = specs.get(e[6])
                         if spec is not None:                           # balances (rule 4)
-                            m_fee_num[row] += amount * (spec.taker_fee_bps if e[4] & _TAKER
-                                                        else spec.maker_fee_bps)
                             acct = e[9] * 65536
                             b = e[13] * spec.base_per_lot
                             if e[1] == _BUY:
@@ -1808,9 +1801,6 @@ class ColumnarReadModel(object):
             np.add.at(c["executed_value"], fr, amount)
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
-            sid = fe["symbol_id"]
-            rate = np.where(fe["flags"] & _TAKER, self._spec_taker[sid], self._spec_maker[sid])
-            np.add.at(c["fee_num"], fr, amount * rate)      # 0 for a symbol without spec
             status[fr] = np.maximum(status[fr], _OPEN)      # pending -> open
             if nf == len(k):                                 # fills only (the usual batch)
                 frem = fe["remaining"]
@@ -1915,12 +1905,6 @@ class ColumnarReadModel(object):
             np.add.at(c["executed_value"], fr, fe["amount"])
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
-            sid = fe["symbol_id"]
-            ok = self._spec_ok[sid]
-            if ok.any():
-                taker = (fe["flags"] & _TAKER) != 0
-                rate = np.where(taker, self._spec_taker[sid], self._spec_maker[sid])
-                np.add.at(c["fee_num"], fr[ok], (fe["amount"] * rate)[ok])
         remw = is_fill | is_cx | is_am
         r, i = by.last(remw)
         c["remaining"][r] = np.where(is_cx[i], 0, rem[i])
@@ -2272,7 +2256,6 @@ class ColumnarReadModel(object):
             c["reason"][rows] = 0
             c["stop_price"][rows] = [matcher.orders[o].stop_price for o in oids]
             c["fees"][rows] = [matcher.orders[o].fee_paid for o in oids]
-            c["fee_num"][rows] = [matcher.orders[o].fee_num for o in oids]
             c["status"][rows] = [_OPEN if matcher.orders[o].level is not None else _PENDING
                                  for o in oids]
         accounts = matcher.accounts

@@ -63,7 +63,6 @@ _K_BALANCE = int(EventKind.BALANCE)
 _K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
 _C_NEW = int(CommandKind.NEW_ORDER)
 _BUY = int(Side.BUY)
-_TAKER = int(EventFlags.TAKER)
 _STOP = int(EventFlags.STOP)
 _USER_KINDS = frozenset({_K_ACCEPTED, _K_REJECTED, _K_FILL, _K_CANCELLED, _K_EXPIRED,
                          _K_TRIGGERED, _K_AMENDED, _K_BALANCE})
@@ -96,8 +95,7 @@ class OrderState(object):
     __slots__ = ("order_id", "account_id", "symbol_id", "side", "order_type", "tif", "flags",
                  "price", "qty", "stop_price", "funds", "filled", "remaining",
                  "executed_value", "fees", "status", "done_reason", "reason",
-                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills",
-                 "fee_num", "hold")
+                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "hold")
 
     def __init__(self, event):
         self.order_id = event.order_id or event.seq
@@ -123,7 +121,6 @@ class OrderState(object):
         self.done_ns = 0
         self.last_seq = event.seq
         self.fills = 0
-        self.fee_num = 0          # sum of notional * fee rate (bps) over fills (balances)
         self.hold = event.aux     # ACCEPTED: the hold taken (rule 8: then FILL, AMENDED, rest)
 
     @property
@@ -380,8 +377,6 @@ class ReadModel(object):
         if kind == _K_FILL:
             spec = self.specs.get(e.symbol_id)
             if spec is not None:                               # rule 8
-                rate = spec.taker_fee_bps if e.flags & _TAKER else spec.maker_fee_bps
-                order.fee_num += e.amount * rate
                 totals = self.totals
                 base = (e.account_id, spec.base_asset)
                 quote = (e.account_id, spec.quote_asset)
@@ -467,7 +462,7 @@ class ReadModel(object):
             order = OrderState.__new__(OrderState)
             for name in ("order_id", "account_id", "symbol_id", "side", "order_type", "tif",
                          "flags", "price", "qty", "stop_price", "funds", "filled", "remaining",
-                         "client_order_id", "hold", "fee_num"):
+                         "client_order_id", "hold"):
                 setattr(order, name, getattr(o, name))
             order.executed_value = 0
             order.fees = o.fee_paid
