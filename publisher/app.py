@@ -47,6 +47,12 @@ Theory of operation (numbered rules; the code refers to them):
 11. Operations: ``/health`` (readiness, ``EngineProbe``), ``/health/live``,
    ``/metrics`` (publisher/metrics.py) and one access-log line per request
    (publisher/access_log.py), never with a credential.
+12. ``/docs`` (where a user types a secret) loads nothing from another host:
+   Swagger UI's script and stylesheet are the installed ``swagger-ui-bundle-v2``
+   package's files, served under ``/docs/assets/`` with SRI ``integrity``
+   hashes, and a Content-Security-Policy limits the page to this origin.
+   Without the package the page says so (and still signs, rule 9).  OpenAPI's
+   timestamp descriptions show the configured window (``auth_window_s``).
 """
 import asyncio
 import contextlib
@@ -74,8 +80,10 @@ from publisher.auth import SCOPE_TRADE, SCOPE_VIEW, require_scope, shorten
 from publisher.client_oids import ClientOidCollision, ClientOids
 from publisher.products import ConversionError
 from publisher.read_model import reason_name
+from publisher.history import GRANULARITIES, page
 from publisher.service import OutcomeTimeout, RingFull
-from publisher.views import book_json, fill_json, order_json, ticker_json, trade_json
+from publisher.views import (book_json, candle_json, fill_json, history_fill_json, level3_json,
+                             order_json, ticker_json, trade_json)
 from publisher.ws import websocket_endpoint
 
 __all__ = ["create_app", "ApiError", "OrderRequest", "AmendRequest", "DepositRequest",
@@ -260,6 +268,25 @@ def _expire_ns(text):
     if not 0 < ns <= _MAX_I64:
         raise ApiError(400, "expire_time %s is out of range" % shorten(text))
     return ns
+
+
+MAX_CANDLES = 300
+
+
+def _time_s(text, what):
+    """A candles ``start``/``end``: ISO 8601 (UTC when no offset) or unix seconds -> int s."""
+    if text is None or text == "":
+        return None
+    if re.match(r"[0-9]{1,12}(\.[0-9]{1,9})?\Z", text):
+        return int(text.split(".")[0])
+    try:
+        dt = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, OverflowError):
+        raise ApiError(400, "%s must be an ISO 8601 time or unix seconds, not %s"
+                       % (what, shorten(text)))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=datetime.timezone.utc)
+    return int(dt.timestamp() // 1)
 
 
 def _conv(fn, value, what, positive=False):
@@ -672,11 +699,24 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             raise ApiError(404, "order %s not found" % shorten(order_id))
         return _ok(_order_json(order, product))
 
-    @app.get("/orders", tags=["orders"], summary="List orders (status open|done|all)")
+    def _cursor_page(items, key, before, after, limit):
+        """Coinbase cursor pagination (publisher/history.py ``page``): (page, headers)."""
+        if before is not None and after is not None:
+            raise ApiError(400, "give before or after, not both")
+        sel, newest, oldest = page(items, key, before, after, limit)
+        headers = _seq_header()
+        if newest is not None:
+            headers["CB-BEFORE"] = str(newest)
+            headers["CB-AFTER"] = str(oldest)
+        return sel, headers
+
+    @app.get("/orders", tags=["orders"],
+             summary="List orders (status open|done|all), newest first, cursor pagination")
     async def list_orders(request: Request, status: Literal["open", "done", "all"] = "open",
                           product_id: Optional[str] = Query(None, max_length=32),
                           min_seq: AsciiInt = 0,
-                          limit: Annotated[AsciiInt, Query(ge=1, le=100000)] = 1000):
+                          before: Optional[AsciiInt] = None, after: Optional[AsciiInt] = None,
+                          limit: Annotated[AsciiInt, Query(ge=1, le=100000)] = 100):
         key, _body = await _auth(request)
         await _min_seq(min_seq)
         symbol_id = _product(product_id).symbol_id if product_id else None
@@ -687,8 +727,33 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             if status == "done":
                 orders = [o for o in orders if not o.is_open]
         by_id = catalog.by_id
-        orders = [o for o in orders if o.symbol_id in by_id][-limit:]
-        return _ok([_order_json(o, by_id[o.symbol_id]) for o in orders])
+        orders = [o for o in orders if o.symbol_id in by_id]
+        sel, headers = _cursor_page(orders, lambda o: o.order_id, before, after, limit)
+        return JSONResponse([_order_json(o, by_id[o.symbol_id]) for o in sel], headers=headers)
+
+    @app.get("/fills", tags=["fills"],
+             summary="Own fills of an order or a product, newest first, cursor pagination")
+    async def list_fills(request: Request, order_id: Optional[str] = Query(None, max_length=64),
+                         product_id: Optional[str] = Query(None, max_length=32),
+                         min_seq: AsciiInt = 0,
+                         before: Optional[AsciiInt] = None, after: Optional[AsciiInt] = None,
+                         limit: Annotated[AsciiInt, Query(ge=1, le=1000)] = 100):
+        key, _body = await _auth(request)
+        if order_id is None and product_id is None:
+            raise ApiError(400, "order_id or product_id is required")
+        await _min_seq(min_seq)
+        symbol_id = _product(product_id).symbol_id if product_id is not None else None
+        oid = None
+        if order_id is not None:
+            if not re.match(r"[0-9]{1,19}\Z", order_id):
+                raise ApiError(400, "order_id must be an order id (digits), not %s"
+                               % shorten(order_id))
+            oid = int(order_id)
+        by_id = catalog.by_id
+        fills = [f for f in model.history.account_fills(key.account_id, oid, symbol_id)
+                 if f[2] in by_id]
+        sel, headers = _cursor_page(fills, lambda f: f[0], before, after, limit)
+        return JSONResponse([history_fill_json(f, by_id[f[2]]) for f in sel], headers=headers)
 
     # ---------------------------------------------------------------- accounts
     @app.get("/accounts", tags=["accounts"], summary="Own balances (available and held)")
@@ -749,12 +814,15 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return _ok(_product_json(_product(product_id)))
 
     @app.get("/products/{product_id}/book", tags=["market data"],
-             summary="Order book: level 1 (best bid/ask) or 2 (every price level)")
+             summary="Order book: level 1 (best bid/ask), 2 (every price level) or 3 (every order)")
     async def book(product_id: str, level: AsciiInt = 1, min_seq: AsciiInt = 0):
         p = _product(product_id)
-        if level not in (1, 2):
-            raise ApiError(400, "level must be 1 or 2")
+        if level not in (1, 2, 3):
+            raise ApiError(400, "level must be 1, 2 or 3")
         await _min_seq(min_seq)
+        if level == 3:
+            bids, asks = model.level3(p.symbol_id)
+            return _ok(level3_json(model.symbol(p.symbol_id), p, bids, asks, model.applied_seq))
         return _ok(book_json(model.symbol(p.symbol_id), p, level, model.applied_seq))
 
     @app.get("/products/{product_id}/ticker", tags=["market data"],
@@ -775,12 +843,50 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return _ok([trade_json(t, p) for t in recent])
 
     @app.get("/products/{product_id}/stats", tags=["market data"], summary="24h statistics (stream time)")
-    async def stats(product_id: str):
+    async def stats(product_id: str, min_seq: AsciiInt = 0):
         p = _product(product_id)
-        s = model.symbol(p.symbol_id).stats()
+        await _min_seq(min_seq)
+        view = model.symbol(p.symbol_id)
+        s = view.stats()
+        last = view.trades[-1].timestamp_ns // 10 ** 9 if view.trades else None
+        vol30 = 0
+        if last is not None:                      # whole minutes, 30 days to the newest trade
+            minute = last - last % 60
+            vol30 = model.history.volume_since(p.symbol_id, minute - 30 * 86400 + 60)
         return _ok({"open": p.fmt_price(s["open"]), "high": p.fmt_price(s["high"]),
                     "low": p.fmt_price(s["low"]), "last": p.fmt_price(s["last"]),
-                    "volume": p.fmt_qty(s["volume"]), "input_seq": model.applied_seq})
+                    "volume": p.fmt_qty(s["volume"]), "volume_30day": p.fmt_qty(vol30),
+                    "input_seq": model.applied_seq})
+
+    @app.get("/products/{product_id}/candles", tags=["market data"],
+             summary="OHLCV buckets [time, low, high, open, close, volume], newest first")
+    async def candles(product_id: str, granularity: AsciiInt = 60,
+                      start: Optional[str] = Query(None, max_length=40),
+                      end: Optional[str] = Query(None, max_length=40), min_seq: AsciiInt = 0):
+        p = _product(product_id)
+        g = granularity
+        if g not in GRANULARITIES:
+            raise ApiError(400, "granularity must be one of %s (seconds), not %d"
+                           % (", ".join(map(str, GRANULARITIES)), g))
+        await _min_seq(min_seq)
+        start_s = _time_s(start, "start")
+        end_s = _time_s(end, "end")
+        if end_s is None:
+            if start_s is not None:
+                end_s = start_s + (MAX_CANDLES - 1) * g
+            else:
+                now_ns = model.last_timestamp_ns or time.time_ns()
+                end_s = now_ns // 10 ** 9
+        if start_s is None:
+            start_s = end_s - end_s % g - (MAX_CANDLES - 1) * g
+        if start_s > end_s:
+            raise ApiError(400, "start is after end")
+        count = (end_s - end_s % g - (start_s - start_s % g)) // g + 1
+        if count > MAX_CANDLES:
+            raise ApiError(400, "start..end spans %d candles of %d s; at most %d per request"
+                           % (count, g, MAX_CANDLES))
+        rows = model.history.candle_rows(p.symbol_id, g, start_s, end_s)
+        return _ok([candle_json(r, p) for r in rows])
 
     @app.get("/time", tags=["market data"], summary="Server time and the input seq reflected")
     async def server_time():
@@ -812,11 +918,22 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
         return Response(metrics_mod.render(registry), media_type=metrics_mod.CONTENT_TYPE)
 
     # ---------------------------------------------------------------- OpenAPI + /docs
-    _declare_security(app)
+    _declare_security(app, getattr(keystore, "window_s", 30.0))
+    docs_assets = swagger_assets()
 
     @app.get("/docs", include_in_schema=False)
     async def docs_page():
-        return HTMLResponse(_docs_html(app.title))
+        return HTMLResponse(_docs_html(app.title, docs_assets),
+                            headers={"Cache-Control": "no-store"})
+
+    @app.get("/docs/assets/{name}", include_in_schema=False)
+    async def docs_asset(name: str):
+        # rule 12: only the two files the page names, from the installed package
+        if docs_assets is None or name not in _SWAGGER_FILES:
+            return JSONResponse({"message": "not found"}, status_code=404)
+        return FileResponse(os.path.join(docs_assets.directory, name),
+                            media_type=_SWAGGER_FILES[name],
+                            headers={"Cache-Control": "public, max-age=86400"})
 
     # ---------------------------------------------------------------- ws + page
     @app.websocket("/ws")
@@ -835,6 +952,21 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
 
 # ---------------------------------------------------------------- OpenAPI security, /docs
 _PRIVATE_TAGS = frozenset({"orders", "accounts", "fills"})
+
+
+def security_schemes(window_s=30.0):
+    """OpenAPI's security schemes; the timestamps' window is the configured one
+    (``publisher.auth_window_s``, auth rule 2)."""
+    within = "unix seconds (a fraction allowed), within %g s of the server clock" % window_s
+    out = {}
+    for name, spec in SECURITY_SCHEMES.items():
+        spec = dict(spec)
+        if name.endswith("Timestamp"):
+            spec["description"] = within
+        out[name] = spec
+    return out
+
+
 SECURITY_SCHEMES = {
     "CbAccessKey": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_KEY,
                     "description": "Coinbase Exchange scheme: the API key"},
@@ -842,7 +974,7 @@ SECURITY_SCHEMES = {
                      "description": "base64(HMAC-SHA256(base64decode(secret), timestamp + "
                                     "METHOD + requestPath + body))"},
     "CbAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.CB_HEADER_TIMESTAMP,
-                          "description": "unix seconds (a fraction allowed), within 30 s"},
+                          "description": "unix seconds (a fraction allowed)"},
     "CbAccessPassphrase": {"type": "apiKey", "in": "header",
                            "name": auth_mod.CB_HEADER_PASSPHRASE,
                            "description": "the key's passphrase"},
@@ -852,7 +984,7 @@ SECURITY_SCHEMES = {
                      "description": "base64(HMAC-SHA256(secret as UTF-8, timestamp + METHOD + "
                                     "path_with_query + body))"},
     "RmAccessTimestamp": {"type": "apiKey", "in": "header", "name": auth_mod.HEADER_TIMESTAMP,
-                          "description": "unix seconds (a fraction allowed), within 30 s"},
+                          "description": "unix seconds (a fraction allowed)"},
 }
 #: either the four Coinbase headers or the three RM ones
 SECURITY = [{"CbAccessKey": [], "CbAccessSign": [], "CbAccessTimestamp": [],
@@ -860,9 +992,10 @@ SECURITY = [{"CbAccessKey": [], "CbAccessSign": [], "CbAccessTimestamp": [],
             {"RmAccessKey": [], "RmAccessSign": [], "RmAccessTimestamp": []}]
 
 
-def _declare_security(app):
-    """OpenAPI: the security schemes, and on each private operation its requirement and the
-    scope it needs (``x-required-scope``, auth rule 9)."""
+def _declare_security(app, window_s=30.0):
+    """OpenAPI: the security schemes (``security_schemes(window_s)``), and on each private
+    operation its requirement and the scope it needs (``x-required-scope``, auth rule 9)."""
+    schemes = security_schemes(window_s)
     from fastapi.openapi.utils import get_openapi
 
     def openapi():
@@ -870,7 +1003,7 @@ def _declare_security(app):
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+        schema.setdefault("components", {})["securitySchemes"] = schemes
         for ops in schema.get("paths", {}).values():
             for method, op in ops.items():
                 if not isinstance(op, dict) or not set(op.get("tags", ())) & _PRIVATE_TAGS:
@@ -889,11 +1022,44 @@ def _declare_security(app):
     app.openapi = openapi
 
 
-_SWAGGER_JS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
-_SWAGGER_CSS = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+_SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+                  "swagger-ui.css": "text/css; charset=utf-8"}
+
+
+class SwaggerAssets(object):
+    """Swagger UI's files from the installed ``swagger-ui-bundle-v2`` package (rule 12):
+    their directory, version and SRI hashes (sha384 of the bytes served)."""
+    __slots__ = ("directory", "version", "integrity")
+
+    def __init__(self, directory):
+        import base64
+        import hashlib
+        self.directory = str(directory)
+        self.version = os.path.basename(self.directory).rpartition("-")[2]
+        self.integrity = {}
+        for name in _SWAGGER_FILES:
+            with open(os.path.join(self.directory, name), "rb") as f:
+                digest = hashlib.sha384(f.read()).digest()
+            self.integrity[name] = "sha384-" + base64.b64encode(digest).decode()
+
+
+def swagger_assets():
+    """The installed Swagger UI assets, or None (the package is missing or incomplete:
+    /docs then says so and loads nothing from elsewhere)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+        return SwaggerAssets(swagger_ui_path)
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_DOCS_MISSING = """<p id="rm-missing" style="font:14px sans-serif;padding:16px">Swagger UI is not
+installed on this server (the Python package swagger-ui-bundle-v2); /openapi.json has the API
+description, and the form above still signs requests made with rmSign().</p>"""
 _DOCS_HTML = """<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>%(title)s - docs</title>
-<link rel="stylesheet" href="%(css)s">
+<meta http-equiv="Content-Security-Policy" content="default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'">
+%(css)s
 <style>#rm-sign{font:13px sans-serif;padding:8px 16px;background:#f4f6f8;border-bottom:1px solid #ccd}
 #rm-sign input{margin-right:10px}</style></head>
 <body>
@@ -932,18 +1098,27 @@ async function rmSign(req) {
   return req;
 }
 </script>
-<script src="%(js)s"></script>
+%(ui)s</body></html>
+"""
+_DOCS_UI = """<script src="/docs/assets/swagger-ui-bundle.js" integrity="%(js_sri)s"></script>
 <script>
 window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true,
   presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
   layout: "BaseLayout", requestInterceptor: rmSign});
-</script></body></html>
+</script>
 """
 
 
-def _docs_html(title):
+def _docs_html(title, assets):
+    """Rule 12: Swagger UI from this server only (the installed package's files, each with
+    its SRI hash), never from a CDN: the page is where a user types a secret."""
     import html
-    return _DOCS_HTML % {"title": html.escape(title), "css": _SWAGGER_CSS, "js": _SWAGGER_JS}
+    if assets is None:
+        return _DOCS_HTML % {"title": html.escape(title), "css": "", "ui": _DOCS_MISSING}
+    css = '<link rel="stylesheet" href="/docs/assets/swagger-ui.css" integrity="%s">' \
+        % assets.integrity["swagger-ui.css"]
+    return _DOCS_HTML % {"title": html.escape(title), "css": css,
+                         "ui": _DOCS_UI % {"js_sri": assets.integrity["swagger-ui-bundle.js"]}}
 
 
 _HEALTH_STATES = ("starting", "ready", "degraded", "stopping")

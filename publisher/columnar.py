@@ -2379,3 +2379,35 @@ class ColumnarReadModel(object):
         st = c["status"][:t.n]
         assert ((st != _DONE) | c["ever_done"][:t.n]).all()
         self._totals._check()
+
+
+# ---------------------------------------------------------------- REST history (issue 16)
+# Appended methods only (publisher/history.py rule 1); the services feed ``history``.
+def _columnar_history(self):
+    """This model's ``History`` (fills, candles); ``reset`` (a new ``symbols``) gives a new one."""
+    h = self.__dict__.get("_history")
+    if h is None or h[0] is not self.symbols:
+        from publisher.history import History
+        h = self._history = (self.symbols, History(self.symbols))
+    return h[1]
+
+
+def _columnar_level3(self, symbol_id):
+    """Every resting order of a symbol: ([(price, qty, order_id)] bids, asks), best price
+    first, within a price by order id (as ``ReadModel.level3``).  O(rows)."""
+    t = self._orders
+    c = t.cols
+    n = t.n
+    rows = _nz((c["symbol_id"][:n] == symbol_id) & ~c["ever_done"][:n]
+               & (c["status"][:n] == _OPEN) & (c["remaining"][:n] > 0))
+    bids, asks = [], []
+    for side, price, qty, oid in zip(c["side"][rows].tolist(), c["price"][rows].tolist(),
+                                     c["remaining"][rows].tolist(), c["id"][rows].tolist()):
+        (bids if side == _BUY else asks).append((price, qty, oid))
+    bids.sort(key=lambda r: (-r[0], r[2]))
+    asks.sort(key=lambda r: (r[0], r[2]))
+    return bids, asks
+
+
+ColumnarReadModel.history = property(_columnar_history)
+ColumnarReadModel.level3 = _columnar_level3

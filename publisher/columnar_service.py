@@ -63,10 +63,16 @@ class ColumnarService(PublisherService):
         if recs is not None:
             self.last_seq, self.last_index = last[_E_SEQ], last[_E_EVENT_INDEX]
             changes = self.model._apply_small(arr, ColumnarChanges(), recs)
+            history = getattr(self.model, "history", None)   # fills, candles (REST)
+            if history is not None:
+                history.record_events(recs)       # tuples in PublishedEvent's field order
         else:
             self.last_seq = int(arr["seq"][-1])
             self.last_index = int(arr["event_index"][-1])
             changes = self.model.apply(arr)
+            history = getattr(self.model, "history", None)
+            if history is not None:
+                history.record_array(arr)
         self.batches += 1
         waiters = self.waiters
         if waiters:

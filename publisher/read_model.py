@@ -569,3 +569,32 @@ TYPE_NAMES = {int(OrderType.LIMIT): "limit", int(OrderType.MARKET): "market",
               int(OrderType.TAKE_PROFIT_LIMIT): "take_profit_limit"}
 TIF_NAMES = {int(TimeInForce.GTC): "GTC", int(TimeInForce.GTT): "GTT",
              int(TimeInForce.IOC): "IOC", int(TimeInForce.FOK): "FOK"}
+
+
+# ---------------------------------------------------------------- REST history (issue 16)
+# Appended methods only (publisher/history.py rule 1); the services feed ``history``.
+def _model_history(self):
+    """This model's ``History`` (fills, candles); a re-initialised model (the rebuild calls
+    ``__init__`` again, which makes a new ``symbols``) gets a new, empty one."""
+    h = self.__dict__.get("_history")
+    if h is None or h[0] is not self.symbols:
+        from publisher.history import History
+        h = self._history = (self.symbols, History(self.symbols))
+    return h[1]
+
+
+def _model_level3(self, symbol_id):
+    """Every resting order of a symbol: ([(price, qty, order_id)] bids, asks), best price
+    first, within a price by order id.  O(open orders)."""
+    bids, asks = [], []
+    for by_account in self.open_by_account.values():
+        for o in by_account.values():
+            if o.symbol_id == symbol_id and o.status == "open" and o.remaining > 0:
+                (bids if o.side == _BUY else asks).append((o.price, o.remaining, o.order_id))
+    bids.sort(key=lambda r: (-r[0], r[2]))
+    asks.sort(key=lambda r: (r[0], r[2]))
+    return bids, asks
+
+
+ReadModel.history = property(_model_history)
+ReadModel.level3 = _model_level3

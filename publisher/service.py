@@ -107,6 +107,9 @@ class PublisherService(object):
         tail = fresh[-1]
         self.last_seq, self.last_index = tail.seq, tail.event_index
         changes = self.model.apply(fresh)
+        history = getattr(self.model, "history", None)       # fills, candles (REST)
+        if history is not None:
+            history.record_events(fresh)
         self.batches += 1
         waiters = self.waiters
         if waiters:

@@ -138,3 +138,30 @@ def report_json(event, order, product, catalog):
 
 
 _ = (Reason, _STP_NAMES)
+
+
+def history_fill_json(fill, product):
+    """One kept fill (publisher/history.py rule 2) as Coinbase Exchange's ``GET /fills``."""
+    _cursor, trade_id, _sym, order_id, price, qty, fee, side, flags, ts = fill
+    return {"trade_id": trade_id, "product_id": product.name, "order_id": str(order_id),
+            "price": product.fmt_price(price), "size": product.fmt_qty(qty),
+            "fee": product.quote.fmt(fee), "side": SIDE_NAMES.get(side, str(side)),
+            "liquidity": "M" if flags & 1 else "T", "created_at": iso_time(ts),
+            "settled": True}
+
+
+def candle_json(row, product):
+    """(start_s, low, high, open, close, volume) -> Coinbase's
+    ``[time, low, high, open, close, volume]`` (JSON numbers from the exact decimals)."""
+    t, lo, hi, op, cl, v = row
+    fp = product.fmt_price
+    return [t, float(fp(lo)), float(fp(hi)), float(fp(op)), float(fp(cl)),
+            float(product.fmt_qty(v))]
+
+
+def level3_json(view, product, bids, asks, applied_seq):
+    """Level 3 book: every resting order ``[price, size, order_id]``, best price first."""
+    fp, fq = product.fmt_price, product.fmt_qty
+    return {"product_id": product.name, "sequence": view.level2_seq, "input_seq": applied_seq,
+            "bids": [[fp(p), fq(q), str(o)] for p, q, o in bids],
+            "asks": [[fp(p), fq(q), str(o)] for p, q, o in asks]}

@@ -6,8 +6,12 @@ Theory of operation (numbered rules; the code refers to them):
    [...], "channels": [...]}`` (or rule 8's object form); channels are
    ``level2``, ``trades``, ``ticker``, ``heartbeat`` (rule 7) and ``user`` (the
    user channel needs ``key``, ``timestamp`` and ``signature`` = the REST
-   signature of ``timestamp + "GET" + "/ws"``); a signature is accepted once
-   (auth rule 6): a replayed subscribe is an error.
+   signature of ``timestamp + "GET" + "/ws"``, or Coinbase Exchange's form:
+   ``key``, ``passphrase``, ``timestamp`` and ``signature`` = the CB-ACCESS-SIGN
+   of ``timestamp + "GET" + "/users/self/verify"``, auth rule 8; a message with
+   ``passphrase`` is judged by that scheme only); both go through
+   ``KeyStore.verify`` as REST does, and a signature is accepted once (auth
+   rule 6): a replayed subscribe is an error.
 2. Every market-data message carries ``sequence``: the per-product, per-channel
    message counter of the read model (read_model rule 4).  level2 starts with a
    ``snapshot`` whose sequence is that of the book it shows; each ``l2update``
@@ -81,6 +85,15 @@ Theory of operation (numbered rules; the code refers to them):
 9. A user report's ``client_oid`` is the text the client sent when it was a
    UUID (``hub.client_oids``: the publisher's ``ClientOids``, client_oids rule
    3), else the integer.
+10. Revocation: a user subscription remembers the key it was verified with.
+   While any exists, a timer (every ``key_check_s``, 0.5 s) lets the key store
+   re-read its file (auth rule 10: at most every ``reload_s``, 1 s); only when
+   that loaded a new key set are the user subscriptions checked, so a revoked,
+   removed or changed key (or a key file that became invalid: fail closed)
+   gets ``{"type": "error", "reason": "key revoked", "message": ...}`` and a
+   ``subscriptions`` message without ``user``, within about 1-2 s of the
+   ``ringmatch keys revoke``; its other channels stay.  The fan-out itself does
+   no per-report check.
 """
 import asyncio
 import datetime
@@ -96,6 +109,8 @@ from publisher.views import SIDE_NAMES, book_json, report_json, ticker_json
 __all__ = ["Hub", "WsClient", "Outgoing", "text_frame", "websocket_endpoint"]
 
 CHANNELS = ("level2", "trades", "ticker", "heartbeat", "user")
+#: what Coinbase Exchange's WebSocket subscribe signs (rule 1): timestamp + "GET" + this
+COINBASE_VERIFY_PATH = "/users/self/verify"
 _RESYNC = object()
 # rule 5 measures the fan-out's own CPU time (thread time), not wall time: on a busy
 # machine a preempted fan-out must not look expensive and stretch the interval
@@ -327,6 +342,7 @@ class WsClient(object):
         self.bytes_sent = 0            # frame bytes written (raw clients)
         self.writes = 0                # transport writes (raw clients)
         self.user_seq = 0
+        self.user_key = None           # the ApiKey the user channel was verified with (rule 10)
         self.writer = None
         self.resync_started = 0.0
         self.resync_token = 0          # != 0 while a resync is not completely sent
@@ -573,6 +589,12 @@ class Hub(object):
         self._hb_handle = None
         self._hb_next = 0.0
         self.client_oids = None         # rule 9: publisher.client_oids.ClientOids, or None
+        self.keystore = None            # rule 10: the KeyStore the user channel verifies with
+        self.key_check_s = 0.5          # rule 10: how often the key store is looked at
+        self.key_checks = 0             # rule 10: user subscriptions re-checked (reloads seen)
+        self.key_drops = 0              # rule 10: user subscriptions dropped
+        self._key_handle = None
+        self._keys_seen = None
 
     # -------------------------------------------------------------- registry
     def add(self, client):
@@ -654,9 +676,94 @@ class Hub(object):
         if s is not None:
             s.discard(client)
 
-    def subscribe_user(self, client, account_id):
+    def subscribe_user(self, client, account_id, api_key=None):
+        """Subscribe ``client`` to ``account_id``'s reports, verified with ``api_key``
+        (rule 10 re-checks it while the subscription lasts)."""
+        if client.account_id is not None and client.account_id != account_id:
+            self.unsubscribe_user(client)       # one account per connection: the latest key
         client.account_id = account_id
+        client.user_key = api_key
         self.user_subs.setdefault(account_id, set()).add(client)
+        if api_key is not None and self._key_handle is None:
+            self._start_key_check()
+
+    def unsubscribe_user(self, client):
+        s = self.user_subs.get(client.account_id)
+        if s is not None:
+            s.discard(client)
+            if not s:
+                del self.user_subs[client.account_id]
+
+    # -------------------------------------------------------------- key revocation (rule 10)
+    def _start_key_check(self):
+        if self.keystore is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:            # no loop (unit tests driving the hub by hand)
+            return
+        self._keys_seen = getattr(self.keystore, "keys", None)
+        self._key_handle = loop.call_later(self.key_check_s, self.key_check_tick)
+
+    def key_check_tick(self):
+        """Rule 10's timer: let the key store re-read its file (at most every ``reload_s``);
+        when it did, re-check every user subscription.  Re-arms while there are any.
+        O(1) between reloads, O(user subscriptions) on one."""
+        self._key_handle = None
+        if not any(self.user_subs.values()):
+            self._keys_seen = None
+            return                      # stopped; the next user subscribe restarts it
+        self.check_user_keys()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._key_handle = loop.call_later(self.key_check_s, self.key_check_tick)
+
+    def check_user_keys(self):
+        """Refresh the key store; if it loaded a new key set, drop the user subscriptions
+        whose key is gone, revoked or changed (rule 10).  Returns the clients dropped."""
+        store = self.keystore
+        if store is None:
+            return []
+        refresh = getattr(store, "refresh", None)
+        if refresh is not None:
+            try:
+                refresh()
+            except Exception:           # never let the timer die: the check runs next tick
+                pass
+        keys = getattr(store, "keys", None)
+        if keys is self._keys_seen:
+            return []                   # no reload since the last check
+        self._keys_seen = keys
+        self.key_checks += 1
+        dropped = []
+        for account, clients in list(self.user_subs.items()):
+            for c in list(clients):
+                old = c.user_key
+                if old is None:
+                    continue
+                new = keys.get(old.key) if keys is not None else None
+                if new is not None and new.account_id == old.account_id and \
+                        new.secret == old.secret:
+                    c.user_key = new
+                    continue
+                if old.key in getattr(store, "revoked", ()):
+                    why = "API key %s has been revoked" % shorten(old.key)
+                else:
+                    why = "API key %s is no longer valid" % shorten(old.key)
+                self.unsubscribe_user(c)
+                c.user_key = None
+                self.key_drops += 1
+                dropped.append(c)
+                body = {"type": "error", "reason": "key revoked",
+                        "message": "user channel: %s; unsubscribed from the user channel "
+                                   "(subscribe again with a valid key)" % why}
+                c.queue.append(_dumps(body))       # as _error: past the resync gate
+                c.queue.append(_dumps({"type": "subscriptions",
+                                       "channels": _listing(c, self)}))
+                c.wakeup.set()
+        return dropped
 
     # -------------------------------------------------------------- messages
     def snapshot_message(self, symbol_id):
@@ -823,6 +930,8 @@ async def websocket_endpoint(websocket, hub, keystore, clock=None, client_oids=N
     from starlette.websockets import WebSocketDisconnect
     if client_oids is not None:
         hub.client_oids = client_oids
+    if keystore is not None:
+        hub.keystore = keystore                     # rule 10
     await websocket.accept()
     raw = sansio_protocol()
     if raw is not None:
@@ -952,9 +1061,8 @@ def _handle(client, hub, keystore, msg):
     if kind == "unsubscribe":
         for ch, products in wanted:
             if ch == "user":
-                s = hub.user_subs.get(client.account_id)
-                if s is not None:
-                    s.discard(client)
+                hub.unsubscribe_user(client)
+                client.user_key = None
                 continue
             if not products:          # rule 8: the whole channel
                 syms = [sym for c, sym in client.subs if c == ch]
@@ -967,13 +1075,11 @@ def _handle(client, hub, keystore, msg):
         return
     if any(ch == "user" for ch, _p in wanted):
         try:
-            # auth rule 6: a replayed subscribe (same signature again) is refused
-            key = keystore.verify(msg.get("key"), str(msg.get("timestamp") or ""),
-                                  msg.get("signature"), "GET", "/ws", b"")
+            key = _verify_user(keystore, msg)
         except auth_mod.AuthError as exc:
             _error(client, failed, "user channel: %s" % exc.message)
             return
-        hub.subscribe_user(client, key.account_id)
+        hub.subscribe_user(client, key.account_id, key)
     replies = []
     for ch, products in wanted:
         if ch == "user":
@@ -993,6 +1099,27 @@ def _handle(client, hub, keystore, msg):
         return   # the writer sends snapshots of every subscription after the notice
     client.queue.extend(replies)
     client.wakeup.set()
+
+
+def _verify_user(keystore, msg):
+    """Rule 1's user-channel credentials, either scheme (auth rules 1, 8), through
+    ``KeyStore.verify`` as REST: with ``passphrase`` Coinbase Exchange's (base64-decoded
+    secret over timestamp + "GET" + "/users/self/verify"), else the RM signature over
+    timestamp + "GET" + "/ws".  A replayed subscribe is refused (auth rule 6)."""
+    ts = msg.get("timestamp")
+    ts = "" if ts is None else (ts if isinstance(ts, str) else _number_text(ts))
+    if msg.get("passphrase") is not None:
+        return keystore.verify(msg.get("key"), ts, msg.get("signature"), "GET",
+                               COINBASE_VERIFY_PATH, b"", passphrase=msg.get("passphrase"),
+                               scheme=auth_mod.SCHEME_COINBASE)
+    return keystore.verify(msg.get("key"), ts, msg.get("signature"), "GET", "/ws", b"")
+
+
+def _number_text(value):
+    """A JSON number timestamp as the text a client signed (``str`` of an int or float)."""
+    if isinstance(value, bool):
+        return ""
+    return str(value) if isinstance(value, (int, float)) else ""
 
 
 def _listing(client, hub):

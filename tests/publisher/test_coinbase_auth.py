@@ -315,8 +315,8 @@ def test_a_damaged_key_file_disables_its_keys_not_the_configured_ones(tmp_path):
 def test_the_docs_page_signs_private_requests_in_the_browser(engine, trader):
     """/docs's request interceptor (rmSign) signs with WebCrypto: CB-ACCESS-* with a
     passphrase, RM-ACCESS-* without; the server accepts both, and refuses a view key's
-    order with 403 (so the body was signed right: the signature passed).  Swagger UI's
-    own assets come from a CDN this host may not reach; rmSign is the page's own code."""
+    order with 403 (so the body was signed right: the signature passed).  rmSign is the
+    page's own code (Swagger UI itself: test_docs_assets)."""
     import asyncio
     from test_pub_page import CHROMIUM, Browser
     if CHROMIUM is None:

@@ -9,7 +9,8 @@ two ``apply`` results must agree (L2 changes, trades, tickers, closed sequences,
 execution reports); at checkpoints every view must: books (level 1 and 2 JSON),
 tickers with 24h statistics, trade tapes, every order (``order_json`` plus status,
 hold, fills...), rejections, per-account open and all-order listings, client order
-id lookups and balances (available and held).
+id lookups and balances (available and held), level 3 books and the REST history
+(fills per account, candles: publisher/history.py).
 
 Two configurations: the shipped keeps (1 ms to 3 ms between commands), and small keeps
 (done orders, rejections, trades) with stream time stretched so that the 24h
@@ -137,6 +138,9 @@ def _compare_views(ref, col, client_keys):
         assert (a is None) == (b is None), (acct, coid)
         if a is not None:
             assert a.order_id == b.order_id
+    for p in _CATALOG.products:                      # REST history (issue 16): level 3
+        assert ref.level3(p.symbol_id) == col.level3(p.symbol_id), p.name
+    assert ref.history.snapshot() == col.history.snapshot()    # fills rings, candles
     ref._check()
     col._check()
 

@@ -50,7 +50,7 @@ def test_book_levels_and_errors(alice, anon):
     assert book["asks"][0] == ["31000", "0.05"]
     l1 = _book(anon, "BTC-USD", 1)
     assert l1["bids"] == [["29001", "0.20"]] and l1["asks"] == [["31000", "0.05"]]
-    assert anon.get("/products/BTC-USD/book?level=3").status_code == 400
+    assert anon.get("/products/BTC-USD/book?level=4").status_code == 400
     assert anon.get("/products/BTC-USD/book?level=x").status_code == 400
     assert anon.get("/products/NOPE/book").status_code == 404
     t = anon.get("/products/BTC-USD/ticker").json()
