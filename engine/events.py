@@ -133,7 +133,8 @@ class EventWriter(Protocol):
       producer, account, order id, remaining, filled, client order id from ``o``);
     * ``delta(symbol_id, side, price, total)`` -- BOOK_DELTA;
     * ``fill(m, o, price, qty, maker_fee, taker_fee, notional, trade_id)`` -- FILL (maker
-      ``m``), FILL (taker ``o``), TRADE, in that order;
+      ``m``), FILL (taker ``o``), TRADE, in that order; each FILL's ``aux`` is its order's
+      ``hold`` (called after the fill has been settled: the hold after it);
     * ``event(kind, side, order_type, tif, flags, symbol_id, reason, producer_id,
       account_id, order_id, price, qty, remaining, filled, fee, amount, trade_id,
       counter_order_id, counter_account_id, client_order_id, aux)`` -- anything else;
@@ -184,10 +185,10 @@ class SinkWriter(object):
         symbol_id = o.symbol_id
         emit(_E_FILL, m.side, m.order_type, m.tif, _EF_MAKER, ck, symbol_id, 0, m.producer_id,
              m.account_id, seq, m.order_id, price, q, m.remaining, m.filled, mfee, n, trade_id,
-             o.order_id, o.account_id, ei, ts, m.client_order_id, 0)
+             o.order_id, o.account_id, ei, ts, m.client_order_id, m.hold)
         emit(_E_FILL, o.side, o.order_type, o.tif, _EF_TAKER, ck, symbol_id, 0, o.producer_id,
              o.account_id, seq, o.order_id, price, q, o.remaining, o.filled, tfee, n, trade_id,
-             m.order_id, m.account_id, ei + 1, ts, o.client_order_id, 0)
+             m.order_id, m.account_id, ei + 1, ts, o.client_order_id, o.hold)
         emit(_E_TRADE, o.side, 0, 0, 0, ck, symbol_id, 0, 0, o.account_id, seq, o.order_id,
              price, q, 0, 0, 0, n, trade_id, m.order_id, m.account_id, ei + 2, ts, 0, 0)
 
@@ -303,11 +304,11 @@ class BytesSink(object):
         _pack_into(buf, end, _E_FILL, m.side, m.order_type, m.tif, _EF_MAKER, ck, symbol_id,
                    0, m.producer_id, maker_acct, seq, maker_id, price, q, m.remaining,
                    m.filled, mfee, n, trade_id, taker_id, taker_acct, ei, ts,
-                   m.client_order_id, 0)
+                   m.client_order_id, m.hold)
         _pack_into(buf, end + EVENT_SIZE, _E_FILL, taker_side, o.order_type, o.tif, _EF_TAKER,
                    ck, symbol_id, 0, o.producer_id, taker_acct, seq, taker_id, price, q,
                    o.remaining, o.filled, tfee, n, trade_id, maker_id, maker_acct, ei + 1, ts,
-                   o.client_order_id, 0)
+                   o.client_order_id, o.hold)
         _pack_into(buf, end + _E2, _E_TRADE, taker_side, 0, 0, 0, ck, symbol_id, 0, 0,
                    taker_acct, seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id,
                    maker_acct, ei + 2, ts, 0, 0)

@@ -19,7 +19,9 @@ M4. Holds.  Accepting an order moves what it may spend from available to held: a
     market buy by size the account's whole available quote for the duration of the
     command (it never rests).  When an order rests, its hold is set to exactly what it
     still needs as a maker (``need_rest``), and the excess released.  Cancel, expiry or
-    completion release the rest.
+    completion release the rest.  Every change of a live order's hold is in an event
+    (``aux`` = the hold after it: ACCEPTED, both FILLs, AMENDED, the BOOK_DELTA of the
+    rest, which names the order), so readers fold holds and never re-derive this rule.
 M5. Fills settle both sides at the maker's price.  Fees are in the quote asset; an
     order's fees so far are ``ceil(fee_num/10000)`` where ``fee_num`` sums
     ``notional * rate_bps`` over its fills (taker rate while it takes, maker rate while
@@ -483,7 +485,8 @@ class Matcher(object):
         o.hold = hold
         sym.stops.add(o)
         self._register(o, acct)
-        self._w_order(E_ACCEPTED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, 0, 0, 0, hold)
+        self._w_order(E_ACCEPTED, o, EF_STOP, 0, o.price, o.qty, 0, o.funds, o.stop_price, 0, 0,
+                      hold)
 
     def _register(self, o, acct):
         oid = o.order_id
@@ -563,7 +566,9 @@ class Matcher(object):
             acct.by_coid[o.client_order_id] = o
         if o.tif == GTT:
             heapq.heappush(self.expiry, (o.expire_ns, oid))
-        self._w_delta(sym.symbol_id, o.side, o.price, o.level.total)
+        # the rest's BOOK_DELTA names the order and carries its hold (docs/records.md)
+        self._w_event(E_DELTA, o.side, 0, 0, 0, sym.symbol_id, 0, 0, 0, oid, o.price,
+                      o.level.total, 0, 0, 0, 0, 0, 0, 0, 0, o.hold)
 
     def _release(self, o, sym, acct):
         hold = o.hold
@@ -674,7 +679,7 @@ class Matcher(object):
                     o.remaining -= d
                     rem -= d
                     self._w_order(E_AMENDED, o, 0, R_CANCELLED_STP, o.price, o.qty, 0, 0, 0,
-                              m.order_id, m.account_id, d)
+                                  m.order_id, m.account_id, o.hold)
                     m = nxt
                     continue
                 mrem = m.remaining
@@ -819,7 +824,8 @@ class Matcher(object):
             bal[hi + 1] -= extra
             bal[hi] += extra
             m.hold = need
-        self._w_order(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, m.price, m.qty, 0, extra, 0, 0, 0, d)
+        self._w_order(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, m.price, m.qty, 0, extra, 0, 0, 0,
+                      m.hold)
 
     # ------------------------------------------------------------------
     def _run_triggers(self, sym):

@@ -555,11 +555,12 @@ class SoaMatcher(object):
             _pack_into(buf, end, E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF],
                        EF_MAKER, ck, sid, 0, ob[m + O_PROD], maker_acct, seq, maker_id, price,
                        q, ob[m + O_REM], ob[m + O_FILLED], mfee, n, trade_id, taker_id,
-                       taker_acct, ei, ts, self.o_coid[m >> SHIFT], 0)
+                       taker_acct, ei, ts, self.o_coid[m >> SHIFT], ob[m + O_HOLD])
             _pack_into(buf, end + EVENT_SIZE, E_FILL, taker_side, ob[o + O_TYPE],
                        ob[o + O_TIF], EF_TAKER, ck, sid, 0, ob[o + O_PROD], taker_acct, seq,
                        taker_id, price, q, ob[o + O_REM], ob[o + O_FILLED], tfee, n, trade_id,
-                       maker_id, maker_acct, ei + 1, ts, self.o_coid[o >> SHIFT], 0)
+                       maker_id, maker_acct, ei + 1, ts, self.o_coid[o >> SHIFT],
+                       ob[o + O_HOLD])
             _pack_into(buf, end + _E2, E_TRADE, taker_side, 0, 0, 0, ck, sid, 0, 0, taker_acct,
                        seq, taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct,
                        ei + 2, ts, 0, 0)
@@ -568,10 +569,12 @@ class SoaMatcher(object):
             return
         self._ev(E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF], EF_MAKER, sid, 0,
                  ob[m + O_PROD], maker_acct, maker_id, price, q, ob[m + O_REM],
-                 ob[m + O_FILLED], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m >> SHIFT], 0)
+                 ob[m + O_FILLED], mfee, n, trade_id, taker_id, taker_acct, self.o_coid[m >> SHIFT],
+                 ob[m + O_HOLD])
         self._ev(E_FILL, taker_side, ob[o + O_TYPE], ob[o + O_TIF], EF_TAKER, sid, 0,
                  ob[o + O_PROD], taker_acct, taker_id, price, q, ob[o + O_REM],
-                 ob[o + O_FILLED], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o >> SHIFT], 0)
+                 ob[o + O_FILLED], tfee, n, trade_id, maker_id, maker_acct, self.o_coid[o >> SHIFT],
+                 ob[o + O_HOLD])
         self._ev(E_TRADE, taker_side, 0, 0, 0, sid, 0, 0, taker_acct, taker_id, price, q, 0, 0,
                  0, n, trade_id, maker_id, maker_acct, 0, 0)
 
@@ -933,7 +936,7 @@ class SoaMatcher(object):
         self._stop_add(sym, s)
         self._register(s, WAITING)
         self._oev(E_ACCEPTED, s, EF_STOP, 0, ob[s + O_PRICE], ob[s + O_QTY], 0,
-                  ob[s + O_FUNDS], 0, 0, 0, hold)
+                  ob[s + O_FUNDS], ob[s + O_STOP], 0, 0, hold)
 
     def _fok_fillable(self, s, sym, ab):
         ob = self.ob
@@ -993,8 +996,10 @@ class SoaMatcher(object):
             ob[s + O_HOLD] = need
         self._book_insert(sym, s)
         self._register(s, RESTING)
-        self._delta(sym.symbol_id, ob[s + O_SIDE], ob[s + O_PRICE],
-                    self.lv_total[ob[s + O_LVL]])
+        # the rest's BOOK_DELTA names the order and carries its hold (docs/records.md)
+        self._ev(E_DELTA, ob[s + O_SIDE], 0, 0, 0, sym.symbol_id, 0, 0, 0, ob[s + O_ID],
+                 ob[s + O_PRICE], self.lv_total[ob[s + O_LVL]], 0, 0, 0, 0, 0, 0, 0, 0,
+                 ob[s + O_HOLD])
 
     def _rest_new(self, s, sym, a, side, price, qty, hold, hi, bs):
         """S6: :meth:`_rest` + :meth:`_book_insert` + :meth:`_register` + the DELTA for
@@ -1065,7 +1070,7 @@ class SoaMatcher(object):
         if end > bs._limit:
             bs._grow()
         _pack_into(bs._buf, end, E_DELTA, side, 0, 0, 0, K_NEW, sym.symbol_id, 0, 0, 0,
-                   self._seq, 0, price, total, 0, 0, 0, 0, 0, 0, 0, ei, self._ts, 0, 0)
+                   self._seq, oid, price, total, 0, 0, 0, 0, 0, 0, 0, ei, self._ts, 0, need)
         bs._end = end + EVENT_SIZE
         self._ei = ei + 1
 
@@ -1207,7 +1212,7 @@ class SoaMatcher(object):
         ob[o + O_QTY] -= d
         ob[o + O_REM] -= d
         self._oev(E_AMENDED, o, 0, R_CANCELLED_STP, ob[o + O_PRICE], ob[o + O_QTY], 0, 0, 0,
-                  mid, macct, d)
+                  mid, macct, ob[o + O_HOLD])
         return d
 
     def _settle(self, o, m, lv, sym, price, rem):
@@ -1302,11 +1307,11 @@ class SoaMatcher(object):
         _pack_into(buf, end, E_FILL, ob[m + O_SIDE], ob[m + O_TYPE], ob[m + O_TIF], EF_MAKER, ck,
                    sid, 0, ob[m + O_PROD], maker_acct, seq, maker_id, price, q, mrem - q,
                    mfilled, mfee, n, trade_id, taker_id, taker_acct, ei, ts,
-                   self.o_coid[m >> SHIFT], 0)
+                   self.o_coid[m >> SHIFT], ob[m + O_HOLD])
         _pack_into(buf, end + EVENT_SIZE, E_FILL, side, ob[o + O_TYPE], ob[o + O_TIF], EF_TAKER,
                    ck, sid, 0, ob[o + O_PROD], taker_acct, seq, taker_id, price, q, orem,
                    ofilled, tfee, n, trade_id, maker_id, maker_acct, ei + 1, ts,
-                   self.o_coid[o >> SHIFT], 0)
+                   self.o_coid[o >> SHIFT], ob[o + O_HOLD])
         _pack_into(buf, end + _E2, E_TRADE, side, 0, 0, 0, ck, sid, 0, 0, taker_acct, seq,
                    taker_id, price, q, 0, 0, 0, n, trade_id, maker_id, maker_acct, ei + 2, ts, 0,
                    0)
@@ -1400,7 +1405,7 @@ class SoaMatcher(object):
             bal[hi] += extra
             ob[m + O_HOLD] = need
         self._oev(E_AMENDED, m, EF_MAKER, R_CANCELLED_STP, ob[m + O_PRICE], ob[m + O_QTY], 0,
-                  extra, 0, 0, 0, d)
+                  extra, 0, 0, 0, ob[m + O_HOLD])
 
     # -- triggers (rule M7) ------------------------------------------------
     def _pop_triggered(self, sym, last_price):

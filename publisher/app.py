@@ -597,8 +597,6 @@ def create_app(service, keystore, allow_deposits=True, title="ringmatch exchange
             raise ApiError(400, "order rejected: %s" % reason, reason=reason, id=str(seq),
                            status="rejected", seq=seq)
         order = model.order(seq)
-        if order is not None and not order.stop_price and fields.get("stop_price"):
-            order.stop_price = fields["stop_price"]       # not in the events (read model rule 5)
         body = _order_json(order, product) if order is not None else {"id": str(seq)}
         body["fills"] = [fill_json(e, product) for e in events
                          if e.kind == int(EventKind.FILL) and e.order_id == seq]

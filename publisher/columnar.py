@@ -35,7 +35,7 @@ rules 1-8 hold unchanged, these say how):
    Within a batch a field written by several events of one order gets the last
    write: plain fancy assignment, numpy assigning repeated indices in order
    (checked at import, ``_sequential_assign``; else events are sorted by row,
-   ``_apply_order_updates_sorted``); sums (executed value, fees, fills, fee_num)
+   ``_apply_order_updates_sorted``); sums (executed value, fees, fills)
    use ``np.add.at``; the status is the fold of its transitions (every FILL maps
    pending -> open, then the constant transitions in event order).  The table is
    preallocated for 2^17 rows (untouched pages cost nothing).  Done orders enter
@@ -50,16 +50,16 @@ rules 1-8 hold unchanged, these say how):
    dense array by slot (``_Totals``: slots in order of first sight, found through
    an open-addressing hash table, vectorized, or a dict in the per-event path).
    Per key, a batch's final total is the last BALANCE set (or the previous total)
-   plus the FILL moves after it.  Held amounts are
-   derived on request from the account's open orders by ``_order_hold``, the one
-   place where the matcher's hold rule M4 is re-derived (the events do not carry an
-   order's hold after a fill or after it rests: see ``_order_hold``).
+   plus the FILL moves after it.  An order's ``hold`` column is the ``aux`` of the
+   last event that gives it (ACCEPTED, FILL, AMENDED, the BOOK_DELTA naming it when
+   it rests: ``_apply_holds``, docs/records.md); held = the sum over the account's
+   open orders, on request.  The matcher's hold rule M4 is never re-derived.
 5. Trades go to a numpy ring per symbol (``trades_keep``); the 24h window is an
    append-only array per symbol with a moving head (stream time never goes back),
    volumes kept as running sums, high/low from per-block extrema.
 6. Order objects are ``OrderView``s: live views of a row, resolved by order id
    (so they stay right across compactions), exposing the ``OrderState``
-   attributes; ``stop_price`` is writable (the API and the rebuild set it).
+   attributes (read-only: everything in them came from events).
    Rejections are kept as raw records (newest ``rejections_keep``) and turned into
    ``OrderState``s on demand (cached, so a caller's change sticks as in the object
    model).  Client order ids are indexed lazily: creations with a client id are
@@ -116,7 +116,6 @@ _K_BALANCE = int(EventKind.BALANCE)
 _K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
 _C_NEW = int(CommandKind.NEW_ORDER)
 _LAST = int(EventFlags.LAST)
-_TAKER = int(EventFlags.TAKER)
 _BUY = int(Side.BUY)
 _SELL = int(Side.SELL)
 _HALTED = int(Reason.SYMBOL_HALTED)
@@ -130,6 +129,8 @@ _USER_KIND = np.zeros(256, bool)
 _USER_KIND[list(_USER_KINDS)] = True
 _UPDATE_KIND = np.zeros(256, bool)
 _UPDATE_KIND[list(_UPDATE_KINDS)] = True
+_HOLD_KIND = np.zeros(256, bool)                # events whose aux is their order's hold
+_HOLD_KIND[[_K_FILL, _K_AMENDED, _K_BOOK_DELTA]] = True
 _STOP_TYPE = np.zeros(256, bool)
 _STOP_TYPE[list(_STOP_TYPES)] = True
 _USER_KIND_T = tuple(_USER_KIND.tolist())      # Python bools (the per-event path)
@@ -288,17 +289,17 @@ _ORDER_COLUMNS = (
     ("remaining", np.int64), ("executed_value", np.int64), ("fees", np.int64),
     ("status", np.int8), ("done_reason", np.int8), ("reason", np.uint16),
     ("client_order_id", np.uint64), ("created_ns", np.int64), ("done_ns", np.int64),
-    ("last_seq", np.int64), ("fills", np.int64), ("fee_num", np.int64), ("hold", np.int64),
+    ("last_seq", np.int64), ("fills", np.int64), ("hold", np.int64),
     ("ever_done", np.bool_), ("forgotten", np.bool_),
 )
 
 
 #: columns the per-event path writes for FILL / CANCELLED / EXPIRED, and for ACCEPTED
-_UPDATE_COLS = ("last_seq", "filled", "remaining", "executed_value", "fees", "fills", "fee_num",
-                "status", "done_reason", "done_ns", "ever_done", "id", "reason")
+_UPDATE_COLS = ("last_seq", "filled", "remaining", "executed_value", "fees", "fills",
+                "status", "done_reason", "done_ns", "ever_done", "id", "reason", "hold")
 _CREATE_COLS = ("id", "account_id", "symbol_id", "side", "order_type", "tif", "flags", "price",
                 "qty", "filled", "remaining", "reason", "client_order_id", "funds", "status",
-                "created_ns", "last_seq", "hold")
+                "created_ns", "last_seq", "hold", "stop_price")
 
 
 class _Orders(object):
@@ -472,13 +473,9 @@ class OrderView(object):
     def is_open(self):
         return self.status in ("open", "pending")
 
-    def _get_stop(self):
+    @property
+    def stop_price(self):
         return int(self._model._orders.cols["stop_price"][self._r()])
-
-    def _set_stop(self, value):
-        self._model._orders.cols["stop_price"][self._r()] = value
-
-    stop_price = property(_get_stop, _set_stop)
 
     def __repr__(self):
         return "OrderView(%d, %s)" % (self.order_id, self.status)
@@ -492,49 +489,9 @@ def _int_getter(col):
 
 for _name in ("account_id", "symbol_id", "side", "order_type", "tif", "flags", "price", "qty",
               "funds", "filled", "remaining", "executed_value", "fees", "reason",
-              "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "fee_num", "hold"):
+              "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "hold"):
     setattr(OrderView, _name, _int_getter(_name))
 del _name
-
-
-def _order_hold(rows, cols, spec_of):
-    """{asset: held} of open order ``rows`` (rule 4): the matcher's rule M4 re-derived.
-
-    The one copy of the hold rule in the columnar model (engine/matcher.py
-    ``_need_rest``; the object model's ``ReadModel._hold`` is the reference's copy).
-    A waiting stop holds what its ACCEPTED event said (``aux``); a resting order what
-    it still needs as a maker (``_need_rest``: price * remaining * u less the maker fee
-    part not yet charged), which no event carries.  For a pure fold the events would
-    need the order's hold after every change: FILL.aux (unused on FILL) = the order's
-    hold after the fill (maker and taker FILLs each their own order's); the rest of a
-    limit order (matcher ``_rest`` sets hold = need_rest and releases the excess: no
-    event names the order) e.g. its BOOK_DELTA with ``order_id`` and ``aux`` = the
-    order's hold; an STP AMENDED (aux = qty decremented) the new hold in ``amount``.
-    Then held = the sum of the open orders' last hold, and this function goes away.
-    O(len(rows)) Python ints (no overflow).
-    """
-    held = {}
-    if not len(rows):
-        return held
-    for sid, side, status, price, rem, hold, fee_num, fees in zip(
-            *(cols[c][rows].tolist() for c in ("symbol_id", "side", "status", "price",
-                                               "remaining", "hold", "fee_num", "fees"))):
-        spec = spec_of.get(sid)
-        if spec is None:
-            continue
-        if side == _BUY:
-            asset = spec.quote_asset
-            if status == _PENDING:
-                h = hold
-            else:
-                n = price * rem * spec.quote_per_tick_lot
-                m = spec.maker_fee_bps
-                h = n - ((-(fee_num + n * m)) // 10000) - fees if m > 0 else n
-        else:
-            asset = spec.base_asset
-            h = hold if status == _PENDING else rem * spec.base_per_lot
-        held[asset] = held.get(asset, 0) + h
-    return held
 
 
 def _sequential_assign():
@@ -1382,15 +1339,11 @@ class ColumnarReadModel(object):
         self._spec_base = np.zeros(65536, np.int64)
         self._spec_quote = np.zeros(65536, np.int64)
         self._spec_bpl = np.zeros(65536, np.int64)
-        self._spec_maker = np.zeros(65536, np.int64)
-        self._spec_taker = np.zeros(65536, np.int64)
         for sid, spec in self.specs.items():
             self._spec_ok[sid] = True
             self._spec_base[sid] = spec.base_asset
             self._spec_quote[sid] = spec.quote_asset
             self._spec_bpl[sid] = spec.base_per_lot
-            self._spec_maker[sid] = spec.maker_fee_bps
-            self._spec_taker[sid] = spec.taker_fee_bps
 
     def reset(self):
         """Back to empty (the rebuild's start-over), keeping the configuration."""
@@ -1466,6 +1419,8 @@ class ColumnarReadModel(object):
                 ev, rows, upos = ev.take(sel), rows[sel], upos[sel]
             if len(rows):
                 fe, fpos = self._apply_order_updates(ev, rows, upos)
+        if counts[_G_UPDATE] or counts[_G_BOOK]:
+            self._apply_holds(arr)
         if counts[_G_BALANCE] or fe is not None:
             be, bpos = group(_G_BALANCE)
             self._apply_totals(be, bpos, fe, fpos)
@@ -1534,6 +1489,10 @@ class ColumnarReadModel(object):
                     if d is None:
                         d = l2[sym] = {}
                     d[(e[1], e[12])] = e[13]
+                if e[11]:                       # an order rests: its hold (rule 4)
+                    row = t.row(e[11])
+                    if row >= 0:
+                        t.mv["hold"][row] = e[24]
             elif kind == _K_TRADE:
                 sym = e[6]
                 if sym in symbols:
@@ -1558,8 +1517,8 @@ class ColumnarReadModel(object):
                     user_rows.append(pos)
                 if cols is not t.update_mvs:
                     cols = t.update_mvs
-                    (m_last, m_filled, m_rem, m_exec, m_fees, m_fills, m_fee_num, m_status,
-                     m_done_reason, m_done_ns, m_ever, m_id, m_reason) = cols
+                    (m_last, m_filled, m_rem, m_exec, m_fees, m_fills, m_status,
+                     m_done_reason, m_done_ns, m_ever, m_id, m_reason, m_hold) = cols
                 if kind == _K_FILL:
                     row = t.row(e[11])
                     if row >= 0:
@@ -1567,8 +1526,6 @@ class ColumnarReadModel(object):
                         amount, fee = e[17], e[16]
                         spec = specs.get(e[6])
                         if spec is not None:                           # balances (rule 4)
-                            m_fee_num[row] += amount * (spec.taker_fee_bps if e[4] & _TAKER
-                                                        else spec.maker_fee_bps)
                             acct = e[9] * 65536
                             b = e[13] * spec.base_per_lot
                             if e[1] == _BUY:
@@ -1586,6 +1543,7 @@ class ColumnarReadModel(object):
                                 tv = tot.vals_mv
                             tv[i] += vq
                         m_filled[row] = e[15]
+                        m_hold[row] = e[24]                            # rule 4
                         rem = e[14]
                         m_rem[row] = rem
                         m_exec[row] += amount
@@ -1693,7 +1651,7 @@ class ColumnarReadModel(object):
         if n >= t.cap:
             t.reserve(1)
         (m_id, m_acct, m_sym, m_side, m_type, m_tif, m_flags, m_price, m_qty, m_filled, m_rem,
-         m_reason, m_coid, m_funds, m_status, m_created, m_last, m_hold) = t.create_mvs
+         m_reason, m_coid, m_funds, m_status, m_created, m_last, m_hold, m_stop) = t.create_mvs
         m_id[n] = oid
         m_acct[n] = e[9]
         m_sym[n] = e[6]
@@ -1712,6 +1670,7 @@ class ColumnarReadModel(object):
         m_created[n] = e[22]
         m_last[n] = e[10]
         m_hold[n] = e[24]
+        m_stop[n] = e[18]                 # a stop's ACCEPTED: its stop price (else 0)
         t.n = n + 1
         if t.indexed == 0:
             t.dbase = oid
@@ -1729,8 +1688,7 @@ class ColumnarReadModel(object):
         rule 7; FILL, CANCELLED and EXPIRED are inline in ``_apply_small``)."""
         m["last_seq"][row] = e[10]
         if e[0] == _K_AMENDED:
-            if e[7] == 0:
-                m["hold"][row] = e[24]
+            m["hold"][row] = e[24]
             if e[12]:
                 m["price"][row] = e[12]
             m["qty"][row] = e[13]
@@ -1782,6 +1740,7 @@ class ColumnarReadModel(object):
         c["created_ns"][where] = ev["timestamp_ns"]
         c["last_seq"][where] = ev["seq"]
         c["hold"][where] = ev["aux"]
+        c["stop_price"][where] = ev["trade_id"]      # a stop's ACCEPTED: its stop price
 
     def _create_slow(self, ev, ids):
         """Ids not above every existing one (never from one matcher): one at a time."""
@@ -1842,9 +1801,6 @@ class ColumnarReadModel(object):
             np.add.at(c["executed_value"], fr, amount)
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
-            sid = fe["symbol_id"]
-            rate = np.where(fe["flags"] & _TAKER, self._spec_taker[sid], self._spec_maker[sid])
-            np.add.at(c["fee_num"], fr, amount * rate)      # 0 for a symbol without spec
             status[fr] = np.maximum(status[fr], _OPEN)      # pending -> open
             if nf == len(k):                                 # fills only (the usual batch)
                 frem = fe["remaining"]
@@ -1869,8 +1825,6 @@ class ColumnarReadModel(object):
             if len(ai):
                 ra = rows[ai]
                 ea = ev.take(ai)
-                m = ea["reason"] == 0
-                c["hold"][ra[m]] = ea["aux"][m]
                 m = ea["price"] != 0
                 c["price"][ra[m]] = ea["price"][m]
                 c["qty"][ra] = ea["qty"]
@@ -1888,6 +1842,25 @@ class ColumnarReadModel(object):
                 c["done_ns"][dr] = ev["timestamp_ns"][di]
                 self._first_done(dr)
         return fe, fpos
+
+    def _apply_holds(self, arr):
+        """Holds (rule 4): every FILL and AMENDED, and a BOOK_DELTA naming an order (it
+        rests), set that order's hold to the event's ``aux``; the last in event order
+        wins (``arr`` is the batch in event order)."""
+        hm = _HOLD_KIND[arr["kind"]] & (arr["order_id"] != 0)
+        hi = hm.nonzero()[0]
+        if not len(hi):
+            return
+        rows, found = self._orders.lookup(arr["order_id"][hi])
+        vals = arr["aux"][hi]
+        if not found.all():
+            rows, vals = rows[found], vals[found]
+        hold = self._orders.cols["hold"]
+        if _SEQUENTIAL_ASSIGN:
+            hold[rows] = vals
+        else:
+            r, i = _ByRow(rows).last(np.ones(len(rows), bool))
+            hold[r] = vals[i]
 
     def _first_done(self, dr):
         """Rows ``dr`` (done events, event order) not done before: into the done log,
@@ -1932,18 +1905,10 @@ class ColumnarReadModel(object):
             np.add.at(c["executed_value"], fr, fe["amount"])
             np.add.at(c["fees"], fr, fe["fee"])
             np.add.at(c["fills"], fr, 1)
-            sid = fe["symbol_id"]
-            ok = self._spec_ok[sid]
-            if ok.any():
-                taker = (fe["flags"] & _TAKER) != 0
-                rate = np.where(taker, self._spec_taker[sid], self._spec_maker[sid])
-                np.add.at(c["fee_num"], fr[ok], (fe["amount"] * rate)[ok])
         remw = is_fill | is_cx | is_am
         r, i = by.last(remw)
         c["remaining"][r] = np.where(is_cx[i], 0, rem[i])
         if is_am.any():
-            r, i = by.last(is_am & (ev["reason"] == 0))
-            c["hold"][r] = ev["aux"][i]
             r, i = by.last(is_am & (ev["price"] != 0))
             c["price"][r] = ev["price"][i]
             r, i = by.last(is_am)
@@ -2291,7 +2256,6 @@ class ColumnarReadModel(object):
             c["reason"][rows] = 0
             c["stop_price"][rows] = [matcher.orders[o].stop_price for o in oids]
             c["fees"][rows] = [matcher.orders[o].fee_paid for o in oids]
-            c["fee_num"][rows] = [matcher.orders[o].fee_num for o in oids]
             c["status"][rows] = [_OPEN if matcher.orders[o].level is not None else _PENDING
                                  for o in oids]
         accounts = matcher.accounts
@@ -2319,12 +2283,6 @@ class ColumnarReadModel(object):
         if row >= 0:
             return OrderView(self, order_id, row)
         return self._rejection(order_id)
-
-    def set_stop_price_if_unset(self, order_id, stop_price):
-        """Rebuild rule 4: an order's stop price from its replayed command."""
-        row = self._orders.row(order_id)
-        if row >= 0 and not self._orders.cols["stop_price"][row]:
-            self._orders.cols["stop_price"][row] = stop_price
 
     def _flush_coid_pending(self):
         """Keep ``_coid_parts`` older than ``_coid_pending`` (the later entry wins)."""
@@ -2377,8 +2335,17 @@ class ColumnarReadModel(object):
         items = self._totals.account_items(account_id)
         if not items:
             return {}
-        held = _order_hold(self._account_rows(account_id, open_only=True), self._orders.cols,
-                           self.specs)
+        held = {}                  # the open orders' last event-given holds (rule 4)
+        rows = self._account_rows(account_id, open_only=True)
+        if len(rows):
+            c = self._orders.cols
+            specs = self.specs
+            for sid, side, h in zip(c["symbol_id"][rows].tolist(), c["side"][rows].tolist(),
+                                    c["hold"][rows].tolist()):
+                spec = specs.get(sid)
+                if spec is not None:
+                    asset = spec.quote_asset if side == _BUY else spec.base_asset
+                    held[asset] = held.get(asset, 0) + h
         out = {}
         for asset, total in items:
             h = held.get(asset, 0)

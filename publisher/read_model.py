@@ -28,9 +28,10 @@ Theory of operation (numbered rules; the code refers to them):
 8. Balances: a BALANCE event (deposit/withdraw) gives an asset's available
    and held amounts; a FILL moves the total (buyer: +qty*base_per_lot base,
    -(amount + fee) quote; seller the opposite, +(amount - fee) quote).  Held
-   is what the open orders hold under the matcher's rule M4 (a waiting stop:
-   the hold in its ACCEPTED event; a resting order: what it still needs as a
-   maker), so available = total - held, exactly as the matcher has it.
+   is the sum of the open orders' holds, each the last one an event gave it
+   (``aux`` of its ACCEPTED, FILLs, AMENDEDs and of the BOOK_DELTA that names it
+   when it rests: docs/records.md), so available = total - held, exactly as the
+   matcher has it; the model never re-derives the matcher's hold rule M4.
 7. After a restart the model is rebuilt (publisher/rebuild.py): from the
    journal's first record, or ``seed_from_matcher`` loads the state of a
    restored matcher snapshot, then the events of the later journaled commands
@@ -62,7 +63,7 @@ _K_BALANCE = int(EventKind.BALANCE)
 _K_SYMBOL_STATUS = int(EventKind.SYMBOL_STATUS)
 _C_NEW = int(CommandKind.NEW_ORDER)
 _BUY = int(Side.BUY)
-_TAKER = int(EventFlags.TAKER)
+_STOP = int(EventFlags.STOP)
 _USER_KINDS = frozenset({_K_ACCEPTED, _K_REJECTED, _K_FILL, _K_CANCELLED, _K_EXPIRED,
                          _K_TRIGGERED, _K_AMENDED, _K_BALANCE})
 
@@ -94,8 +95,7 @@ class OrderState(object):
     __slots__ = ("order_id", "account_id", "symbol_id", "side", "order_type", "tif", "flags",
                  "price", "qty", "stop_price", "funds", "filled", "remaining",
                  "executed_value", "fees", "status", "done_reason", "reason",
-                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills",
-                 "fee_num", "hold")
+                 "client_order_id", "created_ns", "done_ns", "last_seq", "fills", "hold")
 
     def __init__(self, event):
         self.order_id = event.order_id or event.seq
@@ -107,8 +107,7 @@ class OrderState(object):
         self.flags = event.flags
         self.price = event.price
         self.qty = event.qty
-        self.stop_price = 0         # in no event before TRIGGERED; the API sets it for its own
-                                    # orders, the rebuild from the replayed commands
+        self.stop_price = event.trade_id if event.flags & _STOP else 0   # stop's ACCEPTED
         self.funds = event.amount
         self.filled = event.filled
         self.remaining = event.remaining
@@ -122,8 +121,7 @@ class OrderState(object):
         self.done_ns = 0
         self.last_seq = event.seq
         self.fills = 0
-        self.fee_num = 0          # sum of notional * fee rate (bps) over fills (balances)
-        self.hold = event.aux     # ACCEPTED: the hold taken (a waiting stop keeps it)
+        self.hold = event.aux     # ACCEPTED: the hold taken (rule 8: then FILL, AMENDED, rest)
 
     @property
     def is_open(self):
@@ -304,6 +302,10 @@ class ReadModel(object):
                         side.pop(e.price, None)
                     view.book_seq = seq
                     l2.setdefault(e.symbol_id, {})[(e.side, e.price)] = e.qty
+                if e.order_id:                 # an order rests: its hold (rule 8)
+                    order = self.orders.get(e.order_id)
+                    if order is not None:
+                        order.hold = e.aux
             elif kind == _K_TRADE:
                 view = symbols.get(e.symbol_id)
                 if view is not None:
@@ -375,8 +377,6 @@ class ReadModel(object):
         if kind == _K_FILL:
             spec = self.specs.get(e.symbol_id)
             if spec is not None:                               # rule 8
-                rate = spec.taker_fee_bps if e.flags & _TAKER else spec.maker_fee_bps
-                order.fee_num += e.amount * rate
                 totals = self.totals
                 base = (e.account_id, spec.base_asset)
                 quote = (e.account_id, spec.quote_asset)
@@ -389,6 +389,7 @@ class ReadModel(object):
                     totals[quote] = totals.get(quote, 0) + e.amount - e.fee
             order.filled = e.filled
             order.remaining = e.remaining
+            order.hold = e.aux                                 # rule 8
             order.executed_value += e.amount
             order.fees += e.fee
             order.fills += 1
@@ -407,7 +408,7 @@ class ReadModel(object):
             order.done_ns = e.timestamp_ns
             self._close(order)
         elif kind == _K_AMENDED:
-            order.hold = e.aux if e.reason == 0 else order.hold
+            order.hold = e.aux                                 # rule 8
             if e.price:
                 order.price = e.price
             order.qty = e.qty
@@ -461,7 +462,7 @@ class ReadModel(object):
             order = OrderState.__new__(OrderState)
             for name in ("order_id", "account_id", "symbol_id", "side", "order_type", "tif",
                          "flags", "price", "qty", "stop_price", "funds", "filled", "remaining",
-                         "client_order_id", "hold", "fee_num"):
+                         "client_order_id", "hold"):
                 setattr(order, name, getattr(o, name))
             order.executed_value = 0
             order.fees = o.fee_paid
@@ -521,26 +522,13 @@ class ReadModel(object):
             if spec is None:
                 continue
             asset = spec.quote_asset if order.side == _BUY else spec.base_asset
-            held[asset] = held.get(asset, 0) + self._hold(order, spec)
+            held[asset] = held.get(asset, 0) + order.hold
         out = {}
         for (acct, asset), total in self.totals.items():
             if acct == account_id:
                 h = held.get(asset, 0)
                 out[asset] = (total - h, h)
         return out
-
-    @staticmethod
-    def _hold(order, spec):
-        """What an open order holds (engine/matcher.py rule M4: _need_rest, _need_stop)."""
-        if order.status == "pending":
-            return order.hold
-        if order.side != _BUY:
-            return order.remaining * spec.base_per_lot
-        n = order.price * order.remaining * spec.quote_per_tick_lot
-        m = spec.maker_fee_bps
-        if m > 0:
-            return n - ((-(order.fee_num + n * m)) // 10000) - order.fees
-        return n
 
     # --------------------------------------------------------------- checking
     def _check(self):

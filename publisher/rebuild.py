@@ -26,23 +26,18 @@ Theory of operation (numbered rules; the code refers to them):
    older than 24 h of stream time and ``trades_keep`` trades) the rebuilt model
    equals the one before the restart in every view; otherwise what happened
    before the start point shows only through the snapshot's state.
-4. Stop prices are not in the events until a stop triggers (TRIGGERED.aux);
-   the replayed NEW_ORDER commands carry them, so the rebuild sets them on the
-   orders it re-creates (the REST API sets them on its own orders live).
+4. The replayed events are all the model needs: a stop's ACCEPTED carries its
+   stop price and every hold change of an order is in an event (docs/records.md),
+   so nothing is taken from the replayed commands themselves.
 5. A segment pruned under the replay (the matcher snapshotted meanwhile) makes
    the rebuild start over once from the newest snapshot.
 """
 import os
 
-from ringbuf.records import CommandKind, OrderType
-
 __all__ = ["rebuild", "choose_start", "DEFAULT_HISTORY_COMMANDS"]
 
 _BATCH = 1024               # commands per read-model batch
 DEFAULT_HISTORY_COMMANDS = 200_000
-_NEW = int(CommandKind.NEW_ORDER)
-_STOP_TYPES = frozenset({int(OrderType.STOP_LOSS), int(OrderType.STOP_LIMIT),
-                         int(OrderType.TAKE_PROFIT), int(OrderType.TAKE_PROFIT_LIMIT)})
 
 
 def choose_start(data_dir, shard, durable, history_commands=DEFAULT_HISTORY_COMMANDS):
@@ -95,22 +90,19 @@ def _replay(service, exchange, data_dir, shard, durable, start):
         service.last_seq, service.last_index = snap_seq, 1 << 62
     last = snap_seq
     replayed = 0
-    stops = []
     process = matcher.process
     for seq, record in recovery.journal_records(data_dir, shard, after=snap_seq, last=durable):
         process(seq, record)
         last = seq
         replayed += 1
-        if record.kind == _NEW and record.order_type in _STOP_TYPES:
-            stops.append((seq, record.stop_price))
         if not replayed % _BATCH:
-            _flush(service, sink, stops)
-    _flush(service, sink, stops)
+            _flush(service, sink)
+    _flush(service, sink)
     return {"mode": "snapshot+journal" if snap_seq else "journal", "snapshot_seq": snap_seq,
             "replayed": replayed, "seq": last}
 
 
-def _flush(service, sink, stops):
+def _flush(service, sink):
     data = sink.take()
     decode_bytes = getattr(service, "decode_bytes", None)           # the columnar service
     if decode_bytes is not None:
@@ -122,17 +114,6 @@ def _flush(service, sink, stops):
         decode_chunk(data, events)
         if events:
             service.on_events(events)
-    if stops:
-        model = service.model
-        setter = getattr(model, "set_stop_price_if_unset", None)
-        for seq, stop_price in stops:                                # rule 4
-            if setter is not None:
-                setter(seq, stop_price)
-                continue
-            order = model.orders.get(seq)
-            if order is not None and not order.stop_price:
-                order.stop_price = stop_price
-        del stops[:]
 
 
 def rebuild(service, runtime, shard, exchange, output_seq=0, log=None, durable=None):

@@ -30,7 +30,7 @@ __all__ = [
     "CLI_PRODUCER_ID", "AUTO_PRODUCER_ID_BASE", "MAX_CLOCK_SKEW_NS", "is_privileged",
 ]
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2     # 2: FILL/AMENDED/rest BOOK_DELTA carry the order's hold, stop ACCEPTED its stop price
 
 # numpy type code -> (C type, struct module code, size)
 _TYPES = {

@@ -65,17 +65,18 @@ def match(events, expected):
                 assert gv == xv, "%r != %r\n%s" % (g, x, "\n".join(map(str, got)))
 
 
-# seqs: funding takes 1..9, so the first order is seq 10
+# seqs: funding takes 1..9, so the first order is seq 10; a BOOK_DELTA names the order
+# that rests there (order_id), else 0
 SCENARIOS = {
     "limit rests": (
         [L(1, BUY, 100, 5)],
-        [("ACCEPTED", "OK", 1, 10, 100, 5, 5), ("BOOK_DELTA", "OK", 0, 0, 100, 5, None)]),
+        [("ACCEPTED", "OK", 1, 10, 100, 5, 5), ("BOOK_DELTA", "OK", 0, 10, 100, 5, None)]),
     "limit crosses, fills at maker price, rest rests": (
         [L(1, SELL, 100, 3), L(2, BUY, 105, 5)],
         [("ACCEPTED", "OK", 2, 11, 105, 5, 5),
          ("FILL", "OK", 1, 10, 100, 3, 0), ("FILL", "OK", 2, 11, 100, 3, 2),
          ("TRADE", "OK", 2, 11, 100, 3, None),
-         ("BOOK_DELTA", "OK", 0, 0, 100, 0, None), ("BOOK_DELTA", "OK", 0, 0, 105, 2, None)]),
+         ("BOOK_DELTA", "OK", 0, 0, 100, 0, None), ("BOOK_DELTA", "OK", 0, 11, 105, 2, None)]),
     "price-time priority across levels": (
         [L(1, SELL, 101, 1), L(3, SELL, 100, 1), L(1, SELL, 100, 1), L(2, BUY, 101, 3)],
         [("ACCEPTED", "OK", 2, 13, 101, 3, 3),
@@ -102,7 +103,7 @@ SCENARIOS = {
         [("REJECTED", "POST_ONLY_WOULD_TAKE", 2, 11, 100, 1, None)]),
     "post-only re-priced one tick behind": (
         [L(1, SELL, 100, 2), L(2, BUY, 103, 1, post_only=True, reprice=True)],
-        [("ACCEPTED", "OK", 2, 11, 99, 1, 1), ("BOOK_DELTA", "OK", 0, 0, 99, 1, None)]),
+        [("ACCEPTED", "OK", 2, 11, 99, 1, 1), ("BOOK_DELTA", "OK", 0, 11, 99, 1, None)]),
     "market by size, book runs out": (
         [L(1, SELL, 100, 2), Command.market(2, SYM, BUY, qty=5)],
         [("ACCEPTED", "OK", 2, 11, 0, 5, 5)] + [(None,) * 7] * 4 +
@@ -149,9 +150,9 @@ SCENARIOS = {
          Command.stop(3, SYM, BUY, OrderType.STOP_LIMIT, stop_price=98, qty=1, price=92),
          L(2, BUY, 100, 1)],
         [(None,) * 7] * 5 +
-        [("TRIGGERED", "OK", 2, 12, 91, 1, 1), ("BOOK_DELTA", "OK", 0, 0, 91, 1, None),
-         ("TRIGGERED", "OK", 3, 13, 92, 1, 1), ("BOOK_DELTA", "OK", 0, 0, 92, 1, None),
-         ("TRIGGERED", "OK", 3, 11, 90, 1, 1), ("BOOK_DELTA", "OK", 0, 0, 90, 1, None)]),
+        [("TRIGGERED", "OK", 2, 12, 91, 1, 1), ("BOOK_DELTA", "OK", 0, 12, 91, 1, None),
+         ("TRIGGERED", "OK", 3, 13, 92, 1, 1), ("BOOK_DELTA", "OK", 0, 13, 92, 1, None),
+         ("TRIGGERED", "OK", 3, 11, 90, 1, 1), ("BOOK_DELTA", "OK", 0, 11, 90, 1, None)]),
     "GTT expires when stream time reaches it, before the command": (
         [L(1, BUY, 100, 1, tif=TimeInForce.GTT, expire_ns=500, timestamp_ns=10),
          Command.deposit(2, 1, 5, timestamp_ns=500)],
@@ -169,7 +170,7 @@ SCENARIOS = {
         [("ACCEPTED", "OK", 1, 12, 100, 3, 3), ("CANCELLED", "CANCELLED_STP", 1, 10, 100, 2, 0),
          ("FILL", "OK", 2, 11, 100, 2, 0), ("FILL", "OK", 1, 12, 100, 2, 1),
          ("TRADE",) + (None,) * 6, ("BOOK_DELTA", "OK", 0, 0, 100, 0, None),
-         ("BOOK_DELTA", "OK", 0, 0, 100, 1, None)]),
+         ("BOOK_DELTA", "OK", 0, 12, 100, 1, None)]),
     "STP cancel newest": (
         [L(1, SELL, 100, 2), L(2, SELL, 100, 2),
          L(1, BUY, 100, 3, stp=StpMode.CANCEL_NEWEST)],

@@ -39,7 +39,7 @@ _CATALOG = Catalog.from_exchange(DEFAULT_CONFIG)
 _ORDER_EXTRA = ("account_id", "symbol_id", "flags", "price", "qty", "stop_price", "funds",
                 "filled", "remaining", "executed_value", "fees", "status", "done_reason",
                 "reason", "client_order_id", "created_ns", "done_ns", "last_seq", "fills",
-                "fee_num", "hold", "is_open")
+                "hold", "is_open")
 
 
 class _NullHub(object):
