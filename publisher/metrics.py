@@ -21,6 +21,12 @@ Theory of operation (numbered rules; the code refers to them):
    docs/operations.md), else the health file's ``journal.durable_seq``.
 4. A scrape never fails because a part is missing: a ring that cannot be
    attached, an absent health file, just leave their families out.
+5. WebSocket overflows (ws rule 4): the ``ringmatch_ws_resyncs`` and
+   ``ringmatch_ws_dropped_messages`` gauges sum the connected clients' own counts (a
+   client's ``dropped`` restarts at 0 with each resync; a disconnect takes its counts
+   away); ``ringmatch_ws_messages_dropped_total``, ``ringmatch_ws_queue_overflows_total``
+   and ``ringmatch_ws_slow_disconnects_total`` are the hub's counters, which only grow
+   (from 0 with the process), so ``rate()`` and ``increase()`` work on them.
 """
 import json
 import time
@@ -149,6 +155,14 @@ class ShardCollector(object):
             yield GaugeMetricFamily("ringmatch_ws_dropped_messages",
                                     "messages dropped for connected clients since their last resync",
                                     value=sum(getattr(c, "dropped", 0) for c in clients))
+            yield CounterMetricFamily("ringmatch_ws_messages_dropped",
+                                      "WebSocket messages dropped by queue overflows, every "
+                                      "client since the publisher started (rule 5)",
+                                      value=getattr(hub, "dropped_total", 0))
+            yield CounterMetricFamily("ringmatch_ws_queue_overflows",
+                                      "WebSocket queue overflows (each starts a resync), every "
+                                      "client since the publisher started (rule 5)",
+                                      value=getattr(hub, "resyncs_total", 0))
             yield CounterMetricFamily("ringmatch_ws_slow_disconnects",
                                       "WebSocket clients disconnected as too slow",
                                       value=getattr(hub, "disconnects", 0))

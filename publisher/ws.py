@@ -378,6 +378,7 @@ class WsClient(object):
             return
         if self.resyncing:
             self.dropped += 1
+            self.hub.dropped_total += 1
             if (not self.closing and self.hub.clock() - self.resync_started
                     > self.hub.resync_timeout_s):
                 self.disconnect()
@@ -401,11 +402,13 @@ class WsClient(object):
                 frame is not None and self.queued_bytes + len(frame) > self.hub.max_queue_bytes
                 and queue):
             self.dropped += len(queue) + 1
+            self.hub.dropped_total += len(queue) + 1
             queue.clear()
             self.queued_bytes = 0
             self.resyncing = True
             self.resync_started = self.hub.clock()
             self.resyncs += 1
+            self.hub.resyncs_total += 1
             self.resync_token = self.resyncs
             queue.append(_RESYNC)
             try:
@@ -551,7 +554,8 @@ class Hub(object):
     Counters (tests, benchmarks): ``published`` batches given to ``publish``,
     ``fanouts`` (publications after conflation), ``encoded`` {(channel,
     symbol_id): messages serialized}, ``messages`` (deliveries to clients),
-    ``fanout_s`` (duration of the last fan-out) and ``fanout_seconds`` (total).
+    ``fanout_s`` (duration of the last fan-out) and ``fanout_seconds`` (total);
+    ``dropped_total``, ``resyncs_total`` and ``disconnects`` (rule 4, monotonic: /metrics).
     """
 
     def __init__(self, catalog, model, max_queue=1000, resync_timeout_s=10.0, clock=None,
@@ -565,7 +569,12 @@ class Hub(object):
         self.subs = {}                 # (channel, symbol_id) -> set of clients
         self.user_subs = {}            # account -> set of clients
         self.messages = 0
-        self.disconnects = 0
+        self.disconnects = 0            # rule 4: clients disconnected as too slow (ever)
+        # rule 4, for /metrics: what every client ever dropped and overflow resyncs, kept
+        # here as a client's ``dropped`` restarts at 0 with each resync notice and a
+        # disconnected client takes its own counts with it; both only ever grow
+        self.dropped_total = 0
+        self.resyncs_total = 0
         self.clock = time.monotonic if clock is None else clock
         self.conflate_s = conflate_ms / 1000.0
         self.pending = None             # conflated Changes waiting for flush (rule 5)

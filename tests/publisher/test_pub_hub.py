@@ -129,3 +129,83 @@ def test_conflation_merges_batches_and_keeps_sequences_consecutive():
         assert sorted(ws.sent[1]["changes"]) == [["buy", "1000", "0.03"], ["buy", "1001", "0.01"]]
         c.writer.cancel()
     asyncio.run(main())
+
+
+def _ws_metrics(hub, model):
+    """``GET /metrics``'s WebSocket families for this hub, parsed as Prometheus does."""
+    import types
+    from prometheus_client.parser import text_string_to_metric_families
+    from publisher.metrics import ShardCollector, build_registry, render
+    text = render(build_registry(ShardCollector(types.SimpleNamespace(model=model, hub=hub))))
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        if family.name.startswith("ringmatch_ws_"):
+            out[family.name] = family.type
+            for s in family.samples:
+                out[s.name] = s.value
+    return out
+
+
+def test_metrics_drop_counters_survive_resyncs_and_disconnects():
+    """The per-client ``dropped`` restarts at 0 with each resync notice and leaves with a
+    disconnected client; the hub's ``*_total`` counters add up every drop exactly."""
+    async def main():
+        now = [0.0]
+        hub, model, run = _setup(max_queue=4, clock=lambda: now[0])
+        hub.resync_timeout_s = 5.0
+        ws = FakeSocket()
+        c = WsClient(hub, ws, 4)
+        hub.add(c)
+        hub.subscribe(c, "level2", 1)
+        c.writer = asyncio.ensure_future(c.run_writer())
+        await asyncio.sleep(0)
+        before = _ws_metrics(hub, model)
+        assert before["ringmatch_ws_messages_dropped"] == "counter"
+        assert before["ringmatch_ws_queue_overflows"] == "counter"
+        assert before["ringmatch_ws_messages_dropped_total"] == 0.0
+        price = [1000]
+
+        async def overflow(n):
+            ws.gate.clear()                        # the client stops reading
+            for _ in range(n):
+                price[0] += 1
+                run(Command.limit(1, 1, 1, price[0], 1))
+                await asyncio.sleep(0)
+            assert c.resyncing
+            ws.gate.set()
+            await asyncio.sleep(0.01)              # resync notice + snapshot sent
+            notice = [m for m in ws.sent if m["type"] == "resync"][-1]
+            assert not c.resyncing and c.dropped == 0           # the client's own count reset
+            return notice["dropped"]
+
+        first = await overflow(20)
+        got = [m for m in ws.sent if m["type"] == "l2update"]
+        assert first == 20 - len(got) > 0          # what the client did not get
+        m = _ws_metrics(hub, model)
+        assert m["ringmatch_ws_messages_dropped_total"] == first
+        assert m["ringmatch_ws_queue_overflows_total"] == 1
+        assert m["ringmatch_ws_dropped_messages"] == 0          # the gauge forgot them
+
+        second = await overflow(12)
+        m = _ws_metrics(hub, model)
+        assert m["ringmatch_ws_messages_dropped_total"] == first + second
+        assert m["ringmatch_ws_queue_overflows_total"] == 2
+
+        ws.gate.clear()                            # a third overflow, then stuck: disconnected
+        for _ in range(10):
+            price[0] += 1
+            run(Command.limit(1, 1, 1, price[0], 1))
+            await asyncio.sleep(0)
+        third = c.dropped
+        now[0] += 6.0
+        price[0] += 1
+        run(Command.limit(1, 1, 1, price[0], 1))   # dropped too, then the disconnect
+        await asyncio.sleep(0.01)
+        assert c not in hub.clients and ws.closed == 1008
+        m = _ws_metrics(hub, model)
+        assert m["ringmatch_ws_clients"] == 0
+        assert m["ringmatch_ws_messages_dropped_total"] == first + second + third + 1
+        assert m["ringmatch_ws_queue_overflows_total"] == 3
+        assert m["ringmatch_ws_slow_disconnects_total"] == 1
+        c.writer.cancel()
+    asyncio.run(asyncio.wait_for(main(), 30))
