@@ -224,6 +224,10 @@ class Publisher(_Strict):
     trades_keep: Count = None
     feed_linger_ms: NonNegative = None
     rebuild_history_commands: Count = None
+    access_log: _boolean() = None
+    fills_per_account: _integer(1) = None
+    ws_max_queue_bytes: _integer(1) = None
+    ws_max_interval_s: NonNegative = None
 
 
 class Journal(_Strict):

@@ -2388,7 +2388,8 @@ def _columnar_history(self):
     h = self.__dict__.get("_history")
     if h is None or h[0] is not self.symbols:
         from publisher.history import History
-        h = self._history = (self.symbols, History(self.symbols))
+        h = self._history = (self.symbols, History(
+            self.symbols, fills_keep=getattr(self, "history_fills_keep", None)))
     return h[1]
 
 

@@ -72,8 +72,12 @@ class History(object):
     """Fill rings per account and candle buckets per (product, granularity)."""
 
     def __init__(self, symbol_ids, fills_keep=FILLS_KEEP, candles_keep=None):
+        """``fills_keep``: fills kept per account (rule 2; None: ``FILLS_KEEP``; the
+        config's ``publisher.fills_per_account``, via the model's ``history_fills_keep``)."""
         self.symbols = frozenset(int(s) for s in symbol_ids)
-        self.fills_keep = fills_keep
+        self.fills_keep = FILLS_KEEP if fills_keep is None else int(fills_keep)
+        if self.fills_keep < 1:
+            raise ValueError("fills_keep must be >= 1, got %r" % (fills_keep,))
         self.candles_keep = dict(candles_keep or CANDLES_KEEP)
         self.fills = {}           # account -> _Ring of fill rows, rule 2
         self.candles = {s: {g: {} for g in GRANULARITIES} for s in self.symbols}

@@ -67,7 +67,7 @@ import threading
 import time
 
 
-__all__ = ["main", "RingFeed", "build_service"]
+__all__ = ["main", "RingFeed", "build_service", "app_options"]
 
 FEED_LINGER_MS = 20      # rule 2
 
@@ -231,10 +231,22 @@ def build_service(runtime, shard, exchange, sender=None, log=None, read_model=No
                       trades_keep=int(pub.get("trades_keep", 1000)),
                       specs={p.symbol_id: exchange.symbol_by_id(p.symbol_id)
                              for p in catalog.products})
+    if pub.get("fills_per_account") is not None:    # REST history (publisher/history.py)
+        model.history_fills_keep = int(pub["fills_per_account"])
     hub = Hub(catalog, model, max_queue=int(pub.get("ws_queue", 1000)),
               resync_timeout_s=float(pub.get("ws_resync_timeout_s", 10.0)),
-              conflate_ms=float(pub.get("ws_conflate_ms", 5.0)))
+              conflate_ms=float(pub.get("ws_conflate_ms", 5.0)),
+              max_queue_bytes=int(pub.get("ws_max_queue_bytes", 4 << 20)),
+              max_interval_s=float(pub.get("ws_max_interval_s", 0.25)))
     return PublisherService(catalog, model, hub, sender=sender, log=log)
+
+
+def app_options(pub):
+    """``create_app``'s keyword arguments from the ``publisher`` config section."""
+    return {"allow_deposits": bool(pub.get("allow_deposits", True)),
+            "max_body_bytes": int(pub.get("max_body_bytes", 16 * 1024)),
+            "client_oid_window_s": float(pub.get("client_oid_window_s", 86400)),
+            "access_log": bool(pub.get("access_log", True))}
 
 
 def _listen(host, port, sndbuf):
@@ -326,10 +338,7 @@ def main(argv=None):
     keystore = KeyStore.from_config(pub)
     service.consumer_sequence = lambda: consumer.sequence                     # GET /health
     health_path = os.path.join(runtime.data_dir, "run", "%s.health.json" % shard.name)
-    app = create_app(service, keystore, allow_deposits=bool(pub.get("allow_deposits", True)),
-                     max_body_bytes=int(pub.get("max_body_bytes", 16 * 1024)),
-                     client_oid_window_s=float(pub.get("client_oid_window_s", 86400)),
-                     health_path=health_path)
+    app = create_app(service, keystore, health_path=health_path, **app_options(pub))
     config = uvicorn.Config(app, host=pub.get("host", "127.0.0.1"), port=int(pub.get("port", 8080)),
                             ws=pub.get("ws_impl", "websockets-sansio"), log_level=pub.get("log_level", "warning"),
                             lifespan="off", access_log=False, ws_ping_interval=20,

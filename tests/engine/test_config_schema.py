@@ -70,6 +70,13 @@ BAD = [
     ({"publisher": {"client_oid_window_s": float("nan")}},
      "publisher.client_oid_window_s: must be a finite number, got NaN"),
     ({"publisher": {"po\nrt": 8080}}, 'publisher."po\\nrt": unknown key'),
+    ({"publisher": {"access_log": "yes"}},
+     'publisher.access_log: must be true or false, got "yes"'),
+    ({"publisher": {"fills_per_account": 0}}, "publisher.fills_per_account: must be >= 1, got 0"),
+    ({"publisher": {"ws_max_queue_bytes": 1.5}},
+     "publisher.ws_max_queue_bytes: must be an integer, got 1.5"),
+    ({"publisher": {"ws_max_interval_s": -0.1}},
+     "publisher.ws_max_interval_s: must be >= 0, got -0.1"),
     ({"shards": [shard(symbols=["BTC\nUSD"])]}, "unknown symbol 'BTC\\nUSD'"),
 ]
 
@@ -144,6 +151,15 @@ def test_json_log_format_refusal_is_one_json_object(tmp_path):
     line = json.loads(err)
     assert line["event"] == "refused" and line["exit_code"] == 2
     assert "publisher.port: must be 1..65535, got 70000" in line["message"]
+
+
+def test_the_publisher_buffer_and_log_settings_are_accepted():
+    from engine.config_schema import validate
+    from engine.runtime import DEFAULT_RUNTIME, _merge
+    pub = {"access_log": False, "fills_per_account": 50000, "ws_max_queue_bytes": 1 << 20,
+           "ws_max_interval_s": 0}
+    assert validate(_merge(DEFAULT_RUNTIME, {"publisher": pub})).publisher == dict(
+        DEFAULT_RUNTIME["publisher"], **pub)
 
 
 def test_the_embedded_default_is_valid():

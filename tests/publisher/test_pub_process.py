@@ -395,3 +395,53 @@ def test_ring_feed_live_behind_loop_coalesces_in_order_within_max_batch():
             writer_thread.join(5)
         ring.close()
         ring.unlink()
+
+
+# ------------------------------------------------ publisher.* config reaches its component
+def _service(pub, read_model=None):
+    import types
+    from engine.config import DEFAULT_CONFIG
+    from publisher.process import build_service
+    return build_service(pub, types.SimpleNamespace(symbols=None), DEFAULT_CONFIG,
+                         read_model=read_model)
+
+
+def test_config_ws_queue_bytes_and_max_interval_reach_the_hub():
+    hub = _service({"ws_max_queue_bytes": 123456, "ws_max_interval_s": 0.5}).hub
+    assert (hub.max_queue_bytes, hub.max_interval_s) == (123456, 0.5)
+    hub = _service({}).hub                                      # the defaults
+    assert (hub.max_queue_bytes, hub.max_interval_s) == (4 << 20, 0.25)
+
+
+@pytest.mark.parametrize("kind", ["columnar", "object"])
+def test_config_fills_per_account_reaches_the_history_and_survives_a_rebuild_reset(kind):
+    from publisher.history import FILLS_KEEP
+    from publisher.rebuild import _reset
+    service = _service({"fills_per_account": 3}, read_model=kind)
+    assert service.model.history.fills_keep == 3
+    _reset(service)                      # the rebuild's re-initialised model: a new History
+    assert service.model.history.fills_keep == 3
+    assert _service({}, read_model=kind).model.history.fills_keep == FILLS_KEEP == 10000
+
+
+@pytest.mark.parametrize("setting, lines", [({}, 1), ({"access_log": True}, 1),
+                                            ({"access_log": False}, 0)])
+def test_config_access_log_switches_the_request_lines(setting, lines):
+    from starlette.testclient import TestClient
+    from publisher.app import create_app
+    from publisher.auth import KeyStore
+    from publisher.process import app_options
+
+    class Log(object):
+        def __init__(self):
+            self.events = []
+
+        def event(self, name, **fields):
+            self.events.append(name)
+
+    service = _service({})
+    service.log = Log()
+    app = create_app(service, KeyStore.from_config({}), **app_options(setting))
+    with TestClient(app) as client:
+        assert client.get("/products").status_code == 200
+    assert service.log.events.count("http") == lines
