@@ -1066,30 +1066,7 @@ class ColumnarSymbolView(SymbolView):
         self.last_price = last[1]
         self.last_qty = last[2]
         self.last_trade_id = last[0]
-        ring = self.trades
-        m = ring.maxlen
-        k = len(rows)
-        if k >= m:
-            ring.append_rows(rows)
-        else:
-            flat = ring._flat
-            if flat is None:
-                flat = ring._flat = memoryview(ring.buf.view(np.int64))
-            end = ring.start + ring.count
-            if end >= m:
-                end -= m
-            for r in rows:
-                b = end * 8
-                flat[b], flat[b + 1], flat[b + 2], flat[b + 3], flat[b + 4], flat[b + 5], \
-                    flat[b + 6], flat[b + 7] = r
-                end += 1
-                if end == m:
-                    end = 0
-            total = ring.count + k
-            if total > m:
-                ring.start = (ring.start + total - m) % m
-                total = m
-            ring.count = total
+        self.trades.append_rows(rows)
         self.window.add_rows(rows)
 
     def stats(self):

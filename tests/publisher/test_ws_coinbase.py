@@ -9,33 +9,11 @@ import time
 import pytest
 import websockets
 
+from pub_wsmsg import recv as _recv, sync as _sync, until as _until
+
 from publisher.auth import sign
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def _recv(ws, timeout=10.0):
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def _until(ws, pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError("message not seen; got %s" % [m.get("type") for m in seen][-20:])
-        m = await _recv(ws, left)
-        seen.append(m)
-        if pred(m):
-            return m, seen
-
-
-async def _sync(ws):
-    """Ping; return everything queued before the pong (the pong excluded)."""
-    await ws.send(json.dumps({"type": "ping"}))
-    m, seen = await _until(ws, lambda m: m["type"] == "pong", 30)
-    return seen[:-1]
 
 
 def _user_subscribe(key, secret, **extra):

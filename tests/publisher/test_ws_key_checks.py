@@ -11,14 +11,11 @@ import time
 import pytest
 
 from engine.commands import Command
-from engine.config import DEFAULT_CONFIG
-from engine.events import ListSink
-from engine.matcher import Matcher
 from publisher import key_file
 from publisher.auth import KeyStore
-from publisher.products import Catalog
-from publisher.read_model import ReadModel
-from publisher.ws import Hub, WsClient, _handle
+from publisher.ws import WsClient, _handle
+
+from test_pub_hub import _setup as hub_setup
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,19 +29,7 @@ class FakeSocket(object):
 
 
 def _setup(tmp_path):
-    cat = Catalog.from_exchange(DEFAULT_CONFIG)
-    model = ReadModel([1, 2, 3], specs={s: DEFAULT_CONFIG.symbol_by_id(s) for s in (1, 2, 3)})
-    hub = Hub(cat, model, max_queue=10000)
-    sink = ListSink()
-    matcher = Matcher(DEFAULT_CONFIG, sink)
-    state = {"seq": 0}
-
-    def run(*cmds):
-        for cmd in cmds:
-            state["seq"] += 1
-            matcher.process(state["seq"], cmd)
-        hub.publish(model.apply(sink.take()))
-    run(Command.deposit(1, 1, 10 ** 12), Command.deposit(1, 2, 10 ** 12))
+    hub, _model, run = hub_setup(max_queue=10000)
     _rec, secret, passphrase = key_file.create(str(tmp_path), 1, "view")
     store = KeyStore([], key_file=key_file.key_file_path(str(tmp_path)), reload_s=0.05)
     hub.keystore = store

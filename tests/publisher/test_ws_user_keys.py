@@ -17,6 +17,8 @@ import time
 import pytest
 import websockets
 
+from pub_wsmsg import recv as _recv, sync as _sync, until as _until
+
 from test_coinbase_auth import cb_client, create_key, keys_cli, wait_accepted
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,30 +43,6 @@ def rm_subscribe(key, secret):
                                     hashlib.sha256).digest()).decode()
     return {"type": "subscribe", "channels": ["user"], "key": key, "timestamp": ts,
             "signature": sig}
-
-
-async def _recv(ws, timeout=10.0):
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def _until(ws, pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError("message not seen; got %s" % seen[-10:])
-        m = await _recv(ws, left)
-        seen.append(m)
-        if pred(m):
-            return m, seen
-
-
-async def _sync(ws):
-    """Ping; everything queued before the pong."""
-    await ws.send(json.dumps({"type": "ping"}))
-    _m, seen = await _until(ws, lambda m: m["type"] == "pong", 30)
-    return seen[:-1]
 
 
 def _funded(engine, account):
