@@ -247,6 +247,10 @@ class Sender(object):
                 self._stream(session, stop)
             except (OSError, protocol.ProtocolError) as exc:
                 session.error = exc
+            except Exception as exc:            # a bug must not end replication silently
+                session.error = exc
+                self._event("session_failed", level="error", error=repr(exc),
+                            acked=self.acked, sent=self.sent)
             finally:
                 self._close_session(session)
             if not self.fenced and not stop.is_set():

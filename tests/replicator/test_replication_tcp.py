@@ -328,3 +328,45 @@ def test_state_hashes_are_compared_at_the_same_sequence(pairs):
     assert pair.source.wait_committed(100, 10) == 100
     assert wait_until(lambda: pair.receiver.monitor.matched == 1 and alarms, 5)
     assert alarms == [(90, 0x123, 0x124)]
+
+
+class FailingOnceSource(CheckedSource):
+    """A source whose ``read`` raises a non-I/O error once (a defect in a read path)."""
+
+    def __init__(self, sink_ref):
+        CheckedSource.__init__(self, sink_ref)
+        self.failures = 0
+
+    def read(self, first_seq, max_count):
+        if first_seq > 1000 and not self.failures:
+            self.failures += 1
+            raise ValueError("bad read at %d" % first_seq)
+        return CheckedSource.read(self, first_seq, max_count)
+
+
+class EventRecorder(object):
+    """A sender log that keeps (level, event, fields)."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
+def test_an_unexpected_error_restarts_the_session_not_ends_replication(pairs):
+    pair = pairs()
+    pair.source = FailingOnceSource(pair.ref)
+    pair.sender.source = pair.source
+    log = pair.sender.log = EventRecorder()
+    pair.sender.start()
+    recs = make_records(1, 3000)
+    pair.source.append(recs)
+    assert pair.source.wait_committed(3000, 20) == 3000
+    assert pair.source.failures == 1
+    assert pair.sender.stats.connects >= 2
+    failed = [(lvl, f["error"]) for lvl, e, f in log.lines if e == "session_failed"]
+    assert len(failed) == 1 and failed[0][0] == "error", log.lines
+    assert failed[0][1].startswith("ValueError('bad read at ")
+    pair.stop_standby()
+    assert pair.standby_records() == recs
